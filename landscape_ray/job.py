@@ -1,0 +1,54 @@
+"""A job from spec to store to pictures: what `landscape-ray run` does.
+
+    summary = run(load_spec("jobs/quickstart.yaml"), overwrite=True)
+
+Order matters for the promise that bad input never leaves a store behind:
+every input (spec, checkpoint, data, model fit) is loaded and checked before the
+store is created, and the store is created whole before any tile is computed.
+With `resume`, only tiles whose points are not all done are computed, with the
+directions stored in the store, so the result equals an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import scheduler
+from .evaluator import prepare, variables
+from .grid import Grid
+from .render import render
+from .spec import Spec, SpecError
+from .store import Store, consolidate, create
+
+
+def run(spec: Spec, resume: bool = False, overwrite: bool = False, address: str | None = None, log=print) -> dict:
+    if resume and overwrite:
+        raise SpecError("--resume and --overwrite exclude each other")
+    path = Path(spec.output.store)
+    existing = path.exists() and resume
+    if path.exists() and not (resume or overwrite):
+        raise SpecError(f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it")
+    if existing:
+        store = Store(path)
+        store.check_resumable(spec)
+    payload = prepare(spec)
+    grid = Grid.from_spec(spec.grid)
+    if existing:
+        payload.directions = store.directions()
+    else:
+        store = create(path, spec, grid, variables(spec), payload.directions, overwrite=overwrite)
+    tiles = store.pending_tiles()
+    total = len(grid.tiles())
+    log(f"store {path}: {total - len(tiles)}/{total} tiles done, {len(tiles)} to compute")
+    summary = {"tiles": 0, "points": 0}
+    if tiles:
+        scheduler.connect(address)
+        summary = scheduler.evaluate_tiles(spec, payload, grid, tiles, store.write_tile, log=log)
+        store.root.attrs["runs"] = store.root.attrs.get("runs", []) + [summary]
+        consolidate(path)
+        log("summary: " + json.dumps(summary))
+    if spec.output.render:
+        pictures = render(path, out=path.parent, kinds=spec.output.render)
+        log("pictures: " + ", ".join(str(p) for p in pictures))
+        summary["pictures"] = [str(p) for p in pictures]
+    return summary

@@ -1,0 +1,48 @@
+"""Progress of a run: a tqdm bar on a terminal, plain periodic lines in logs.
+
+`ray job logs`, CI and files get one line every `interval` seconds
+(points done/total, points/s, ETA) instead of a bar's carriage returns.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    def __init__(self, total: int, interval: float = 10.0, stream=None):
+        self.total, self.done, self.interval = total, 0, interval
+        self.stream = stream or sys.stdout
+        self.start = self.last = time.perf_counter()
+        self.bar = tqdm(total=total, unit="pt", file=self.stream, dynamic_ncols=True) if self.stream.isatty() else None
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = fmt_seconds((self.total - self.done) / rate) if rate > 0 else "?"
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        return f"[landscape-ray] {self.done}/{self.total} points ({pct:.1f}%), {rate:.1f} points/s, ETA {eta}"
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self.bar is None and now - self.last >= self.interval:
+            self.last = now
+            print(self.line(), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            print(self.line(), file=self.stream, flush=True)

@@ -1,0 +1,208 @@
+"""The job spec: what to evaluate, where, and how — the service's one interface.
+
+A spec is a YAML file validated by the pydantic models below (unknown keys are
+errors). Command-line `--set a.b=v` overrides are applied before validation, and
+the resolved spec (defaults filled in) is stored with every output, so a store
+always says exactly how it was made.
+
+    spec = load_spec("jobs/quickstart.yaml", overrides=["grid.x.num=11"])
+    print(spec.model_dump_json(indent=2))
+
+`SpecError` carries one `path.to.field: message` line per problem; the CLI
+prints those lines and nothing else.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SpecError(ValueError):
+    """Bad user input: each line of the message names the field, file or value at fault."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot finish (an actor that cannot start, a tile that keeps killing actors)."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Strict):
+    arch: str = Field("digits_cnn", description="zoo name, or 'package.module:factory' returning an nn.Module")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the model factory")
+    checkpoint: str | None = Field(None, description="θ*: a state_dict file (torch.save); None = the factory's own init")
+    trust_checkpoint: bool = Field(False, description="allow full unpickling of the checkpoint (only for files you trust)")
+
+
+class Normalize(Strict):
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self):
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be > 0, got {self.std}")
+        return self
+
+
+class DataSpec(Strict):
+    dataset: str = Field("digits", description="digits | cifar10 | synthetic")
+    root: str | None = Field(None, description="folder of the data set on disk (cifar10: the folder holding cifar-10-batches-py)")
+    download: bool = Field(False, description="let torchvision download the data set into root (needs internet)")
+    splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train"], min_length=1)
+    subset: int | None = Field(None, ge=1, description="evaluate a seeded random subset of this many samples per split")
+    subset_seed: int = 0
+    batch_size: int = Field(1024, ge=1)
+    normalize: Normalize | None = Field(None, description="per-channel mean/std in [0, 1] units; None = the data set's default")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra options of the data set (synthetic: size, shape, classes)")
+
+    @model_validator(mode="after")
+    def _unique_splits(self):
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits repeat a name: {self.splits}")
+        return self
+
+
+class DirectionsSpec(Strict):
+    kind: Literal["random"] = "random"
+    seed: int = 0
+    norm: Literal["filter", "layer", "none"] = "filter"
+    ignore: Literal["biasbn", "none"] = "biasbn"
+    dir_type: Literal["weights", "states"] = "weights"
+
+
+class Axis(Strict):
+    min: float
+    max: float
+    num: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be < max ({self.max})")
+        return self
+
+
+class GridSpec(Strict):
+    x: Axis = Field(default_factory=lambda: Axis(min=-1, max=1, num=51))
+    y: Axis | None = Field(None, description="absent: a 1D scan along x")
+    tile: int | list[int] = Field(
+        64, description="points per work item (= one Zarr chunk); an int, or [rows, cols] for 2D"
+    )
+
+    @model_validator(mode="after")
+    def _tile_shape(self):
+        tile = [self.tile] if isinstance(self.tile, int) else self.tile
+        if any(t < 1 for t in tile) or len(tile) not in (1, 1 + (self.y is not None)):
+            raise ValueError(f"tile must be a positive int or [rows, cols] of positive ints, got {self.tile}")
+        return self
+
+
+class EvalSpec(Strict):
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ComputeSpec(Strict):
+    actors: int | Literal["auto"] = Field("auto", description="auto: one per GPU, else one per cpus_per_actor CPUs")
+    gpus_per_actor: float = Field(1.0, gt=0, description="GPUs per actor when GPUs are used (fractional packs actors)")
+    cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per actor")
+    in_flight: int = Field(2, ge=1, description="tiles queued per actor so it never waits for the driver")
+    max_tile_failures: int = Field(3, ge=1, description="actor deaths one tile may cause before the run fails")
+
+    @model_validator(mode="after")
+    def _positive_actors(self):
+        if self.actors != "auto" and self.actors < 1:
+            raise ValueError(f"actors must be >= 1 or 'auto', got {self.actors}")
+        return self
+
+
+RENDER_KINDS = ("contour", "contourf", "heatmap", "surface")
+
+
+class OutputSpec(Strict):
+    store: str = Field("runs/surface.zarr", description="path of the Zarr store")
+    render: list[Literal["contour", "contourf", "heatmap", "surface"]] = Field(
+        default_factory=lambda: list(RENDER_KINDS), description="pictures written next to the store when the run ends"
+    )
+
+
+class Spec(Strict):
+    name: str = "surface"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    directions: DirectionsSpec = Field(default_factory=DirectionsSpec)
+    grid: GridSpec = Field(default_factory=GridSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    def result_fields(self) -> dict:
+        """The parts of the spec that decide the numbers in a store (not where or how fast they are made)."""
+        return self.model_dump(mode="json", exclude={"compute", "output", "name"})
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML (so 3, 0.5, [1,2], null work)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item}: expected KEY=VALUE, e.g. grid.x.num=21")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {item}: {part} is not a section")
+            node = child
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{loc or '(spec)'}: {msg}")
+    return "\n".join(lines)
+
+
+def validate(model: type[BaseModel], raw: dict):
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(format_errors(err)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the spec must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] = (), model: type[BaseModel] = Spec):
+    """Read a YAML spec (or start from the defaults), apply `--set` overrides, validate."""
+    raw = read_yaml(path) if path is not None else {}
+    return validate(model, apply_overrides(raw, list(overrides)))
+
+
+def schema_json(model: type[BaseModel] = Spec) -> str:
+    return json.dumps(model.model_json_schema(), indent=2)

@@ -1,0 +1,151 @@
+"""The Zarr v3 store a job writes: one chunk per tile, the driver its only writer.
+
+Layout (readable with `xarray.open_zarr(path)` or `landscape_ray.open(path)`):
+
+    x, y                    coordinates (α, β); 1-D arrays named after their dimension
+    train_loss, train_acc   (y, x) float64, NaN until computed (test_* when evaluated)
+    done                    (y, x) bool, set after a tile's values are written
+    directions/x/<name>     δ, one array per state_dict entry of the direction space
+    directions/y/<name>     η (surfaces only)
+    attrs                   resolved spec, library versions, axis labels, creation time
+
+A new store is built in a hidden sibling folder and renamed into place when its
+metadata and directions are complete, so a bad input or a crash never leaves a
+half-made store. Zarr's local store writes each chunk atomically and `done` is
+written after the values, so a killed driver loses at most the tiles in flight.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .grid import Grid
+from .spec import Spec, SpecError
+
+FORMAT = 1
+PACKAGES = ("landscape-ray", "torch", "ray", "zarr", "numpy", "pydantic")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def axis_label(spec: Spec, axis: str) -> str:
+    d = spec.directions
+    norm = {"filter": "filter-normalized", "layer": "layer-normalized", "none": "unnormalized"}[d.norm]
+    return f"{axis}: {norm} random direction ({d.dir_type}, seed {d.seed})"
+
+
+def consolidate(path: str | Path) -> None:
+    """Consolidated metadata lets plain `xarray.open_zarr` open the store without warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+
+
+def _build(path: Path, spec: Spec, grid: Grid, variables: list[str], directions: list[dict[str, np.ndarray]]) -> None:
+    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    root.create_array("x", data=grid.x, dimension_names=["x"], attributes={"long_name": axis_label(spec, "x")})
+    if grid.y is not None:
+        root.create_array("y", data=grid.y, dimension_names=["y"], attributes={"long_name": axis_label(spec, "y")})
+    for name in variables:
+        root.create_array(
+            name, shape=grid.shape, chunks=grid.chunks, dtype="float64", fill_value=np.nan, dimension_names=list(grid.dims)
+        )
+    root.create_array("done", shape=grid.shape, chunks=grid.chunks, dtype="bool", fill_value=False, dimension_names=list(grid.dims))
+    for axis, direction in zip("xy", directions):
+        group = root.require_group(f"directions/{axis}")
+        for name, array in direction.items():
+            group.create_array(name, data=array)
+    root.attrs.update({
+        "landscape_ray_format": FORMAT,
+        "spec": spec.model_dump(mode="json"),
+        "versions": versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    })
+    consolidate(path)
+
+
+def create(path: str | Path, spec: Spec, grid: Grid, variables: list[str], directions, overwrite: bool = False) -> "Store":
+    """Make a complete empty store at `path` (replacing an old one only with `overwrite`)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SpecError(f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _build(partial, spec, grid, variables, directions)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(partial, path)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return Store(path)
+
+
+def differences(a, b, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested dicts differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')} (store: {a!r}, now: {b!r})"]
+
+
+class Store:
+    def __init__(self, path: str | Path, mode: str = "r+"):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SpecError(f"store: {self.path} not found")
+        try:
+            self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+            raw = self.root.attrs["spec"]
+        except Exception:
+            raise SpecError(f"store: {self.path} is not a landscape_ray store") from None
+        self.spec = Spec.model_validate(raw)
+        self.grid = Grid.from_spec(self.spec.grid)
+
+    @property
+    def variables(self) -> list[str]:
+        skip = {"x", "y", "done"}
+        return [name for name, _ in self.root.arrays() if name not in skip]
+
+    def check_resumable(self, spec: Spec) -> None:
+        diff = differences(self.spec.result_fields(), spec.result_fields())
+        if diff:
+            raise SpecError("--resume: the spec differs from the store's in " + "; ".join(diff))
+
+    def done(self) -> np.ndarray:
+        return self.root["done"][...]
+
+    def pending_tiles(self) -> list[tuple[int, ...]]:
+        done = self.done()
+        return [t for t in self.grid.tiles() if not done[self.grid.slices(t)].all()]
+
+    def write_tile(self, tile: tuple[int, ...], values: dict[str, np.ndarray]) -> None:
+        where = self.grid.slices(tile)
+        shape = self.grid.tile_shape(tile)
+        for name, flat in values.items():
+            self.root[name][where] = np.asarray(flat).reshape(shape)
+        self.root["done"][where] = True  # last: a tile counts only once all its values are on disk
+
+    def directions(self) -> list[dict[str, np.ndarray]]:
+        return [
+            {name: array[...] for name, array in self.root[f"directions/{axis}"].arrays()}
+            for axis in ("x", "y")[: len(self.grid.shape)]
+        ]
