@@ -104,7 +104,9 @@ def evaluate_tiles(spec: Spec, payload: Payload, grid, tiles: list, on_tile, log
         info = ray.get([s.actor.ready.remote() for s in slots])
     except RayActorError as err:
         raise RunError(f"an actor failed to start: {getattr(err, 'cause', None) or err}") from None
-    log(f"{count} actor(s) on {device} ({len({i['node'] for i in info})} node(s)); {len(tiles)} tile(s) to compute")
+    nodes = len({i["node"] for i in info})
+    pids = ", ".join(f"{s.name} pid {i['pid']}" for s, i in zip(slots, info))
+    log(f"{count} actor(s) on {device}, {nodes} node(s) ({pids}); {len(tiles)} tile(s) to compute")
 
     queue = deque(tiles)
     running: dict[ray.ObjectRef, tuple[tuple, Slot]] = {}

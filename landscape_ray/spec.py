@@ -150,19 +150,24 @@ class Spec(Strict):
         return self.model_dump(mode="json", exclude={"compute", "output", "name"})
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML (so 3, 0.5, [1,2], null work)."""
+def apply_overrides(raw: dict, overrides: list[str], defaults: dict | None = None) -> dict:
+    """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML (so 3, 0.5, [1,2], null work).
+
+    A section the file leaves out starts from its defaults, so `--set grid.x.num=21` works on any spec.
+    """
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--set {item}: expected KEY=VALUE, e.g. grid.x.num=21")
-        node = raw
+        node, default = raw, defaults or {}
         *parents, leaf = key.split(".")
         for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            default = default.get(part) if isinstance(default, dict) else None
+            if part not in node or node[part] is None:
+                node[part] = dict(default) if isinstance(default, dict) else {}
+            if not isinstance(node[part], dict):
                 raise SpecError(f"--set {item}: {part} is not a section")
-            node = child
+            node = node[part]
         node[leaf] = yaml.safe_load(value)
     return raw
 
@@ -201,7 +206,7 @@ def read_yaml(path: str | Path) -> dict:
 def load_spec(path: str | Path | None = None, overrides: list[str] = (), model: type[BaseModel] = Spec):
     """Read a YAML spec (or start from the defaults), apply `--set` overrides, validate."""
     raw = read_yaml(path) if path is not None else {}
-    return validate(model, apply_overrides(raw, list(overrides)))
+    return validate(model, apply_overrides(raw, list(overrides), model().model_dump(mode="json")))
 
 
 def schema_json(model: type[BaseModel] = Spec) -> str:

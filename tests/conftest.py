@@ -1,0 +1,64 @@
+"""Shared fixtures: one real local Ray cluster per session, a trained digits checkpoint, spec builders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# Ray workers (and CLI subprocesses) must import tests.helpers, the custom models of these tests.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+from landscape_ray.evaluator import Evaluator, prepare  # noqa: E402
+from landscape_ray.grid import Grid  # noqa: E402
+from landscape_ray.spec import Spec, load_spec  # noqa: E402
+from landscape_ray.train import TrainSpec, train  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A digits CNN trained for two epochs: a real minimum-ish θ*, made in a few seconds."""
+    out = tmp_path_factory.mktemp("ckpt")
+    spec = TrainSpec.model_validate({"epochs": 2, "batch_size": 64, "device": "cpu", "out": str(out),
+                                     "optimizer": {"lr": 0.05}})
+    return train(spec, log=lambda *_: None)
+
+
+def make_spec(store: Path, checkpoint: Path | None, *overrides: str) -> Spec:
+    """A small 2D job on digits (7 × 5, train subset of 300) with the given `a.b=v` overrides."""
+    base = [
+        f"model.checkpoint={checkpoint}" if checkpoint else "model.checkpoint=null",
+        "data.subset=300", "data.batch_size=128",
+        "grid.x={min: -1, max: 1, num: 7}", "grid.y={min: -0.5, max: 1, num: 5}", "grid.tile=[2, 3]",
+        "eval.device=cpu", "compute.actors=2", f"output.store={store}", "output.render=[]",
+    ]
+    return load_spec(None, base + list(overrides))
+
+
+def reference(spec: Spec) -> dict[str, np.ndarray]:
+    """Every point evaluated in this process, without Ray, one thread like an actor: the ground truth."""
+    grid = Grid.from_spec(spec.grid)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec.compute.cpus_per_actor)
+    try:
+        ev = Evaluator.from_payload(spec, prepare(spec), "cpu")
+        out = {k: np.full(grid.shape, np.nan) for k in ("train_loss", "train_acc")}
+        for tile in grid.tiles():
+            values = ev.evaluate(grid.coords(tile))
+            for k, v in values.items():
+                out.setdefault(k, np.full(grid.shape, np.nan))[grid.slices(tile)] = v.reshape(grid.tile_shape(tile))
+        return out
+    finally:
+        torch.set_num_threads(threads)

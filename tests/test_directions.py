@@ -1,0 +1,89 @@
+"""Filter/layer normalization, ignored biases and BN, seeds, and the direction space (paper §4, app. 9.2)."""
+import numpy as np
+import pytest
+import torch
+
+from landscape_ray.directions import direction_space, make_directions
+from landscape_ray.models import build
+from landscape_ray.spec import DirectionsSpec
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(1)
+    m = build("digits_cnn")
+    with torch.no_grad():  # non-trivial BN statistics, so `states` directions have something to span
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-1, 1)
+                mod.running_var.uniform_(0.5, 2)
+    return m
+
+
+def directions(model, **kw):
+    return make_directions(model, DirectionsSpec(**kw), ndim=2)
+
+
+def test_filter_norm_matches_every_filter_of_theta(model):
+    theta = direction_space(model, "weights")
+    for d in directions(model, norm="filter"):
+        multi = [k for k in d if d[k].ndim > 1]
+        assert multi, "conv and linear weights must be in the direction"
+        for k in multi:
+            want = theta[k].flatten(1).norm(dim=1).numpy()
+            got = np.linalg.norm(d[k].reshape(len(d[k]), -1), axis=1)
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_layer_norm_matches_whole_tensor(model):
+    theta = direction_space(model, "weights")
+    d = directions(model, norm="layer")[0]
+    for k in (k for k in d if d[k].ndim > 1):
+        np.testing.assert_allclose(np.linalg.norm(d[k]), theta[k].norm().item(), rtol=1e-5)
+        per_filter = np.linalg.norm(d[k].reshape(len(d[k]), -1), axis=1)
+        assert not np.allclose(per_filter, theta[k].flatten(1).norm(dim=1).numpy(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("dir_type", ["weights", "states"])
+def test_biasbn_entries_are_zero_and_others_are_not(model, dir_type):
+    for d in directions(model, dir_type=dir_type, ignore="biasbn"):
+        for k, v in d.items():
+            assert (not v.any()) == (v.ndim <= 1), k
+
+
+def test_ignore_none_moves_biases_with_theta_itself(model):
+    theta = direction_space(model, "states")
+    d = directions(model, dir_type="states", ignore="none")[0]
+    for k in (k for k in d if d[k].ndim <= 1):
+        np.testing.assert_array_equal(d[k], theta[k].numpy())
+
+
+def test_states_span_running_statistics_but_weights_do_not(model):
+    weights, states = (set(directions(model, dir_type=t)[0]) for t in ("weights", "states"))
+    assert {k for k in states - weights} == {k for k in model.state_dict() if "running_" in k}
+    assert not any("num_batches_tracked" in k for k in states)
+
+
+def test_seed_determines_direction_and_axes_are_independent(model):
+    a, b, c = directions(model, seed=3), directions(model, seed=3), directions(model, seed=4)
+    for k in a[0]:
+        np.testing.assert_array_equal(a[0][k], b[0][k])
+        np.testing.assert_array_equal(a[1][k], b[1][k])
+    k = "features.0.0.weight"
+    assert not np.allclose(a[0][k], c[0][k])
+    assert not np.allclose(a[0][k], a[1][k])
+    cos = np.dot(a[0][k].ravel(), a[1][k].ravel()) / np.linalg.norm(a[0][k]) / np.linalg.norm(a[1][k])
+    assert abs(cos) < 0.5
+
+
+def test_1d_direction_is_the_x_direction_of_2d(model):
+    one = make_directions(model, DirectionsSpec(seed=5), ndim=1)
+    two = make_directions(model, DirectionsSpec(seed=5), ndim=2)
+    assert len(one) == 1
+    for k in one[0]:
+        np.testing.assert_array_equal(one[0][k], two[0][k])
+
+
+def test_none_norm_leaves_gaussian_unscaled(model):
+    d = directions(model, norm="none", seed=0)[0]["features.1.0.weight"]
+    assert abs(d.std() - 1.0) < 0.05

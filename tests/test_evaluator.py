@@ -1,0 +1,89 @@
+"""The evaluator without Ray: exactness at θ*, independence of point order, 1D = a row of 2D."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from landscape_ray.data import load_splits, normalization
+from landscape_ray.evaluator import Evaluator, prepare
+from landscape_ray.models import load_model
+
+from .conftest import make_spec
+
+
+@pytest.fixture(scope="module")
+def spec(checkpoint, tmp_path_factory):
+    return make_spec(tmp_path_factory.mktemp("ev") / "s.zarr", checkpoint, "data.splits=[train, test]")
+
+
+@pytest.fixture(scope="module")
+def evaluator(spec):
+    return Evaluator.from_payload(spec, prepare(spec), "cpu")
+
+
+def plain_loss(spec):
+    """The checkpoint evaluated the obvious way: load, eval mode, batches, float64 sums."""
+    model = load_model(spec)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in normalization(spec.data))
+    out = {}
+    for name, split in load_splits(spec.data).items():
+        images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)
+        total, correct = torch.zeros((), dtype=torch.float64), 0
+        with torch.no_grad():
+            for i in range(0, len(labels), spec.data.batch_size):
+                x = images[i : i + spec.data.batch_size].float().div(255).sub(mean).div(std)
+                logits = model(x)
+                total += F.cross_entropy(logits, labels[i : i + spec.data.batch_size], reduction="sum").double()
+                correct += (logits.argmax(1) == labels[i : i + spec.data.batch_size]).sum().item()
+        out[f"{name}_loss"], out[f"{name}_acc"] = total.item() / len(labels), correct / len(labels)
+    return out
+
+
+def test_origin_reproduces_the_checkpoint_exactly(spec, evaluator):
+    got = evaluator.evaluate(np.array([[0.0, 0.0]]))
+    want = plain_loss(spec)
+    assert set(got) == {"train_loss", "train_acc", "test_loss", "test_acc"}
+    for k, v in want.items():
+        assert got[k][0] == v, k
+    assert 0.0 <= got["train_acc"][0] <= 1.0 and got["train_acc"][0] > 0.5
+
+
+def test_values_do_not_depend_on_point_order_and_theta_is_restored(evaluator):
+    coords = np.array([[0.5, -0.25], [0.0, 0.0], [-1.0, 1.0]])
+    forward = evaluator.evaluate(coords)
+    backward = evaluator.evaluate(coords[::-1])
+    for k in forward:
+        np.testing.assert_array_equal(forward[k], backward[k][::-1])
+    base = [t.clone() for t in evaluator.targets]
+    evaluator.evaluate(np.array([[3.0, 3.0]]))
+    assert all(torch.equal(a, b) for a, b in zip(base, evaluator.targets))
+
+
+def test_perturbation_raises_the_loss(evaluator):
+    out = evaluator.evaluate(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    assert out["train_loss"][1] > out["train_loss"][0] and out["train_loss"][2] > out["train_loss"][0]
+
+
+def test_1d_scan_equals_y0_row_of_surface(checkpoint, tmp_path):
+    two = make_spec(tmp_path / "a.zarr", checkpoint, "grid.y={min: -1, max: 1, num: 3}")
+    one = make_spec(tmp_path / "b.zarr", checkpoint, "grid.y=null", "grid.tile=4")
+    ev2 = Evaluator.from_payload(two, prepare(two), "cpu")
+    ev1 = Evaluator.from_payload(one, prepare(one), "cpu")
+    xs = np.linspace(-1, 1, 7)
+    row = ev2.evaluate(np.stack([xs, np.zeros_like(xs)], axis=1))
+    scan = ev1.evaluate(xs[:, None])
+    for k in scan:
+        np.testing.assert_array_equal(scan[k], row[k])
+
+
+def test_mse_loss_is_bounded_and_positive(checkpoint, tmp_path):
+    spec = make_spec(tmp_path / "m.zarr", checkpoint, "eval.loss=mse")
+    out = Evaluator.from_payload(spec, prepare(spec), "cpu").evaluate(np.array([[0.0, 0.0], [1.0, 1.0]]))
+    assert ((out["train_loss"] > 0) & (out["train_loss"] < 2 / 10)).all()
+
+
+def test_nan_loss_is_returned_as_is(checkpoint, tmp_path):
+    spec = make_spec(tmp_path / "n.zarr", checkpoint)
+    ev = Evaluator.from_payload(spec, prepare(spec), "cpu")
+    ev.base[0].fill_(float("nan"))
+    assert np.isnan(ev.evaluate(np.array([[0.0, 0.0]]))["train_loss"][0])

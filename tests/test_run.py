@@ -1,0 +1,149 @@
+"""End to end on a real local Ray cluster and real Zarr stores: layout, exactness, faults, resume."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from landscape_ray.directions import make_directions
+from landscape_ray.job import run
+from landscape_ray.models import load_model
+from landscape_ray.spec import RunError
+from landscape_ray.store import Store
+
+from .conftest import ROOT, make_spec, reference
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+quiet = lambda *_: None  # noqa: E731
+
+
+def stored(path) -> dict[str, np.ndarray]:
+    ds = xr.open_zarr(path)
+    return {k: ds[k].values for k in ("train_loss", "train_acc")}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    for k in b:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_store_is_a_complete_xarray_dataset(checkpoint, tmp_path):
+    spec = make_spec(tmp_path / "s.zarr", checkpoint, "data.splits=[train, test]")
+    summary = run(spec, log=quiet)
+    assert summary["points"] == 35 and summary["tiles"] == 9
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert set(ds.data_vars) == {"train_loss", "train_acc", "test_loss", "test_acc", "done"}
+    assert ds.train_loss.dims == ("y", "x") and ds.train_loss.shape == (5, 7)
+    np.testing.assert_array_equal(ds.x.values, np.linspace(-1, 1, 7))
+    np.testing.assert_array_equal(ds.y.values, np.linspace(-0.5, 1, 5))
+    assert ds.done.values.all() and np.isfinite(ds.train_loss.values).all()
+    assert ((ds.test_acc.values >= 0) & (ds.test_acc.values <= 1)).all()
+    assert ds.attrs["spec"] == spec.model_dump(mode="json")
+    assert {"torch", "ray", "zarr"} <= set(ds.attrs["versions"])
+    assert "filter-normalized" in ds.x.attrs["long_name"]
+    # Directions are stored under their state_dict names, and are the seed's directions.
+    want = make_directions(load_model(spec), spec.directions, 2)
+    got = Store(tmp_path / "s.zarr", mode="r").directions()
+    for axis in range(2):
+        assert set(got[axis]) == set(want[axis])
+        for k in want[axis]:
+            np.testing.assert_array_equal(got[axis][k], want[axis][k])
+
+
+@pytest.mark.parametrize("actors, tile", [(1, "[2, 3]"), (2, "[1, 7]"), (2, "4"), (2, "[5, 7]")])
+def test_bit_identical_for_any_actor_count_and_tile_shape(checkpoint, tmp_path, actors, tile):
+    spec = make_spec(tmp_path / "s.zarr", checkpoint, f"compute.actors={actors}", f"grid.tile={tile}")
+    run(spec, log=quiet)
+    assert_same(stored(tmp_path / "s.zarr"), reference(spec))
+
+
+def test_1d_run_equals_y0_row_of_2d_run(checkpoint, tmp_path):
+    two = make_spec(tmp_path / "2d.zarr", checkpoint, "grid.y={min: -1, max: 1, num: 3}")
+    one = make_spec(tmp_path / "1d.zarr", checkpoint, "grid.y=null", "grid.tile=3")
+    run(two, log=quiet)
+    run(one, log=quiet)
+    ds1, ds2 = xr.open_zarr(tmp_path / "1d.zarr"), xr.open_zarr(tmp_path / "2d.zarr")
+    assert ds1.train_loss.dims == ("x",)
+    np.testing.assert_array_equal(ds1.train_loss.values, ds2.train_loss.sel(y=0.0).values)
+
+
+def slow_spec(tmp_path, checkpoint, *extra):
+    return make_spec(tmp_path / "s.zarr", checkpoint, "model.arch=tests.helpers:slow_cnn", "model.kwargs={delay: 0.03}",
+                     "data.batch_size=300", "grid.x={min: -1, max: 1, num: 9}", "grid.y={min: -1, max: 1, num: 9}",
+                     "grid.tile=[1, 3]", *extra)
+
+
+def test_killed_actor_its_tiles_are_recomputed_elsewhere(checkpoint, tmp_path):
+    spec = slow_spec(tmp_path, checkpoint)
+    lines, result = [], {}
+    worker = threading.Thread(target=lambda: result.update(run(spec, log=lines.append)))
+    worker.start()
+    deadline = time.time() + 60
+    while not (lines and any("pid" in l for l in lines)) or not (tmp_path / "s.zarr").exists():
+        assert time.time() < deadline, lines
+        time.sleep(0.05)
+    pid = int(re.search(r"actor-0 pid (\d+)", next(l for l in lines if "pid" in l)).group(1))
+    while Store(tmp_path / "s.zarr", mode="r").done().sum() == 0:
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    worker.join(120)
+    assert result["actor_deaths"] == 1 and result["retried_tiles"] >= 1, result
+    assert any("died" in l for l in lines)
+    assert Store(tmp_path / "s.zarr", mode="r").done().all()
+    assert_same(stored(tmp_path / "s.zarr"), reference(spec.model_copy(update={"model": spec.model.model_copy(update={"arch": "digits_cnn", "kwargs": {}})})))
+
+
+def test_tile_that_keeps_killing_actors_ends_the_run(checkpoint, tmp_path):
+    spec = make_spec(tmp_path / "s.zarr", checkpoint, "model.arch=tests.helpers:crashing_cnn", "compute.max_tile_failures=2")
+    with pytest.raises(RunError, match=r"killed 2 actors; giving up"):
+        run(spec, log=quiet)
+    assert not Store(tmp_path / "s.zarr", mode="r").done().any()
+
+
+def test_killed_driver_resume_recomputes_only_missing_tiles(checkpoint, tmp_path):
+    spec = slow_spec(tmp_path, checkpoint)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    proc = subprocess.Popen([sys.executable, "-m", "landscape_ray", "run", str(spec_file)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        done = 0
+        while done < 4:
+            assert proc.poll() is None and time.time() < deadline, "driver ended before it could be killed"
+            time.sleep(0.1)
+            if (tmp_path / "s.zarr").exists():
+                done = Store(tmp_path / "s.zarr", mode="r").done().sum() // 3
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, mid-run
+        proc.wait()
+    before = Store(tmp_path / "s.zarr", mode="r").done().reshape(-1, 3).all(axis=1).sum()
+    assert 0 < before < 27
+    summary = run(spec, resume=True, log=quiet)
+    assert summary["tiles"] == 27 - before
+    reference_spec = spec.model_copy(update={"model": spec.model.model_copy(update={"arch": "digits_cnn", "kwargs": {}})})
+    assert_same(stored(tmp_path / "s.zarr"), reference(reference_spec))
+
+
+def test_nan_points_are_stored_and_the_run_goes_on(checkpoint, tmp_path):
+    # Moving BN running variances along themselves scales them by 1 + x + y: NaN where that is negative.
+    spec = make_spec(tmp_path / "s.zarr", checkpoint, "directions.dir_type=states", "directions.ignore=none",
+                     "grid.x={min: -2, max: 1, num: 7}", "output.render=[contour, heatmap]")
+    summary = run(spec, log=quiet)
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    loss = ds.train_loss.values
+    assert ds.done.values.all()
+    x, y = np.meshgrid(ds.x.values, ds.y.values)
+    negative = 1 + x + y < 0
+    assert negative.any() and (~negative).any()
+    np.testing.assert_array_equal(np.isnan(loss), negative)
+    assert len(summary["pictures"]) == 2 and all(os.path.getsize(p) > 1000 for p in summary["pictures"])
