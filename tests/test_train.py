@@ -1,0 +1,58 @@
+"""Training writes a weights-only checkpoint per epoch, resumes where it stopped, and feeds `run`."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import xarray as xr
+
+from landscape_ray.train import TrainSpec, lr_at, train
+
+from .conftest import ROOT
+
+
+def spec(out, epochs):
+    return TrainSpec.model_validate({"epochs": epochs, "batch_size": 128, "device": "cpu", "out": str(out),
+                                     "data": {"subset": 400, "splits": ["train", "test"]},
+                                     "optimizer": {"lr": 0.05, "milestones": [2]}})
+
+
+def test_per_epoch_checkpoints_and_exact_resume(tmp_path):
+    full = train(spec(tmp_path / "full", 3), log=lambda *_: None)
+    names = sorted(p.name for p in (tmp_path / "full").glob("*.pt"))
+    assert names == ["final.pt", "model_0.pt", "model_1.pt", "model_2.pt", "model_3.pt"]
+    ckpt = torch.load(full, weights_only=True)
+    assert ckpt["epoch"] == 3 and {"train_loss", "train_acc", "test_loss", "test_acc", "spec"} <= set(ckpt)
+    assert ckpt["test_acc"] > 0.5
+
+    # "Killed" after epoch 2, then rerun with the same spec: continues at epoch 3 and ends where the full run did.
+    train(spec(tmp_path / "cut", 2), log=lambda *_: None)
+    lines = []
+    resumed = torch.load(train(spec(tmp_path / "cut", 3), log=lines.append), weights_only=True)
+    assert lines[0].startswith("resuming from") and "(epoch 2)" in lines[0] and len(lines) == 2
+    for k, v in ckpt["state_dict"].items():
+        assert torch.equal(v, resumed["state_dict"][k]), k
+
+
+def test_learning_rate_schedule():
+    opt = TrainSpec().optimizer
+    assert [lr_at(opt, e) for e in (0, 149, 150, 225, 299)] == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.0001])
+
+
+@pytest.mark.slow
+def test_shipped_quickstart_specs_run_end_to_end(tmp_path):
+    """The demo's two specs, unchanged but for size, through the real CLI: train, then surface + pictures."""
+    ckpts, store = tmp_path / "ckpts", tmp_path / "demo" / "surface.zarr"
+    cli = [sys.executable, "-m", "landscape_ray"]
+    subprocess.run(cli + ["train", "jobs/quickstart-train.yaml", "--set", "epochs=2", "--set", f"out={ckpts}"],
+                   cwd=ROOT, check=True, capture_output=True)
+    proc = subprocess.run(cli + ["run", "jobs/quickstart.yaml", "--set", f"model.checkpoint={ckpts / 'final.pt'}",
+                                 "--set", "grid.x.num=5", "--set", "grid.y.num=4", "--set", "grid.tile=5",
+                                 "--set", f"output.store={store}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "20/20 points" in proc.stdout and "pictures:" in proc.stdout
+    assert xr.open_zarr(store).done.values.all()
+    assert sorted(p.name for p in store.parent.glob("*.png")) == sorted(
+        f"{s}_loss_{k}.png" for s in ("train", "test") for k in ("contour", "contourf", "heatmap", "surface"))
