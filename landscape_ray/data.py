@@ -1,16 +1,24 @@
 """Evaluation data: each split read once into compact NumPy arrays.
 
-Images stay uint8 (N, C, H, W) and labels int64 (N,) all the way into device
-memory; the evaluator normalizes batch by batch there, so the data is never
-re-decoded per grid point and a host copy is cheap to share between actors.
+Image data sets become an `ImageSplit`: uint8 images (N, C, H, W) and int64
+labels (N,), kept that way all the way into device memory; the evaluator
+normalizes batch by batch there, so nothing is re-decoded per grid point and
+one host copy is shared by the actors of a node.
 
-    splits = load_splits(spec.data)        # {"train": Split, "test": Split}
+Any other data (`data.dataset: package.module:factory` returning a torch
+Dataset, e.g. token sequences for a language model) becomes a `BatchSplit`:
+collated once with a DataLoader into `data.batch_size` batches of NumPy arrays
+(tuples, lists and dicts kept as they are), which the metric receives as-is.
+
+    splits = load_splits(spec.data)        # {"train": ImageSplit, "test": ImageSplit}
     mean, std = normalization(spec.data)
 
 Data sets: `digits` (scikit-learn's bundled 8×8 digits, 1,437 train / 360 test),
-`cifar10` (a folder with the standard python-pickle `cifar-10-batches-py`;
-`download: true` fetches it with torchvision), `synthetic` (seeded random
-images, for benchmarks and tests).
+`cifar10` (a folder holding the standard python-pickle `cifar-10-batches-py`;
+`download: true` fetches it with torchvision), `imagefolder` (`root/{train,test}/
+<class>/<image>`, every image the same size), `synthetic` (seeded random
+images, for benchmarks and tests), or `package.module:factory`, called as
+`factory(split=..., root=..., **data.kwargs)`.
 """
 from __future__ import annotations
 
@@ -24,36 +32,53 @@ from .spec import DataSpec, SpecError
 
 
 @dataclass(frozen=True)
-class Split:
+class ImageSplit:
     images: np.ndarray  # uint8 (N, C, H, W)
     labels: np.ndarray  # int64 (N,)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, index: np.ndarray) -> "ImageSplit":
+        return ImageSplit(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    batches: list  # collated batches: NumPy arrays in the structure the Dataset's items have
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
 
 DEFAULT_NORMALIZE = {
     "digits": ([0.305], [0.376]),
     # The paper's public code normalizes CIFAR-10 with these values; its checkpoints expect them.
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+    "imagefolder": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     "synthetic": ([0.5], [0.25]),
 }
 
 
-def _digits(split: str, spec: DataSpec) -> Split:
+def _digits(split: str, spec: DataSpec) -> ImageSplit:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, None]
     order = np.random.default_rng(0).permutation(len(images))  # a fixed split, the same everywhere
     index = np.sort(order[:1437] if split == "train" else order[1437:])
-    return Split(images[index], bunch.target[index].astype(np.int64))
+    return ImageSplit(images[index], bunch.target[index].astype(np.int64))
 
 
-def _cifar10(split: str, spec: DataSpec) -> Split:
+def _root(spec: DataSpec) -> Path:
     if spec.root is None:
-        raise SpecError("data.root: cifar10 needs the folder that holds cifar-10-batches-py")
-    root = Path(spec.root)
+        raise SpecError(f"data.root: {spec.dataset} needs the folder of the data set")
+    return Path(spec.root)
+
+
+def _cifar10(split: str, spec: DataSpec) -> ImageSplit:
+    root = _root(spec)
     folder = root / "cifar-10-batches-py"
     if not folder.is_dir() and spec.download:
         import torchvision
@@ -72,37 +97,99 @@ def _cifar10(split: str, spec: DataSpec) -> Split:
                 batch = pickle.load(f, encoding="bytes")
             images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
-        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
-            raise SpecError(f"data.root: {path} is not a CIFAR-10 python batch ({err!r})") from None
-    return Split(np.concatenate(images), np.concatenate(labels))
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as err:
+            raise SpecError(f"data.root: {path} is not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
+    return ImageSplit(np.concatenate(images), np.concatenate(labels))
 
 
-def _synthetic(split: str, spec: DataSpec) -> Split:
+def _imagefolder(split: str, spec: DataSpec) -> ImageSplit:
+    from torchvision.datasets import ImageFolder
+
+    folder = _root(spec) / split
+    if not folder.is_dir():
+        raise SpecError(f"data.root: {folder} not found (imagefolder expects root/{split}/<class>/<image>)")
+    try:
+        ds = ImageFolder(str(folder), loader=lambda p: np.asarray(_open_rgb(p)))
+    except (FileNotFoundError, OSError) as err:
+        raise SpecError(f"data.root: {folder}: {err}") from None
+    images = [ds[i][0] for i in range(len(ds))]
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise SpecError(f"data.root: images in {folder} differ in size ({', '.join(map(str, sorted(shapes)[:3]))}); resize them first")
+    return ImageSplit(np.stack(images).transpose(0, 3, 1, 2).copy(), np.asarray(ds.targets, dtype=np.int64))
+
+
+def _open_rgb(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _synthetic(split: str, spec: DataSpec) -> ImageSplit:
     opts = {"size": 1000, "shape": [3, 32, 32], "classes": 10} | spec.kwargs
     unknown = set(opts) - {"size", "shape", "classes"}
     if unknown:
         raise SpecError(f"data.kwargs: synthetic takes size, shape, classes; unknown: {', '.join(sorted(unknown))}")
     rng = np.random.default_rng(0 if split == "train" else 1)
     images = rng.integers(0, 256, size=(opts["size"], *opts["shape"]), dtype=np.uint8)
-    return Split(images, rng.integers(0, opts["classes"], size=opts["size"]).astype(np.int64))
+    return ImageSplit(images, rng.integers(0, opts["classes"], size=opts["size"]).astype(np.int64))
 
 
-DATASETS = {"digits": _digits, "cifar10": _cifar10, "synthetic": _synthetic}
+def _to_numpy(tree):
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        return tree.numpy()
+    if isinstance(tree, dict):
+        return {k: _to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to_numpy(v) for v in tree)
+    return tree
 
 
-def load_split(spec: DataSpec, split: str) -> Split:
+def _factory(split: str, spec: DataSpec, index_of) -> BatchSplit:
+    import torch
+    from torch.utils.data import DataLoader, Dataset, Subset
+
+    from .models import import_object
+
+    try:
+        dataset = import_object(spec.dataset, "data.dataset")(split=split, root=spec.root, **spec.kwargs)
+    except TypeError as err:
+        raise SpecError(f"data.dataset: {spec.dataset} rejects split/root/data.kwargs ({err})") from None
+    if not isinstance(dataset, Dataset):
+        raise SpecError(f"data.dataset: {spec.dataset} returned {type(dataset).__name__}, not a torch Dataset")
+    index = index_of(len(dataset))
+    if index is not None:
+        dataset = Subset(dataset, index.tolist())
+    with torch.no_grad():
+        batches = [_to_numpy(b) for b in DataLoader(dataset, batch_size=spec.batch_size, shuffle=False)]
+    return BatchSplit(batches, len(dataset))
+
+
+DATASETS = {"digits": _digits, "cifar10": _cifar10, "imagefolder": _imagefolder, "synthetic": _synthetic}
+
+
+def subset_index(spec: DataSpec, split: str, size: int) -> np.ndarray | None:
+    """The seeded sample of `data.subset` items of a split (None: the whole split)."""
+    if spec.subset is None or spec.subset >= size:
+        return None
+    rng = np.random.default_rng([spec.subset_seed, ["train", "test"].index(split)])
+    return np.sort(rng.choice(size, spec.subset, replace=False))
+
+
+def load_split(spec: DataSpec, split: str) -> ImageSplit | BatchSplit:
+    if ":" in spec.dataset:
+        return _factory(split, spec, lambda n: subset_index(spec, split, n))
     if spec.dataset not in DATASETS:
-        raise SpecError(f"data.dataset: unknown data set {spec.dataset!r}; known: {', '.join(DATASETS)}")
+        raise SpecError(f"data.dataset: unknown data set {spec.dataset!r}; known: {', '.join(DATASETS)} or 'package.module:factory'")
     data = DATASETS[spec.dataset](split, spec)
-    if spec.subset is not None and spec.subset < len(data):
-        # Seeded per split, so the same spec always evaluates the same samples.
-        rng = np.random.default_rng([spec.subset_seed, ["train", "test"].index(split)])
-        index = np.sort(rng.choice(len(data), spec.subset, replace=False))
-        data = Split(data.images[index], data.labels[index])
-    return data
+    index = subset_index(spec, split, len(data))
+    return data if index is None else data.take(index)
 
 
-def load_splits(spec: DataSpec) -> dict[str, Split]:
+def load_splits(spec: DataSpec) -> dict[str, ImageSplit | BatchSplit]:
     return {split: load_split(spec, split) for split in spec.splits}
 
 

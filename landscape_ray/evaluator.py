@@ -1,33 +1,61 @@
-"""The evaluator: loss and accuracy of θ* + αδ + βη on whole data splits.
+"""The evaluator: loss and metrics of θ* + αδ + βη on whole data splits.
 
-Plain PyTorch, no Ray: it holds the model, the evaluation splits (uint8, on its
+Plain PyTorch, no Ray: it holds the model, the evaluation splits (on its
 device) and the directions, and for each grid coordinate sets the perturbed
 weights in place — always from θ*, never incrementally, so a point's value does
-not depend on which points came before it — then runs the model in eval mode
-over every sample.
+not depend on which points came before it — then runs the metric over every
+batch in eval mode.
 
     payload = prepare(spec)                         # CPU, NumPy: what actors receive
     ev = Evaluator.from_payload(spec, payload)
     out = ev.evaluate(np.array([[0.0, 0.0], [0.5, -0.25]]))
     out["train_loss"], out["train_acc"]             # one value per coordinate
 
-Losses are summed in float64 and divided by the sample count; accuracy is a
-fraction in [0, 1]. At (0, 0) the weights are θ* bit for bit, so the value is the
-checkpoint's own loss.
+A metric is `fn(model, batch) -> (loss_sum, count[, {name: sum}])`. The default,
+`classification`, gives the mean loss and the accuracy (a fraction in [0, 1]);
+`eval.metric: package.module:fn` plugs in any other task. Each sum becomes a
+store variable `<split>_<name>` (sum / count); a sum named `loss_sq` (per-sample
+squared losses) becomes `<split>_loss_se`, the standard error of the mean loss,
+when `data.subset` samples the split. Sums accumulate in float64 on the device
+with one host sync per split and point. At (0, 0) the weights are θ* bit for
+bit, so the value is the checkpoint's own loss.
 """
 from __future__ import annotations
 
+import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .data import Split, load_splits, normalization
+from .data import BatchSplit, ImageSplit, load_splits, normalization
 from .directions import make_directions
-from .models import build, load_model
+from .models import build, import_object, load_model
 from .spec import Spec, SpecError
+
+
+def classification(loss: str = "cross_entropy"):
+    """The default metric: summed per-sample loss, accuracy, and squared losses for the standard error."""
+
+    def metric(model: nn.Module, batch):
+        x, y = batch
+        logits = model(x).float()
+        if loss == "cross_entropy":
+            per = F.cross_entropy(logits, y, reduction="none")
+        else:  # as the paper's code: squared error of the softmax against one-hot labels, mean over classes
+            per = F.mse_loss(F.softmax(logits, dim=1), F.one_hot(y, logits.shape[1]).float(), reduction="none").mean(1)
+        per = per.double()
+        return per.sum(), len(y), {"acc": (logits.argmax(dim=1) == y).sum(), "loss_sq": per.square().sum()}
+
+    return metric
+
+
+def resolve_metric(metric: str | None, loss: str = "cross_entropy"):
+    """`eval.metric` ('package.module:fn') or, when None, the classification metric with `loss`."""
+    return classification(loss) if metric is None else import_object(metric, "eval.metric")
 
 
 @dataclass
@@ -36,27 +64,30 @@ class Payload:
 
     state: dict[str, np.ndarray]
     directions: list[dict[str, np.ndarray]]
-    splits: dict[str, Split]
+    splits: dict[str, ImageSplit | BatchSplit]
+    bn_split: ImageSplit | BatchSplit | None = None  # the train split, for eval.bn: recompute
+    variables: list[str] = field(default_factory=list)
 
 
 def prepare(spec: Spec) -> Payload:
     """Load θ*, the data and the directions once, on the CPU; every input error surfaces here."""
     model = load_model(spec)
     splits = load_splits(spec.data)
+    mean, _ = normalization(spec.data)
     for name, split in splits.items():
         if len(split) == 0:
             raise SpecError(f"data.splits: split {name!r} of {spec.data.dataset} is empty")
-        mean, _ = normalization(spec.data)
-        if len(mean) not in (1, split.images.shape[1]):
+        if isinstance(split, ImageSplit) and len(mean) not in (1, split.images.shape[1]):
             raise SpecError(f"data.normalize: {len(mean)} channel means for {split.images.shape[1]}-channel images")
+    bn_split = None
+    if spec.eval.bn == "recompute":
+        bn_split = splits["train"] if "train" in splits else load_splits(spec.data.model_copy(update={"splits": ["train"]}))["train"]
     ndim = 1 if spec.grid.y is None else 2
     directions = make_directions(model, spec.directions, ndim)
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    return Payload(state, directions, splits)
-
-
-def variables(spec: Spec) -> list[str]:
-    return [f"{split}_{metric}" for split in spec.data.splits for metric in ("loss", "acc")]
+    payload = Payload(state, directions, splits, bn_split)
+    payload.variables = Evaluator.from_payload(spec, payload, "cpu").probe()
+    return payload
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,11 +105,23 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+def to_device(tree, device):
+    if isinstance(tree, np.ndarray):
+        return as_tensor(tree).to(device)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_device(v, device) for v in tree)
+    return tree
+
+
 class Evaluator:
-    def __init__(self, model, state, directions, splits, mean, std, loss="cross_entropy", batch_size=1024, device="cpu"):
+    def __init__(self, model, state, directions, splits, mean, std, metric=None, batch_size=1024, device="cpu",
+                 bn_split=None, standard_error=False):
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.loss = loss
+        self.metric = metric or classification()
+        self.standard_error = standard_error
         self.model = model.to(self.device).eval()
         self.model.load_state_dict({k: as_tensor(v) for k, v in state.items()})
         live = self.model.state_dict(keep_vars=True)
@@ -87,11 +130,17 @@ class Evaluator:
         self.targets = [live[n].detach() for n in names]
         self.base = [t.clone() for t in self.targets]
         self.directions = [[as_tensor(d[n]).to(self.device) for n in names] for d in directions]
-        self.splits = {
-            name: (as_tensor(s.images).to(self.device), as_tensor(s.labels).to(self.device)) for name, s in splits.items()
-        }
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.splits = {name: self._resident(s) for name, s in splits.items()}
+        self.bn_split = self._resident(bn_split) if bn_split is not None else None
+        self.bn_modules = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.bn_saved = [(m.running_mean.clone(), m.running_var.clone()) for m in self.bn_modules if m.running_mean is not None]
+
+    def _resident(self, split):
+        if isinstance(split, ImageSplit):
+            return as_tensor(split.images).to(self.device), as_tensor(split.labels).to(self.device)
+        return [to_device(b, self.device) for b in split.batches]
 
     @classmethod
     def from_payload(cls, spec: Spec, payload: Payload, device: str | None = None) -> "Evaluator":
@@ -99,13 +148,29 @@ class Evaluator:
         mean, std = normalization(spec.data)
         return cls(
             model, payload.state, payload.directions, payload.splits, mean, std,
-            loss=spec.eval.loss, batch_size=spec.data.batch_size,
-            device=device or resolve_device(spec.eval.device),
+            metric=resolve_metric(spec.eval.metric, spec.eval.loss), batch_size=spec.data.batch_size,
+            device=device or resolve_device(spec.eval.device), bn_split=payload.bn_split,
+            standard_error=spec.data.subset is not None,
         )
+
+    def batches(self, resident):
+        """Batches ready for the metric: image splits are sliced and normalized here, on the device."""
+        if isinstance(resident, list):
+            yield from resident
+            return
+        images, labels = resident
+        for i in range(0, len(labels), self.batch_size):
+            x = images[i : i + self.batch_size].float().div_(255).sub_(self.mean).div_(self.std)
+            yield x, labels[i : i + self.batch_size]
 
     @torch.no_grad()
     def reset(self) -> None:
+        """Back to θ* (and its BN statistics, which eval.bn: recompute overwrites)."""
         torch._foreach_copy_(self.targets, self.base)
+        if self.bn_split is not None:
+            for m, (mean, var) in zip(self.bn_modules, self.bn_saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
 
     @torch.no_grad()
     def set_point(self, coord) -> None:
@@ -114,31 +179,53 @@ class Evaluator:
         for c, d in zip(coord, self.directions):
             torch._foreach_add_(self.targets, d, alpha=float(c))
 
-    def _batch_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self.loss == "cross_entropy":
-            return F.cross_entropy(logits, labels, reduction="sum")
-        # As the paper's code: squared error of the softmax against one-hot labels, mean over classes.
-        onehot = F.one_hot(labels, logits.shape[1]).float()
-        return F.mse_loss(F.softmax(logits, dim=1), onehot, reduction="sum") / logits.shape[1]
+    @torch.no_grad()
+    def recompute_bn(self) -> None:
+        """Re-estimate BN running statistics at the current weights: an exact average over the train split."""
+        for m in self.bn_modules:
+            m.reset_running_stats()
+            m.momentum = None
+        self.model.train()
+        try:
+            for batch in self.batches(self.bn_split):
+                self.metric(self.model, batch)
+        finally:
+            self.model.eval()
 
     @torch.inference_mode()
-    def measure(self) -> dict[str, float]:
-        """Mean loss and accuracy of the model as it is now, on every split."""
+    def measure(self, limit: int | None = None) -> dict[str, float]:
+        """Mean loss and the metric's other sums for the model as it is now, on every split."""
+        if self.bn_split is not None:
+            with torch.inference_mode(False):
+                self.recompute_bn()
         out = {}
-        for name, (images, labels) in self.splits.items():
-            loss = torch.zeros((), dtype=torch.float64, device=self.device)
-            correct = torch.zeros((), dtype=torch.int64, device=self.device)
-            for i in range(0, len(labels), self.batch_size):
-                x = images[i : i + self.batch_size].float().div_(255).sub_(self.mean).div_(self.std)
-                y = labels[i : i + self.batch_size]
-                logits = self.model(x)
-                loss += self._batch_loss(logits, y).double()
-                correct += (logits.argmax(dim=1) == y).sum()
-            # One host sync per split and point, not per batch.
-            out[f"{name}_loss"] = loss.item() / len(labels)
-            out[f"{name}_acc"] = correct.item() / len(labels)
+        for name, resident in self.splits.items():
+            loss, count, sums = torch.zeros((), dtype=torch.float64, device=self.device), 0, {}
+            for i, batch in enumerate(self.batches(resident)):
+                if limit is not None and i >= limit:
+                    break
+                result = self.metric(self.model, batch)
+                loss += result[0].double()
+                count += result[1]
+                for k, v in (result[2] if len(result) > 2 else {}).items():
+                    sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=self.device).double()
+            n = int(count)  # one host sync per split and point, not per batch
+            mean = loss.item() / n
+            out[f"{name}_loss"] = mean
+            for k, v in sums.items():
+                if k != "loss_sq":
+                    out[f"{name}_{k}"] = v.item() / n
+                elif self.standard_error:
+                    var = max(v.item() / n - mean * mean, 0.0) * n / max(n - 1, 1)
+                    out[f"{name}_loss_se"] = math.sqrt(var / n)
         return out
+
+    def probe(self) -> list[str]:
+        """The variables this evaluator produces, from one batch per split (checks the metric too)."""
+        try:
+            return list(self.measure(limit=1))
+        except Exception as err:
+            raise SpecError(f"eval: one batch at θ* failed (model, data and metric must fit): {type(err).__name__}: {err}") from None
 
     def evaluate(self, coords: np.ndarray) -> dict[str, np.ndarray]:
         """Values at each coordinate row (α[, β]); θ* is restored afterwards."""

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from . import scheduler
-from .evaluator import prepare, variables
+from .evaluator import prepare
 from .grid import Grid
 from .render import render
 from .spec import Spec, SpecError
@@ -36,7 +36,7 @@ def run(spec: Spec, resume: bool = False, overwrite: bool = False, address: str 
     if existing:
         payload.directions = store.directions()
     else:
-        store = create(path, spec, grid, variables(spec), payload.directions, overwrite=overwrite)
+        store = create(path, spec, grid, payload.variables, payload.directions, overwrite=overwrite)
     tiles = store.pending_tiles()
     total = len(grid.tiles())
     log(f"store {path}: {total - len(tiles)}/{total} tiles done, {len(tiles)} to compute")

@@ -1,6 +1,6 @@
 """Networks by name, and checkpoints loaded into them.
 
-    model = build("digits_cnn")                    # a zoo name
+    model = build("resnet56")                      # a zoo name (zoo.py: the paper's CIFAR-10 nets)
     model = build("mypkg.nets:make_net", width=64)  # any factory returning an nn.Module
     state = read_checkpoint("runs/demo/checkpoints/final.pt")
     fit_state(model, state)                         # names missing/unexpected keys, shape clashes
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .spec import SpecError
+from .zoo import ZOO as CIFAR_ZOO
 
 
 class DigitsCNN(nn.Module):
@@ -38,7 +39,7 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-ZOO: dict[str, Callable[..., nn.Module]] = {"digits_cnn": DigitsCNN}
+ZOO: dict[str, Callable[..., nn.Module]] = {"digits_cnn": DigitsCNN, **CIFAR_ZOO}
 
 
 def import_object(path: str, field: str):

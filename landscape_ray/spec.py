@@ -54,7 +54,7 @@ class Normalize(Strict):
 
 
 class DataSpec(Strict):
-    dataset: str = Field("digits", description="digits | cifar10 | synthetic")
+    dataset: str = Field("digits", description="digits | cifar10 | imagefolder | synthetic | 'package.module:factory'")
     root: str | None = Field(None, description="folder of the data set on disk (cifar10: the folder holding cifar-10-batches-py)")
     download: bool = Field(False, description="let torchvision download the data set into root (needs internet)")
     splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train"], min_length=1)
@@ -107,7 +107,13 @@ class GridSpec(Strict):
 
 
 class EvalSpec(Strict):
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    loss: Literal["cross_entropy", "mse"] = Field("cross_entropy", description="loss of the default classification metric")
+    metric: str | None = Field(
+        None, description="'package.module:fn'; fn(model, batch) returns (loss_sum, count[, {name: sum}]); None = classification"
+    )
+    bn: Literal["eval", "recompute"] = Field(
+        "eval", description="eval: θ*'s BN running statistics (the paper); recompute: re-estimated on the train split at every point"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

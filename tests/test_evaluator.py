@@ -28,23 +28,29 @@ def plain_loss(spec):
     out = {}
     for name, split in load_splits(spec.data).items():
         images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)
-        total, correct = torch.zeros((), dtype=torch.float64), 0
+        total, correct, losses = torch.zeros((), dtype=torch.float64), 0, []
         with torch.no_grad():
             for i in range(0, len(labels), spec.data.batch_size):
                 x = images[i : i + spec.data.batch_size].float().div(255).sub(mean).div(std)
                 logits = model(x)
-                total += F.cross_entropy(logits, labels[i : i + spec.data.batch_size], reduction="sum").double()
+                per = F.cross_entropy(logits, labels[i : i + spec.data.batch_size], reduction="none")
+                total += per.double().sum()
+                losses.append(per.double())
                 correct += (logits.argmax(1) == labels[i : i + spec.data.batch_size]).sum().item()
         out[f"{name}_loss"], out[f"{name}_acc"] = total.item() / len(labels), correct / len(labels)
+        out[f"{name}_loss_se"] = torch.cat(losses).std().item() / len(labels) ** 0.5
     return out
 
 
 def test_origin_reproduces_the_checkpoint_exactly(spec, evaluator):
     got = evaluator.evaluate(np.array([[0.0, 0.0]]))
     want = plain_loss(spec)
-    assert set(got) == {"train_loss", "train_acc", "test_loss", "test_acc"}
+    assert set(got) == set(want) == {"train_loss", "train_acc", "train_loss_se", "test_loss", "test_acc", "test_loss_se"}
     for k, v in want.items():
-        assert got[k][0] == v, k
+        if k.endswith("_se"):  # a spread: summed as Σl² − n·mean², so equal to rounding
+            assert got[k][0] == pytest.approx(v, rel=1e-9) and v > 0, k
+        else:
+            assert got[k][0] == v, k
     assert 0.0 <= got["train_acc"][0] <= 1.0 and got["train_acc"][0] > 0.5
 
 

@@ -28,10 +28,11 @@ quiet = lambda *_: None  # noqa: E731
 
 def stored(path) -> dict[str, np.ndarray]:
     ds = xr.open_zarr(path)
-    return {k: ds[k].values for k in ("train_loss", "train_acc")}
+    return {k: ds[k].values for k in ds.data_vars if k != "done"}
 
 
 def assert_same(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
     for k in b:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
@@ -41,7 +42,7 @@ def test_store_is_a_complete_xarray_dataset(checkpoint, tmp_path):
     summary = run(spec, log=quiet)
     assert summary["points"] == 35 and summary["tiles"] == 9
     ds = xr.open_zarr(tmp_path / "s.zarr")
-    assert set(ds.data_vars) == {"train_loss", "train_acc", "test_loss", "test_acc", "done"}
+    assert set(ds.data_vars) == {"train_loss", "train_acc", "train_loss_se", "test_loss", "test_acc", "test_loss_se", "done"}
     assert ds.train_loss.dims == ("y", "x") and ds.train_loss.shape == (5, 7)
     np.testing.assert_array_equal(ds.x.values, np.linspace(-1, 1, 7))
     np.testing.assert_array_equal(ds.y.values, np.linspace(-0.5, 1, 5))
