@@ -32,7 +32,14 @@ def cmd_train(args) -> None:
     from .train import TrainSpec, train
 
     overrides = list(args.set) + (["model.trust_checkpoint=true"] if args.trust_checkpoint else [])
-    final = train(load_spec(args.spec, overrides, model=TrainSpec))
+    spec = load_spec(args.spec, overrides, model=TrainSpec)
+    if args.address:
+        from . import scheduler
+
+        scheduler.connect(args.address)
+        final = scheduler.run_task(train, spec, device=spec.device)
+    else:
+        final = train(spec)
     print(f"final checkpoint: {final}")
 
 
@@ -96,6 +103,8 @@ def parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("train", help="train a model, writing a checkpoint per epoch")
     spec_args(q)
+    q.add_argument("--address", default=None,
+                   help="run as a task on this Ray cluster (default: here); `out` must be a folder that node can write and you can read")
     q.set_defaults(func=cmd_train)
 
     q = sub.add_parser("render", help="draw pictures from a store (complete or partial)")

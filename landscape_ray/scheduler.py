@@ -43,6 +43,14 @@ def connect(address: str | None = None) -> None:
     ray.init(address="local", include_dashboard=False, logging_level="WARNING")
 
 
+def run_task(fn, *args, device: str = "auto"):
+    """Run `fn(*args)` as one Ray task (on a GPU when the cluster has one and `device` allows) and return its result."""
+    gpus = 1 if device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    if device == "cuda" and not gpus:
+        raise RunError("device: cuda requested but the Ray cluster has no GPUs")
+    return ray.get(ray.remote(num_cpus=1, num_gpus=gpus)(fn).remote(*args))
+
+
 @ray.remote(max_restarts=0)
 class EvalActor:
     def __init__(self, spec: dict, payload: Payload, device: str, threads: int):

@@ -93,3 +93,37 @@ def test_nan_loss_is_returned_as_is(checkpoint, tmp_path):
     ev = Evaluator.from_payload(spec, prepare(spec), "cpu")
     ev.base[0].fill_(float("nan"))
     assert np.isnan(ev.evaluate(np.array([[0.0, 0.0]]))["train_loss"][0])
+
+
+def lm_spec(tmp_path, *extra):
+    return make_spec(tmp_path / "lm.zarr", None, "model.arch=jobs.tiny_lm:make_model", "data.dataset=jobs.tiny_lm:make_dataset",
+                     "data.kwargs={size: 96, length: 8}", "data.batch_size=32", "data.subset=null",
+                     "eval.metric=jobs.tiny_lm:next_token", *extra)
+
+
+@pytest.mark.parametrize("bn_matters", [True, False])
+def test_bn_recompute_changes_results_exactly_where_bn_matters(checkpoint, tmp_path, bn_matters):
+    def values(mode):
+        spec = (make_spec(tmp_path / "d.zarr", checkpoint, f"eval.bn={mode}") if bn_matters
+                else lm_spec(tmp_path, f"eval.bn={mode}"))
+        ev = Evaluator.from_payload(spec, prepare(spec), "cpu")
+        return ev, ev.evaluate(np.array([[0.0, 0.0], [0.6, -0.4], [0.0, 0.0]]))
+
+    (ev, kept), (ev_re, fresh) = values("eval"), values("recompute")
+    if bn_matters:
+        assert np.all(kept["train_loss"] != fresh["train_loss"])
+        assert fresh["train_loss"][0] == fresh["train_loss"][2]  # re-estimated from scratch at every point
+        # θ*'s own statistics come back afterwards.
+        assert all(torch.equal(m.running_var, v) for m, (_, v) in zip(ev_re.bn_modules, ev_re.bn_saved))
+    else:
+        assert not ev.bn_modules
+        for k in kept:
+            np.testing.assert_array_equal(kept[k], fresh[k])
+
+
+def test_custom_metric_defines_the_variables(tmp_path):
+    spec = lm_spec(tmp_path, "data.subset=64", "data.splits=[test]")
+    payload = prepare(spec)
+    assert payload.variables == ["test_loss", "test_acc", "test_loss_se"]
+    out = Evaluator.from_payload(spec, payload, "cpu").evaluate(np.array([[0.0, 0.0]]))
+    assert 0 < out["test_loss"][0] < 10 and 0 <= out["test_acc"][0] <= 1 and out["test_loss_se"][0] > 0

@@ -148,3 +148,20 @@ def test_nan_points_are_stored_and_the_run_goes_on(checkpoint, tmp_path):
     assert negative.any() and (~negative).any()
     np.testing.assert_array_equal(np.isnan(loss), negative)
     assert len(summary["pictures"]) == 2 and all(os.path.getsize(p) > 1000 for p in summary["pictures"])
+
+
+def test_custom_model_data_and_metric_through_run(tmp_path, capsys):
+    """jobs/tiny-lm.yaml — a GRU language model, dict batches, its own metric — on Ray actors, then info and render."""
+    from landscape_ray.cli import main
+    from landscape_ray.spec import load_spec
+
+    spec = load_spec(ROOT / "jobs" / "tiny-lm.yaml", [
+        "grid.x.num=5", "grid.y.num=3", "grid.tile=4", "data.kwargs={size: 64, length: 8}", "data.subset=48",
+        "compute.actors=2", "eval.device=cpu", f"output.store={tmp_path / 'lm.zarr'}", "output.render=[contourf]"])
+    summary = run(spec, log=quiet)
+    ds = xr.open_zarr(tmp_path / "lm.zarr")
+    assert set(ds.data_vars) == {"train_loss", "train_acc", "train_loss_se", "test_loss", "test_acc", "test_loss_se", "done"}
+    assert_same(stored(tmp_path / "lm.zarr"), reference(spec))
+    assert [p.split("/")[-1] for p in summary["pictures"]] == ["test_loss_contourf.png", "train_loss_contourf.png"]
+    assert main(["info", str(tmp_path / "lm.zarr")]) == 0
+    assert "train_acc: min" in capsys.readouterr().out

@@ -56,3 +56,20 @@ def test_shipped_quickstart_specs_run_end_to_end(tmp_path):
     assert xr.open_zarr(store).done.values.all()
     assert sorted(p.name for p in store.parent.glob("*.png")) == sorted(
         f"{s}_loss_{k}.png" for s in ("train", "test") for k in ("contour", "contourf", "heatmap", "surface"))
+
+
+def test_paper_recipe_job_trains_a_zoo_net_on_cifar_files_as_a_ray_task(ray_cluster, tmp_path, capsys):
+    """jobs/paper/resnet20-train.yaml, unchanged but for size and paths, on a CIFAR-10 folder made here, via --address."""
+    from landscape_ray.cli import main
+
+    from .test_data import write_cifar
+
+    root = write_cifar(tmp_path / "data", per_batch=8, test=8)
+    address = ray_cluster.get_runtime_context().gcs_address
+    argv = ["train", str(ROOT / "jobs/paper/resnet20-train.yaml"), "--address", address, "--set", "epochs=1",
+            "--set", f"data.root={root}", "--set", f"out={tmp_path / 'ck'}", "--set", "batch_size=16"]
+    assert main(argv) == 0
+    assert f"final checkpoint: {tmp_path / 'ck' / 'final.pt'}" in capsys.readouterr().out
+    ckpt = torch.load(tmp_path / "ck" / "final.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["spec"]["model"]["arch"] == "resnet20" and ckpt["spec"]["augment"] is True
+    assert "layer3.2.bn2.running_var" in ckpt["state_dict"]

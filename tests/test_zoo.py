@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from landscape_ray.directions import make_directions
+from landscape_ray.spec import DirectionsSpec
 from landscape_ray.zoo import ZOO, ResidualBlock
 
 PARAMS = {
@@ -63,6 +65,14 @@ def test_builds_runs_and_matches_reference_size(name):
     with torch.no_grad():
         out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+    # Filter normalization reaches every conv and linear weight; biases and BN stay put.
+    direction = make_directions(model, DirectionsSpec(), ndim=1)[0]
+    for key, theta in model.named_parameters():
+        d = torch.from_numpy(direction[key])
+        if theta.dim() > 1:
+            torch.testing.assert_close(d.flatten(1).norm(dim=1), theta.detach().flatten(1).norm(dim=1), rtol=1e-4, atol=1e-6)
+        else:
+            assert not d.any(), key
 
 
 def test_resnet20_keys_are_the_papers():
