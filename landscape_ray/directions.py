@@ -1,39 +1,52 @@
-"""Direction vectors δ, η in weight space (paper section 4 and appendix 9.2).
+"""Direction vectors δ, η in weight space (paper §3, §4, §7 and appendix 9.2, 9.5).
 
-A direction is a dict {state_dict name: tensor} over the *direction space*:
-the model's parameters (`dir_type: weights`) or every floating-point entry of
-its state_dict, BN running statistics included (`dir_type: states`).
+A direction is a dict {state_dict name: array} over the *direction space*: the
+model's parameters (`dir_type: weights`) or every floating-point entry of its
+state_dict, BN running statistics included (`dir_type: states`).
 
-Random directions are Gaussian, drawn on the CPU from a generator seeded with
-`directions.seed`, entry by entry in state_dict order, x first then y — so a
-direction depends only on the seed and the model, never on devices, actors or
-tiles, and the x direction of a 2D surface is the direction of the 1D scan.
+Kinds (`directions.kind`):
+  random       Gaussian, drawn on the CPU from a generator seeded with `seed`, entry by
+               entry in state_dict order, x before y — so a direction depends only on the
+               seed and the model, and the x direction of a surface is the 1D scan's.
+               `norm: filter` rescales every filter (slice along dim 0: one conv output
+               channel or linear output unit) to the norm of the same filter of θ*;
+               `layer` rescales whole tensors; `none` leaves them as drawn.
+  interpolate  δ = θ_l − θ_s (1D): α = 0 is θ_s = model.checkpoint, α = 1 is `target`.
+  plane        δ = θ1 − θ*, η = θ2 − θ* through three models (`targets`).
+  pca          the top principal components of a training trajectory (trajectory.py).
+  file         read from `path`: this service's .npz export, a store, or the paper's .h5.
+Entries with ≤ 1 dimension get a zero direction with `ignore: biasbn`; a random
+direction otherwise sets them to θ itself, as in the paper's public code.
 
-Normalization, for each entry d of the direction and θ of θ*:
-  filter: every filter (slice along dim 0: one conv output channel or one linear
-          output unit) is rescaled to the Frobenius norm of the same filter of θ*;
-  layer:  the whole tensor is rescaled to ‖θ‖;
-  none:   d is left as drawn.
-Entries with ≤ 1 dimension (biases, BN weight/bias, running stats) get a zero
-direction with `ignore: biasbn`; otherwise they are set to θ itself, as in the
-paper's public code.
-
-    dirs = make_directions(model, spec.directions, ndim=2)   # [δ, η]
+    dirs = resolve(model, spec)        # Directions: vectors, axis labels, PCA extras
 """
 from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .spec import DirectionsSpec
+from .models import fit_state, read_checkpoint
+from .spec import DirectionsSpec, Spec, SpecError
 
 EPS = 1e-10  # as the paper's code: keeps an all-zero filter of θ* from dividing by zero
 
 
+@dataclass
+class Directions:
+    vectors: list[dict[str, np.ndarray]]  # one per grid axis
+    labels: list[str]  # axis descriptions for pictures
+    axis_attrs: list[dict] = field(default_factory=list)  # e.g. PCA's explained_variance_ratio
+    trajectory: dict | None = None  # PCA: {"epoch": ints, "x": coords, "y": coords}
+
+
 def direction_space(model: nn.Module, dir_type: str) -> dict[str, torch.Tensor]:
     """θ* restricted to the entries a direction spans, in state_dict order."""
-    state = model.state_dict(keep_vars=False)
+    state = model.state_dict()
     if dir_type == "weights":
         names = {name for name, _ in model.named_parameters()}
         return {k: v for k, v in state.items() if k in names}
@@ -60,8 +73,139 @@ def random_direction(space: dict[str, torch.Tensor], generator: torch.Generator,
 
 
 def make_directions(model: nn.Module, spec: DirectionsSpec, ndim: int) -> list[dict[str, np.ndarray]]:
-    """One direction per grid axis, as NumPy arrays (the form they travel and are stored in)."""
+    """Random directions, one per grid axis, as NumPy arrays (the form they travel and are stored in)."""
     space = direction_space(model, spec.dir_type)
     generator = torch.Generator().manual_seed(spec.seed)
     dirs = [random_direction(space, generator, spec.norm, spec.ignore) for _ in range(ndim)]
     return [{k: v.numpy() for k, v in d.items()} for d in dirs]
+
+
+def difference(model: nn.Module, path: str, spec: Spec, field: str) -> dict[str, np.ndarray]:
+    """θ_other − θ* over the direction space, θ_other read from `path` and checked against the model."""
+    other = copy.deepcopy(model)
+    fit_state(other, read_checkpoint(path, spec.model.trust_checkpoint, field), path, field)
+    base = direction_space(model, spec.directions.dir_type)
+    theirs = direction_space(other, spec.directions.dir_type)
+    keep = spec.directions.ignore != "biasbn"
+    return {k: ((theirs[k] - v) if keep or v.dim() > 1 else torch.zeros_like(v)).numpy() for k, v in base.items()}
+
+
+def _require_ndim(spec: Spec, ndim: int) -> None:
+    have = 1 if spec.grid.y is None else 2
+    if have != ndim:
+        what = "a 1D scan: remove grid.y" if ndim == 1 else "a surface: add grid.y"
+        raise SpecError(f"grid.y: directions.kind {spec.directions.kind} makes {what}")
+
+
+def resolve(model: nn.Module, spec: Spec) -> Directions:
+    """The directions of `spec` around θ* (the loaded `model`), with labels for the axes."""
+    d = spec.directions
+    ndim = 1 if spec.grid.y is None else 2
+    if d.kind == "random":
+        norm = {"filter": "filter-normalized", "layer": "layer-normalized", "none": "unnormalized"}[d.norm]
+        labels = [f"{a}: {norm} random direction ({d.dir_type}, seed {d.seed})" for a in "xy"[:ndim]]
+        return Directions(make_directions(model, d, ndim), labels)
+    if d.kind == "interpolate":
+        _require_ndim(spec, 1)
+        return Directions([difference(model, d.target, spec, "directions.target")],
+                          [f"α: interpolation θ_s → θ_l ({d.dir_type}; θ_l = {Path(d.target).name})"])
+    if d.kind == "plane":
+        _require_ndim(spec, 2)
+        vectors = [difference(model, t, spec, f"directions.targets[{i}]") for i, t in enumerate(d.targets)]
+        return Directions(vectors, [f"{a}: θ{i + 1} − θ* ({Path(t).name})" for i, (a, t) in enumerate(zip("xy", d.targets))])
+    if d.kind == "pca":
+        from .trajectory import pca_directions
+
+        _require_ndim(spec, 2)
+        return pca_directions(model, spec)
+    vectors = read_directions(d.path, model, d.dir_type, ndim)
+    return Directions(vectors, [f"{a}: direction {a} of {Path(d.path).name}" for a in "xy"[:ndim]])
+
+
+# --- direction files -------------------------------------------------------------------------
+# .npz (this service's export): arrays "x/<name>", "y/<name>".
+# .h5 / .hdf5 (the paper's code): groups xdirection, ydirection; datasets "0", "1", … in
+#   named_parameters() order (weights) or state_dict() order, integer entries included (states).
+# a store folder: its directions/x and directions/y groups.
+
+def _paper_order(model: nn.Module, dir_type: str) -> list[tuple[str, torch.Tensor]]:
+    if dir_type == "weights":
+        return [(k, v.detach()) for k, v in model.named_parameters()]
+    return list(model.state_dict().items())
+
+
+def _check(vectors: list[dict], model: nn.Module, dir_type: str, where: str) -> list[dict[str, np.ndarray]]:
+    space = direction_space(model, dir_type)
+    for axis, vec in zip("xy", vectors):
+        missing = [k for k in space if k not in vec]
+        if missing:
+            raise SpecError(f"directions.path: {where} has no {axis}/{missing[0]} ({len(missing)} entries missing)")
+        for k, theta in space.items():
+            if tuple(vec[k].shape) != tuple(theta.shape):
+                raise SpecError(f"directions.path: {where}: {axis}/{k} has shape {tuple(vec[k].shape)}, the model needs {tuple(theta.shape)}")
+    return [{k: np.asarray(vec[k], dtype=np.float32) for k in space} for vec in vectors]
+
+
+def read_directions(path: str, model: nn.Module, dir_type: str, ndim: int) -> list[dict[str, np.ndarray]]:
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"directions.path: file not found: {p}")
+    if p.is_dir():
+        from .store import Store
+
+        vectors = Store(p, mode="r").directions()
+    elif p.suffix == ".npz":
+        with np.load(p) as z:
+            vectors = [{k[2:]: z[k] for k in z.files if k.startswith(f"{a}/")} for a in "xy"]
+    elif p.suffix in (".h5", ".hdf5"):
+        vectors = _read_h5(p, model, dir_type)
+    else:
+        raise SpecError(f"directions.path: {p}: expected a .npz, .h5 or store folder")
+    vectors = [v for v in vectors if v]
+    if len(vectors) < ndim:
+        raise SpecError(f"directions.path: {p} holds {len(vectors)} direction(s), the grid needs {ndim}")
+    return _check(vectors[:ndim], model, dir_type, str(p))
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise SpecError("directions.path: .h5 files need h5py (pip install 'landscape-ray[h5]')") from None
+    return h5py
+
+
+def _read_h5(path: Path, model: nn.Module, dir_type: str) -> list[dict[str, np.ndarray]]:
+    order = _paper_order(model, dir_type)
+    vectors = []
+    with _h5py().File(path, "r") as f:
+        for group in ("xdirection", "ydirection"):
+            if group not in f:
+                continue
+            g = f[group]
+            if len(g) != len(order):
+                raise SpecError(f"directions.path: {path}: {group} has {len(g)} tensors, the model's {dir_type} have {len(order)}")
+            vec = {}
+            for i, (name, theta) in enumerate(order):
+                data = np.asarray(g[str(i)])
+                if data.shape != tuple(theta.shape):
+                    raise SpecError(f"directions.path: {path}: {group}/{i} has shape {data.shape} but {name} needs {tuple(theta.shape)}")
+                vec[name] = data
+            vectors.append(vec)
+    return vectors
+
+
+def write_directions(vectors: list[dict[str, np.ndarray]], path: str | Path, model: nn.Module, dir_type: str) -> Path:
+    """Export directions as .npz (this service) or .h5 (the paper's code's layout)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        np.savez(path, **{f"{a}/{k}": v for a, vec in zip("xy", vectors) for k, v in vec.items()})
+    elif path.suffix in (".h5", ".hdf5"):
+        with _h5py().File(path, "w") as f:
+            for group, vec in zip(("xdirection", "ydirection"), vectors):
+                g = f.create_group(group)
+                for i, (name, theta) in enumerate(_paper_order(model, dir_type)):
+                    g.create_dataset(str(i), data=vec[name] if name in vec else np.zeros(tuple(theta.shape), np.float32))
+    else:
+        raise SpecError(f"--out: {path}: expected a .npz or .h5 file")
+    return path

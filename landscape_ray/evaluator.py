@@ -23,8 +23,10 @@ bit, so the value is the checkpoint's own loss.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import BatchSplit, ImageSplit, load_splits, normalization
-from .directions import make_directions
+from .directions import Directions, resolve
 from .models import build, import_object, load_model
 from .spec import Spec, SpecError
 
@@ -63,7 +65,7 @@ class Payload:
     """Everything an evaluator needs besides the spec, as NumPy arrays (zero-copy through Ray's object store)."""
 
     state: dict[str, np.ndarray]
-    directions: list[dict[str, np.ndarray]]
+    directions: Directions
     splits: dict[str, ImageSplit | BatchSplit]
     bn_split: ImageSplit | BatchSplit | None = None  # the train split, for eval.bn: recompute
     variables: list[str] = field(default_factory=list)
@@ -82,11 +84,10 @@ def prepare(spec: Spec) -> Payload:
     bn_split = None
     if spec.eval.bn == "recompute":
         bn_split = splits["train"] if "train" in splits else load_splits(spec.data.model_copy(update={"splits": ["train"]}))["train"]
-    ndim = 1 if spec.grid.y is None else 2
-    directions = make_directions(model, spec.directions, ndim)
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    payload = Payload(state, directions, splits, bn_split)
-    payload.variables = Evaluator.from_payload(spec, payload, "cpu").probe()
+    payload = Payload(state, resolve(model, spec), splits, bn_split)
+    plain = spec.model_copy(update={"eval": spec.eval.model_copy(update={"compile": False})})  # no compiling just to probe
+    payload.variables = Evaluator.from_payload(plain, payload, "cpu").probe()
     return payload
 
 
@@ -115,31 +116,61 @@ def to_device(tree, device):
     return tree
 
 
+def set_matmul_precision(device: torch.device, precision: str) -> None:
+    """fp32 means IEEE fp32 and deterministic kernels (bit-identical reruns); tf32/bf16 let cuDNN pick the fastest."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.deterministic = precision == "fp32"
+        torch.backends.cudnn.benchmark = precision != "fp32"
+
+
+def compiled(model: nn.Module, mode: bool | str, device: torch.device):
+    """torch.compile with Inductor's cache kept in ~/.cache/landscape_ray, so restarts and reruns skip compilation.
+
+    Parameters are graph inputs, so the in-place weight updates of each grid point need no recompilation.
+    """
+    if mode is False:
+        return model
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "landscape_ray" / "inductor"))
+    if mode == "max-autotune":
+        mode = "max-autotune" if device.type == "cuda" else "max-autotune-no-cudagraphs"
+    return torch.compile(model, mode=None if mode in (True, "default") else mode, dynamic=False)
+
+
 class Evaluator:
     def __init__(self, model, state, directions, splits, mean, std, metric=None, batch_size=1024, device="cpu",
-                 bn_split=None, standard_error=False):
+                 bn_split=None, standard_error=False, precision="fp32", channels_last=False, compile=False):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.metric = metric or classification()
         self.standard_error = standard_error
-        self.model = model.to(self.device).eval()
+        self.precision = precision
+        set_matmul_precision(self.device, precision)
+        images = any(isinstance(s, ImageSplit) and s.images.ndim == 4 for s in splits.values())
+        self.memory_format = torch.channels_last if channels_last and images else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.model.load_state_dict({k: as_tensor(v) for k, v in state.items()})
         live = self.model.state_dict(keep_vars=True)
         # Only entries that some direction moves are touched per point; zero directions cost nothing.
         names = [n for n in (directions[0] if directions else ()) if any(np.any(d[n]) for d in directions)]
         self.targets = [live[n].detach() for n in names]
         self.base = [t.clone() for t in self.targets]
-        self.directions = [[as_tensor(d[n]).to(self.device) for n in names] for d in directions]
+        # Directions take the layout of the tensors they move, so the in-place updates run stride-aligned.
+        self.directions = [[torch.empty_like(t).copy_(as_tensor(d[n])) for t, n in zip(self.targets, names)] for d in directions]
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.splits = {name: self._resident(s) for name, s in splits.items()}
         self.bn_split = self._resident(bn_split) if bn_split is not None else None
         self.bn_modules = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_saved = [(m.running_mean.clone(), m.running_var.clone()) for m in self.bn_modules if m.running_mean is not None]
+        self.runner = compiled(self.model, compile, self.device)
 
     def _resident(self, split):
         if isinstance(split, ImageSplit):
-            return as_tensor(split.images).to(self.device), as_tensor(split.labels).to(self.device)
+            images = as_tensor(split.images).to(self.device)
+            if images.ndim == 4:  # batches sliced from NHWC images stay NHWC through the normalization
+                images = images.contiguous(memory_format=self.memory_format)
+            return images, as_tensor(split.labels).to(self.device)
         return [to_device(b, self.device) for b in split.batches]
 
     @classmethod
@@ -147,10 +178,11 @@ class Evaluator:
         model = build(spec.model.arch, **spec.model.kwargs)  # weights come from the payload
         mean, std = normalization(spec.data)
         return cls(
-            model, payload.state, payload.directions, payload.splits, mean, std,
+            model, payload.state, payload.directions.vectors, payload.splits, mean, std,
             metric=resolve_metric(spec.eval.metric, spec.eval.loss), batch_size=spec.data.batch_size,
             device=device or resolve_device(spec.eval.device), bn_split=payload.bn_split,
-            standard_error=spec.data.subset is not None,
+            standard_error=spec.data.subset is not None, precision=spec.eval.precision,
+            channels_last=spec.eval.channels_last, compile=spec.eval.compile,
         )
 
     def batches(self, resident):
@@ -162,6 +194,9 @@ class Evaluator:
         for i in range(0, len(labels), self.batch_size):
             x = images[i : i + self.batch_size].float().div_(255).sub_(self.mean).div_(self.std)
             yield x, labels[i : i + self.batch_size]
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -188,7 +223,8 @@ class Evaluator:
         self.model.train()
         try:
             for batch in self.batches(self.bn_split):
-                self.metric(self.model, batch)
+                with self.autocast():
+                    self.metric(self.model, batch)
         finally:
             self.model.eval()
 
@@ -204,7 +240,8 @@ class Evaluator:
             for i, batch in enumerate(self.batches(resident)):
                 if limit is not None and i >= limit:
                     break
-                result = self.metric(self.model, batch)
+                with self.autocast():
+                    result = self.metric(self.runner, batch)
                 loss += result[0].double()
                 count += result[1]
                 for k, v in (result[2] if len(result) > 2 else {}).items():

@@ -34,7 +34,7 @@ def run(spec: Spec, resume: bool = False, overwrite: bool = False, address: str 
     payload = prepare(spec)
     grid = Grid.from_spec(spec.grid)
     if existing:
-        payload.directions = store.directions()
+        payload.directions.vectors = store.directions()  # exactly the ones the finished tiles used
     else:
         store = create(path, spec, grid, payload.variables, payload.directions, overwrite=overwrite)
     tiles = store.pending_tiles()

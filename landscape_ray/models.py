@@ -71,33 +71,49 @@ def build(name: str, **kwargs) -> nn.Module:
     return model
 
 
-def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
-    """A state_dict from a file: plain, wrapped as {'state_dict': ...} (+ metadata), or `module.`-prefixed."""
+def load_checkpoint(path: str | Path, trust: bool = False, field: str = "model.checkpoint", mmap: bool = False):
+    """(state_dict, metadata) from a file: a plain state_dict, or one wrapped as {'state_dict': ..., 'epoch': ...}
+    (the paper's .t7 files), with `module.` prefixes from DataParallel/DDP removed.
+
+    `mmap` maps tensors lazily from disk (files in torch's zip format), so a PCA over hundreds of
+    checkpoints never holds them all in memory.
+    """
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"model.checkpoint: file not found: {path}")
+        raise SpecError(f"{field}: file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
+        except RuntimeError as err:
+            if not (mmap and "mmap" in str(err)):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=not trust)  # legacy format: no mmap
     except Exception as err:  # torch raises UnpicklingError or RuntimeError, depending on the file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if not trust and "weights_only" in str(err):
             raise SpecError(
-                f"model.checkpoint: {path} needs full unpickling, which can run arbitrary code; "
+                f"{field}: {path} needs full unpickling, which can run arbitrary code; "
                 "if you trust it, pass --trust-checkpoint (model.trust_checkpoint=true)"
             ) from None
-        raise SpecError(f"model.checkpoint: cannot read {path}: {first}") from None
+        raise SpecError(f"{field}: cannot read {path}: {first}") from None
+    meta = {}
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        meta = {k: v for k, v in obj.items() if k != "state_dict" and isinstance(v, (int, float, str))}
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise SpecError(f"model.checkpoint: {path} holds no state_dict (a dict of tensors)")
+        raise SpecError(f"{field}: {path} holds no state_dict (a dict of tensors)")
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    return obj
+    return obj, meta
 
 
-def fit_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+def read_checkpoint(path: str | Path, trust: bool = False, field: str = "model.checkpoint") -> dict[str, torch.Tensor]:
+    return load_checkpoint(path, trust, field)[0]
+
+
+def fit_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint", field: str = "model.checkpoint") -> None:
     """Load `state` into `model`, or raise one line naming every key and shape that does not fit."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -109,7 +125,7 @@ def fit_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "c
             shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
             problems.append(f"{label}: {shown}")
     if problems:
-        raise SpecError(f"model.checkpoint: {source} does not fit {type(model).__name__}: " + "; ".join(problems))
+        raise SpecError(f"{field}: {source} does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state)
 
 

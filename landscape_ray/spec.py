@@ -71,18 +71,51 @@ class DataSpec(Strict):
         return self
 
 
+KIND_DEFAULTS = {  # kind: (norm, ignore) when the spec leaves them out
+    "random": ("filter", "biasbn"),
+    "pca": ("none", "biasbn"),
+    "interpolate": ("none", "none"),
+    "plane": ("none", "none"),
+    "file": ("none", "none"),
+}
+
+
 class DirectionsSpec(Strict):
-    kind: Literal["random"] = "random"
-    seed: int = 0
-    norm: Literal["filter", "layer", "none"] = "filter"
-    ignore: Literal["biasbn", "none"] = "biasbn"
-    dir_type: Literal["weights", "states"] = "weights"
+    kind: Literal["random", "interpolate", "plane", "pca", "file"] = Field(
+        "random", description="random | interpolate (θ* → target) | plane (θ*, targets) | pca (of checkpoints) | file (path)"
+    )
+    seed: int = Field(0, description="random: seed of the Gaussian draws")
+    norm: Literal["filter", "layer", "none"] | None = Field(None, description="random only; default filter")
+    ignore: Literal["biasbn", "none"] | None = Field(
+        None, description="biasbn: entries with <= 1 dim get no direction; default biasbn for random/pca, none otherwise"
+    )
+    dir_type: Literal["weights", "states"] = Field("weights", description="states: BN running statistics move too")
+    target: str | None = Field(None, description="interpolate: checkpoint of θ_l (θ_s is model.checkpoint)")
+    targets: list[str] | None = Field(None, description="plane: checkpoints θ1, θ2; directions θ1 − θ*, θ2 − θ*")
+    checkpoints: list[str] | str | None = Field(None, description="pca: checkpoints θ0 … θn, a list or a glob")
+    path: str | None = Field(None, description="file: a direction file (.npz, .h5 of the paper's code) or a store")
+
+    @model_validator(mode="after")
+    def _kind_fields(self):
+        need = {"interpolate": "target", "plane": "targets", "pca": "checkpoints", "file": "path"}
+        for kind, name in need.items():
+            if (self.kind == kind) != (getattr(self, name) is not None):
+                verb = "needs" if self.kind == kind else "is only for kind " + kind + "; kind " + self.kind + " does not take"
+                raise ValueError(f"{name}: kind {kind} needs it" if self.kind == kind else f"{name}: {verb} it")
+        if self.kind == "plane" and len(self.targets) != 2:
+            raise ValueError(f"targets: a plane needs exactly 2 checkpoints, got {len(self.targets)}")
+        if self.kind != "random" and self.norm not in (None, "none"):
+            raise ValueError(f"norm: only random directions are normalized (kind is {self.kind})")
+        norm, ignore = KIND_DEFAULTS[self.kind]
+        self.norm = self.norm or norm
+        self.ignore = self.ignore or ignore
+        return self
 
 
 class Axis(Strict):
-    min: float
-    max: float
-    num: int = Field(ge=1)
+    min: float = -1.0
+    max: float = 1.0
+    num: int | None = Field(None, ge=1, description="points, ends included; default 51 for surfaces, 401 for 1D scans")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -92,11 +125,19 @@ class Axis(Strict):
 
 
 class GridSpec(Strict):
-    x: Axis = Field(default_factory=lambda: Axis(min=-1, max=1, num=51))
-    y: Axis | None = Field(None, description="absent: a 1D scan along x")
+    x: Axis = Field(default_factory=Axis, description="α axis")
+    y: Axis | None = Field(None, description="β axis; absent: a 1D scan along x")
     tile: int | list[int] = Field(
         64, description="points per work item (= one Zarr chunk); an int, or [rows, cols] for 2D"
     )
+
+    @model_validator(mode="after")
+    def _default_num(self):
+        # The paper's resolutions: 51 × 51 surfaces, 401-point 1D scans.
+        for axis in (self.x, self.y):
+            if axis is not None and axis.num is None:
+                axis.num = 51 if self.y is not None else 401
+        return self
 
     @model_validator(mode="after")
     def _tile_shape(self):
@@ -115,6 +156,13 @@ class EvalSpec(Strict):
         "eval", description="eval: θ*'s BN running statistics (the paper); recompute: re-estimated on the train split at every point"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="fp32: exact and deterministic; tf32 (CUDA matmuls/convs) or bf16 (autocast; loss reduced in fp32)"
+    )
+    channels_last: bool = Field(True, description="NHWC memory layout for image models (faster convolutions)")
+    compile: bool | Literal["default", "max-autotune"] = Field(
+        False, description="torch.compile the model: false, true (= default mode) or max-autotune; cached in ~/.cache/landscape_ray"
+    )
 
 
 class ComputeSpec(Strict):
@@ -156,21 +204,20 @@ class Spec(Strict):
         return self.model_dump(mode="json", exclude={"compute", "output", "name"})
 
 
-def apply_overrides(raw: dict, overrides: list[str], defaults: dict | None = None) -> dict:
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML (so 3, 0.5, [1,2], null work).
 
-    A section the file leaves out starts from its defaults, so `--set grid.x.num=21` works on any spec.
+    A section the file leaves out starts empty and takes its defaults, so `--set grid.x.num=21` works on any spec.
     """
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--set {item}: expected KEY=VALUE, e.g. grid.x.num=21")
-        node, default = raw, defaults or {}
+        node = raw
         *parents, leaf = key.split(".")
         for part in parents:
-            default = default.get(part) if isinstance(default, dict) else None
-            if part not in node or node[part] is None:
-                node[part] = dict(default) if isinstance(default, dict) else {}
+            if node.get(part) is None:
+                node[part] = {}
             if not isinstance(node[part], dict):
                 raise SpecError(f"--set {item}: {part} is not a section")
             node = node[part]
@@ -185,6 +232,9 @@ def format_errors(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        field, sep, rest = msg.partition(": ")
+        if sep and field.isidentifier():  # a model-level check that names its field: attach it to the path
+            loc, msg = f"{loc}.{field}" if loc else field, rest
         lines.append(f"{loc or '(spec)'}: {msg}")
     return "\n".join(lines)
 
@@ -212,7 +262,7 @@ def read_yaml(path: str | Path) -> dict:
 def load_spec(path: str | Path | None = None, overrides: list[str] = (), model: type[BaseModel] = Spec):
     """Read a YAML spec (or start from the defaults), apply `--set` overrides, validate."""
     raw = read_yaml(path) if path is not None else {}
-    return validate(model, apply_overrides(raw, list(overrides), model().model_dump(mode="json")))
+    return validate(model, apply_overrides(raw, list(overrides)))
 
 
 def schema_json(model: type[BaseModel] = Spec) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .directions import Directions
 from .grid import Grid
 from .spec import Spec, SpecError
 
@@ -43,12 +44,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def axis_label(spec: Spec, axis: str) -> str:
-    d = spec.directions
-    norm = {"filter": "filter-normalized", "layer": "layer-normalized", "none": "unnormalized"}[d.norm]
-    return f"{axis}: {norm} random direction ({d.dir_type}, seed {d.seed})"
-
-
 def consolidate(path: str | Path) -> None:
     """Consolidated metadata lets plain `xarray.open_zarr` open the store without warnings."""
     with warnings.catch_warnings():
@@ -56,19 +51,24 @@ def consolidate(path: str | Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-def _build(path: Path, spec: Spec, grid: Grid, variables: list[str], directions: list[dict[str, np.ndarray]]) -> None:
+def _build(path: Path, spec: Spec, grid: Grid, variables: list[str], directions: Directions) -> None:
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    root.create_array("x", data=grid.x, dimension_names=["x"], attributes={"long_name": axis_label(spec, "x")})
-    if grid.y is not None:
-        root.create_array("y", data=grid.y, dimension_names=["y"], attributes={"long_name": axis_label(spec, "y")})
+    for axis, label, extra in zip(grid.dims[::-1], directions.labels, directions.axis_attrs or [{}, {}]):
+        root.create_array(axis, data=getattr(grid, axis), dimension_names=[axis], attributes={"long_name": label, **extra})
     for name in variables:
         root.create_array(
             name, shape=grid.shape, chunks=grid.chunks, dtype="float64", fill_value=np.nan, dimension_names=list(grid.dims)
         )
     root.create_array("done", shape=grid.shape, chunks=grid.chunks, dtype="bool", fill_value=False, dimension_names=list(grid.dims))
-    for axis, direction in zip("xy", directions):
+    if directions.trajectory is not None:
+        t = directions.trajectory
+        root.create_array("epoch", data=t["epoch"], dimension_names=["epoch"], attributes={"long_name": "training epoch"})
+        for axis in ("x", "y"):
+            root.create_array(f"trajectory_{axis}", data=t[axis], dimension_names=["epoch"],
+                              attributes={"long_name": f"checkpoint θi − θ* projected on {axis}"})
+    for axis, vector in zip("xy", directions.vectors):
         group = root.require_group(f"directions/{axis}")
-        for name, array in direction.items():
+        for name, array in vector.items():
             group.create_array(name, data=array)
     root.attrs.update({
         "landscape_ray_format": FORMAT,
@@ -79,9 +79,15 @@ def _build(path: Path, spec: Spec, grid: Grid, variables: list[str], directions:
     consolidate(path)
 
 
-def create(path: str | Path, spec: Spec, grid: Grid, variables: list[str], directions, overwrite: bool = False) -> "Store":
-    """Make a complete empty store at `path` (replacing an old one only with `overwrite`)."""
+def create(path: str | Path, spec: Spec, grid: Grid, variables: list[str], directions: Directions | list,
+           overwrite: bool = False) -> "Store":
+    """Make a complete empty store at `path` (replacing an old one only with `overwrite`).
+
+    `directions` is a `Directions`, or bare vectors (one dict per axis) whose axes are labelled x and y.
+    """
     path = Path(path)
+    if not isinstance(directions, Directions):
+        directions = Directions(list(directions), list(grid.dims[::-1]))
     if path.exists() and not overwrite:
         raise SpecError(f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +128,8 @@ class Store:
 
     @property
     def variables(self) -> list[str]:
-        skip = {"x", "y", "done"}
-        return [name for name, _ in self.root.arrays() if name not in skip]
+        """The evaluated quantities (dims of the grid), not coordinates, `done` or trajectories."""
+        return [name for name, a in self.root.arrays() if tuple(a.metadata.dimension_names or ()) == self.grid.dims and name != "done"]
 
     def check_resumable(self, spec: Spec) -> None:
         diff = differences(self.spec.result_fields(), spec.result_fields())

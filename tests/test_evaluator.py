@@ -22,8 +22,9 @@ def evaluator(spec):
 
 
 def plain_loss(spec):
-    """The checkpoint evaluated the obvious way: load, eval mode, batches, float64 sums."""
-    model = load_model(spec)
+    """The checkpoint evaluated the obvious way (in the spec's memory layout): load, eval mode, batches, float64 sums."""
+    fmt = torch.channels_last if spec.eval.channels_last else torch.contiguous_format
+    model = load_model(spec).to(memory_format=fmt)
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in normalization(spec.data))
     out = {}
     for name, split in load_splits(spec.data).items():
@@ -31,7 +32,7 @@ def plain_loss(spec):
         total, correct, losses = torch.zeros((), dtype=torch.float64), 0, []
         with torch.no_grad():
             for i in range(0, len(labels), spec.data.batch_size):
-                x = images[i : i + spec.data.batch_size].float().div(255).sub(mean).div(std)
+                x = images[i : i + spec.data.batch_size].float().div(255).sub(mean).div(std).contiguous(memory_format=fmt)
                 logits = model(x)
                 per = F.cross_entropy(logits, labels[i : i + spec.data.batch_size], reduction="none")
                 total += per.double().sum()
@@ -42,8 +43,10 @@ def plain_loss(spec):
     return out
 
 
-def test_origin_reproduces_the_checkpoint_exactly(spec, evaluator):
-    got = evaluator.evaluate(np.array([[0.0, 0.0]]))
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_origin_reproduces_the_checkpoint_exactly(spec, channels_last):
+    spec = spec.model_copy(update={"eval": spec.eval.model_copy(update={"channels_last": channels_last})})
+    got = Evaluator.from_payload(spec, prepare(spec), "cpu").evaluate(np.array([[0.0, 0.0]]))
     want = plain_loss(spec)
     assert set(got) == set(want) == {"train_loss", "train_acc", "train_loss_se", "test_loss", "test_acc", "test_loss_se"}
     for k, v in want.items():
