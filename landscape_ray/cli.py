@@ -1,7 +1,8 @@
-"""Command line: `landscape-ray run | render | info | schema | train` (also `python -m landscape_ray`).
+"""Command line: `landscape-ray run | render | compare | info | schema | train` (also `python -m landscape_ray`).
 
     landscape-ray run jobs/quickstart.yaml --set grid.x.num=21 --overwrite
     landscape-ray render runs/demo/surface.zarr --kind contour,heatmap --log
+    landscape-ray compare runs/a.zarr runs/b.zarr --out ab.pdf --vmin 0.1 --vmax 10 --level-step 0.5
     landscape-ray info runs/demo/surface.zarr
     landscape-ray schema > spec.schema.json
     landscape-ray train jobs/quickstart-train.yaml
@@ -43,17 +44,29 @@ def cmd_train(args) -> None:
     print(f"final checkpoint: {final}")
 
 
+def _style(args) -> dict:
+    """The scale options `render` and `compare` share, as keyword arguments."""
+    try:
+        marks = [int(e) for e in args.mark_epochs.split(",") if e] if args.mark_epochs else None
+    except ValueError:
+        raise SpecError(f"--mark-epochs: expected epochs like 150,225, got {args.mark_epochs!r}") from None
+    return {"log": args.log, "vmin": args.vmin, "vmax": args.vmax, "levels": args.levels, "level_step": args.level_step,
+            "mark_epochs": marks}
+
+
 def cmd_render(args) -> None:
     from .render import render
 
     kinds = [k for k in args.kind.split(",") if k]
-    bad = [k for k in kinds if k not in RENDER_KINDS]
-    if bad:
-        raise SpecError(f"--kind: unknown {', '.join(bad)}; choose from {', '.join(RENDER_KINDS)}")
     variables = [v for v in args.vars.split(",") if v] if args.vars else None
-    style = {k: getattr(args, k) for k in ("vmin", "vmax", "levels")}
-    for path in render(args.store, args.out, kinds, variables, log=args.log, fmt=args.format, **style):
+    for path in render(args.store, args.out, kinds, variables, fmt=args.format, **_style(args)):
         print(path)
+
+
+def cmd_compare(args) -> None:
+    from .render import compare
+
+    print(compare(args.stores, args.out, args.var, args.kind, titles=args.title, cols=args.cols, **_style(args)))
 
 
 def cmd_info(args) -> None:
@@ -107,17 +120,38 @@ def parser() -> argparse.ArgumentParser:
                    help="run as a task on this Ray cluster (default: here); `out` must be a folder that node can write and you can read")
     q.set_defaults(func=cmd_train)
 
+    def style_args(q):
+        q.add_argument("--log", action="store_true", help="log10 of the values; for 1D curves a log loss axis (default: linear)")
+        q.add_argument("--vmin", type=float, default=None, help="lower end of the colour scale and contours (default: data min)")
+        q.add_argument("--vmax", type=float, default=None, help="upper end of the colour scale and contours (default: data max)")
+        levels = q.add_mutually_exclusive_group()
+        levels.add_argument("--levels", type=int, default=30, help="at most this many contour levels, at round values from vmin to vmax (default: 30)")
+        levels.add_argument("--level-step", type=float, default=None,
+                            help="contour level spacing instead, in decades with --log (the paper: --vmin 0.1 --vmax 10 --level-step 0.5)")
+        q.add_argument("--mark-epochs", default=None, metavar="E,E",
+                       help="PCA stores: epochs marked red on the training path, e.g. the lr drops 150,225 (default: none)")
+
     q = sub.add_parser("render", help="draw pictures from a store (complete or partial)")
     q.add_argument("store")
     q.add_argument("--out", default=None, help="output folder (default: the store's folder)")
-    q.add_argument("--kind", default=",".join(RENDER_KINDS), help=f"comma-separated kinds (default: {','.join(RENDER_KINDS)})")
-    q.add_argument("--vars", default=None, help="comma-separated variables (default: every *_loss)")
-    q.add_argument("--log", action="store_true", help="plot log10 of the values (default: linear)")
-    q.add_argument("--format", default="png", choices=["png", "pdf"], help="file format (default: png)")
-    q.add_argument("--levels", type=int, default=30, help="contour levels (default: 30)")
-    q.add_argument("--vmin", type=float, default=None, help="lower end of the colour scale (default: data min)")
-    q.add_argument("--vmax", type=float, default=None, help="upper end of the colour scale (default: data max)")
+    q.add_argument("--kind", default=",".join(RENDER_KINDS),
+                   help=f"comma-separated kinds for 2D stores (default: {','.join(RENDER_KINDS)}); 1D stores give one curves picture")
+    q.add_argument("--vars", default=None, help="comma-separated variables (default: every *_loss; 1D: every *_loss and *_acc)")
+    q.add_argument("--format", default="png", choices=["png", "pdf", "html", "vtp"],
+                   help="png | pdf pictures, html (interactive surface, needs plotly) or vtp (ParaView mesh) (default: png)")
+    style_args(q)
     q.set_defaults(func=cmd_render)
+
+    q = sub.add_parser("compare", help="stores side by side on one colour scale, levels and axes (the paper's Fig. 4/5/7)")
+    q.add_argument("stores", nargs="+", help="the stores, in panel order; all 2D or all 1D")
+    q.add_argument("--out", required=True, help="picture file, .png or .pdf")
+    q.add_argument("--var", default="train_loss", help="2D: the variable drawn (default: train_loss); 1D stores show every loss and accuracy")
+    q.add_argument("--kind", default="contour", choices=RENDER_KINDS, help="2D: how it is drawn (default: contour)")
+    q.add_argument("--cols", type=int, default=None, help="panels per row (default: all in one row)")
+    q.add_argument("--title", action="append", default=None,
+                   help="a panel title, once per store in order (default: model arch and test error at the centre)")
+    style_args(q)
+    q.set_defaults(func=cmd_compare)
 
     q = sub.add_parser("info", help="progress, value ranges and spec of a store")
     q.add_argument("store")

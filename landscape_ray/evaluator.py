@@ -168,7 +168,7 @@ class Evaluator:
     def _resident(self, split):
         if isinstance(split, ImageSplit):
             images = as_tensor(split.images).to(self.device)
-            if images.ndim == 4:  # batches sliced from NHWC images stay NHWC through the normalization
+            if images.ndim == 4 and self.device.type != "cpu":  # an own device copy anyway: store it NHWC
                 images = images.contiguous(memory_format=self.memory_format)
             return images, as_tensor(split.labels).to(self.device)
         return [to_device(b, self.device) for b in split.batches]
@@ -193,7 +193,8 @@ class Evaluator:
         images, labels = resident
         for i in range(0, len(labels), self.batch_size):
             x = images[i : i + self.batch_size].float().div_(255).sub_(self.mean).div_(self.std)
-            yield x, labels[i : i + self.batch_size]
+            # On the CPU the images stay NCHW: the actors of a node share one zero-copy host copy.
+            yield x.contiguous(memory_format=self.memory_format), labels[i : i + self.batch_size]
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")

@@ -18,15 +18,15 @@ from .evaluator import prepare
 from .grid import Grid
 from .render import render
 from .spec import Spec, SpecError
-from .store import Store, consolidate, create
+from .store import Store, consolidate, create, exists, is_remote
 
 
 def run(spec: Spec, resume: bool = False, overwrite: bool = False, address: str | None = None, log=print) -> dict:
     if resume and overwrite:
         raise SpecError("--resume and --overwrite exclude each other")
-    path = Path(spec.output.store)
-    existing = path.exists() and resume
-    if path.exists() and not (resume or overwrite):
+    path = spec.output.store
+    existing = exists(path) and resume
+    if exists(path) and not (resume or overwrite):
         raise SpecError(f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it")
     if existing:
         store = Store(path)
@@ -48,7 +48,9 @@ def run(spec: Spec, resume: bool = False, overwrite: bool = False, address: str 
         consolidate(path)
         log("summary: " + json.dumps(summary))
     if spec.output.render:
-        pictures = render(path, out=path.parent, kinds=spec.output.render)
+        # Pictures go next to a local store; for a remote one, into runs/<name>/ here.
+        out = Path("runs") / spec.name if is_remote(path) else Path(path).parent
+        pictures = render(path, out=out, kinds=spec.output.render)
         log("pictures: " + ", ".join(str(p) for p in pictures))
         summary["pictures"] = [str(p) for p in pictures]
     return summary

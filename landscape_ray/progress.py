@@ -35,11 +35,15 @@ class Progress:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         return f"[landscape-ray] {self.done}/{self.total} points ({pct:.1f}%), {rate:.1f} points/s, ETA {eta}"
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
+        """Print a line if `interval` has passed (logs only); True when it has."""
         now = time.perf_counter()
-        if self.bar is None and now - self.last >= self.interval:
-            self.last = now
+        if now - self.last < self.interval:
+            return False
+        self.last = now
+        if self.bar is None:
             print(self.line(), file=self.stream, flush=True)
+        return True
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,12 +1,19 @@
-"""Pictures of a store: contour lines, filled contours, heatmap, 3D surface; curves for 1D scans.
+"""Pictures of stores: contour lines, filled contours, heatmap, 3D surface; loss/accuracy curves of 1D scans;
+comparison panels of several stores on one scale (the paper's Fig. 4, 5, 7, 8).
 
-Works on complete and partial stores alike: points not yet computed (NaN) and
-NaN/inf losses are masked, so a running job can be watched. Arrays are (y, x)
-and every kind is drawn against the stored coordinates, so non-square grids
-come out the right way round.
+Works on complete and partial stores alike: points not yet computed (NaN) and NaN/inf losses are masked,
+so a running job can be watched. Arrays are (y, x) and every kind is drawn against the stored coordinates,
+so non-square grids come out the right way round. A PCA store's training path is drawn over its contour,
+contourf and heatmap pictures (Fig. 10). Every function takes a store path or an xarray Dataset.
 
-    paths = render("runs/demo/surface.zarr", out="runs/demo", kinds=["contour", "surface"], log=True)
-    fig = plot(open_store("runs/demo/surface.zarr"), "train_loss", "contourf")
+    render("runs/demo/surface.zarr", kinds=["contour", "surface"], log=True)    # files next to the store
+    render("runs/pca.zarr", out="pics", vmin=0.1, vmax=10, level_step=0.5, mark_epochs=[150, 225])
+    render("runs/demo/surface.zarr", fmt="html")                                 # interactive (export.py)
+    compare(["sgd128.zarr", "sgd8192.zarr"], "fig5.pdf", var="train_loss", kind="contour")
+    fig = plot("runs/demo/surface.zarr", "train_loss", "contourf")              # a matplotlib Figure
+
+Scale options everywhere: `log` (log10 of the values; the loss axis of 1D curves), `vmin`/`vmax` (in the
+values' units), `levels` (number of contour levels) or `level_step` (their spacing; decades with `log`).
 """
 from __future__ import annotations
 
@@ -16,94 +23,127 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and Ray workers
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from .draw import (check_marks, dataset, draw_curves, draw_field, draw_trajectory, is_2d, scale,  # noqa: E402
+                   title, values)
 from .spec import RENDER_KINDS, SpecError  # noqa: E402
+
+FORMATS = ("png", "pdf", "html", "vtp")
 
 
 def open_store(path: str | Path) -> xr.Dataset:
     """The store as an xarray Dataset (lazy; re-open to see a running job's new tiles)."""
-    if not Path(path).exists():
-        raise SpecError(f"store: {path} not found")
-    return xr.open_zarr(str(path), consolidated=True)
+    return dataset(path)
 
 
-def values(ds: xr.Dataset, var: str, log: bool = False) -> tuple[np.ma.MaskedArray, str]:
-    """The variable's values with missing and non-finite points masked, and a label for the colour bar."""
-    z = np.asarray(ds[var].values, dtype=np.float64)
-    label = var
-    if log:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(z > 0, np.log10(z), np.nan)
-        label = f"log10({var})"
-    return np.ma.masked_invalid(z), label
+def _share_limits(axes, which: str) -> None:
+    """Give every axes the union of their limits, so panels compare at a glance."""
+    for w in which:
+        lims = [getattr(ax, f"get_{w}lim")() for ax in axes]
+        both = (min(lo for lo, _ in lims), max(hi for _, hi in lims))
+        for ax in axes:
+            getattr(ax, f"set_{w}lim")(both)
 
 
-def _limits(z: np.ma.MaskedArray, vmin, vmax) -> tuple[float, float]:
-    lo = float(z.min()) if vmin is None else vmin
-    hi = float(z.max()) if vmax is None else vmax
-    return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+def figure(stores, var: str = "train_loss", kind: str = "contour", *, variables=None, log: bool = False, titles=None,
+           cols=None, mark_epochs=None, vmin=None, vmax=None, levels: int = 30, level_step=None):
+    """A Figure with one panel per store, side by side (`cols` per row; default all in one row).
 
-
-def plot(ds: xr.Dataset, var: str, kind: str, log: bool = False, levels: int = 30, vmin=None, vmax=None):
-    """One figure of `var` as `kind` (2D stores) or as a curve (1D stores)."""
-    z, label = values(ds, var, log)
-    if z.count() == 0:
-        raise SpecError(f"render: {var} has no computed points yet")
-    lo, hi = _limits(z, vmin, vmax)
-    x = ds["x"].values
-    xlabel = ds["x"].attrs.get("long_name", "x")
-    if "y" not in ds[var].dims:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(x, z, "-", lw=1.5)
-        ax.set(xlabel=xlabel, ylabel=label, xlim=(x.min(), x.max()))
-        fig.tight_layout()
+    2D stores: `var` drawn as `kind` with one colour scale, identical contour levels, identical axes limits
+    and one colour bar; the training path of PCA stores over contour/contourf/heatmap, `mark_epochs` in red.
+    1D stores: the curves of `variables` (default every loss and accuracy) with shared axes limits.
+    Panels are titled from the store's metadata (`title`) unless `titles` are given.
+    """
+    dss = [dataset(s) for s in stores]
+    if not dss:
+        raise SpecError("compare: no stores given")
+    if len({is_2d(ds) for ds in dss}) > 1:
+        raise SpecError("compare: the stores mix 1D scans and 2D surfaces")
+    titles = [title(ds) for ds in dss] if titles is None else list(titles)
+    if len(titles) != len(dss):
+        raise SpecError(f"titles: {len(titles)} given for {len(dss)} stores")
+    cols = min(cols or len(dss), len(dss))
+    rows = -(-len(dss) // cols)
+    two_d = is_2d(dss[0])
+    flat = two_d and kind != "surface"
+    if two_d:
+        sc = scale([values(ds, var, log)[0] for ds in dss], log, vmin, vmax, levels, level_step)
+        for ds in dss:
+            check_marks(ds, mark_epochs)
+    w, h = (6.0, 5.2) if two_d else (6.4, 4.4)
+    fig, grid = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False, layout="constrained",
+                             subplot_kw={"projection": "3d"} if two_d and not flat else {})
+    axes = list(grid.ravel()[: len(dss)])
+    for ax in grid.ravel()[len(dss):]:
+        ax.remove()
+    for ax, t in zip(axes, titles):
+        ax.set_title(t, fontsize=9)
+    if not two_d:
+        pairs = [draw_curves(ax, ds, variables, log) for ax, ds in zip(axes, dss)]
+        _share_limits([loss for loss, _ in pairs], "xy")
+        _share_limits([twin for _, twin in pairs if twin is not None], "y")
         return fig
-    y = ds["y"].values
-    ylabel = ds["y"].attrs.get("long_name", "y")
-    X, Y = np.meshgrid(x, y)  # (y, x), like the arrays
-    if kind == "surface":
-        fig = plt.figure(figsize=(7, 5.5))
-        ax = fig.add_subplot(projection="3d")
-        surf = ax.plot_surface(X, Y, z.filled(np.nan), cmap="viridis", vmin=lo, vmax=hi, linewidth=0, antialiased=True)
-        ax.set(xlabel="x", ylabel="y", zlabel=label)
-        fig.colorbar(surf, ax=ax, shrink=0.6, label=label)
-        ax.set_title(f"{xlabel}\n{ylabel}", fontsize=8)
-        return fig
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    ticks = np.linspace(lo, hi, levels)
-    if kind == "contour":
-        art = ax.contour(X, Y, z, levels=ticks, cmap="summer")
-        ax.clabel(art, inline=True, fontsize=7, fmt="%.3g")
-    elif kind == "contourf":
-        art = ax.contourf(X, Y, z, levels=ticks, cmap="viridis", extend="both")
-    elif kind == "heatmap":
-        art = ax.pcolormesh(x, y, z, cmap="viridis", vmin=lo, vmax=hi, shading="nearest")
-    else:
-        raise SpecError(f"render: unknown kind {kind!r}; known: {', '.join(RENDER_KINDS)}")
-    fig.colorbar(art, ax=ax, label=label)
-    ax.set(xlabel=xlabel, ylabel=ylabel, aspect="auto")
-    fig.tight_layout()
+    for ax, ds in zip(axes, dss):
+        art = draw_field(ax, ds, var, kind, sc)
+        if flat and "trajectory_x" in ds:
+            draw_trajectory(ax, ds, mark_epochs)
+    _share_limits(axes, "xy")
+    fig.colorbar(art, ax=axes, label=values(dss[0], var, log)[1], shrink=1.0 if flat else 0.6)
     return fig
 
 
-def render(store, out=None, kinds=RENDER_KINDS, variables=None, log: bool = False, fmt: str = "png", **style) -> list[Path]:
-    """Write one picture per (variable, kind) next to the store or into `out`; returns the paths."""
-    ds = store if isinstance(store, xr.Dataset) else open_store(store)
+def plot(store, var: str = "train_loss", kind: str = "contour", **options):
+    """One store's Figure: `var` as `kind` (2D) or its curves (1D); options as `figure`."""
+    return figure([store], var, kind, **options)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def render(store, out=None, kinds=RENDER_KINDS, variables=None, log: bool = False, fmt: str = "png",
+           mark_epochs=None, **style) -> list[Path]:
+    """Write pictures of one store into `out` (default: the store's folder); returns the paths.
+
+    2D stores: `<var>_<kind>[_log].<fmt>` for each variable (default every *_loss) and kind; with fmt
+    html or vtp, `<var>_surface[_log].<fmt>` (export.py). 1D stores: one `curves_1d[_log].<fmt>` of
+    `variables` (default every loss and accuracy). `style`: vmin, vmax, levels, level_step.
+    """
+    ds = dataset(store)
+    if out is None and isinstance(store, xr.Dataset):
+        raise SpecError("out: needed to render a Dataset (it has no folder of its own)")
+    if fmt not in FORMATS:
+        raise SpecError(f"format: unknown {fmt!r}; choose from {', '.join(FORMATS)}")
     out = Path(out if out is not None else Path(store).parent)
     out.mkdir(parents=True, exist_ok=True)
+    suffix = f"{'_log' if log else ''}.{fmt}"
+    if not is_2d(ds):
+        if fmt in ("html", "vtp"):
+            raise SpecError(f"format: {fmt} needs a 2D store; this one is a 1D scan")
+        return [_save(plot(ds, variables=variables, log=log), out / f"curves_1d{suffix}")]
     names = variables or [v for v in ds.data_vars if v.endswith("_loss")]
-    unknown = [v for v in names if v not in ds.data_vars]
-    if unknown:
-        raise SpecError(f"render: no variable {', '.join(unknown)} in the store; it has {', '.join(ds.data_vars)}")
-    kinds = kinds if "y" in ds.dims else ["1d"]
-    paths = []
-    for var in names:
-        for kind in kinds:
-            fig = plot(ds, var, kind, log=log, **style)
-            path = out / f"{var}_{kind}{'_log' if log else ''}.{fmt}"
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            paths.append(path)
-    return paths
+    for v in names:
+        values(ds, v)  # every name known and computed before any file is written
+    bad = [k for k in kinds if k not in RENDER_KINDS]
+    if bad:
+        raise SpecError(f"kind: unknown {', '.join(bad)}; choose from {', '.join(RENDER_KINDS)}")
+    if fmt in ("html", "vtp"):
+        from . import export
+
+        if fmt == "html":
+            return [export.html(ds, out / f"{v}_surface{suffix}", v, log, style.get("vmin"), style.get("vmax")) for v in names]
+        return [export.vtp(ds, out / f"{v}_surface{suffix}", v, log) for v in names]
+    return [_save(plot(ds, v, k, log=log, mark_epochs=mark_epochs, **style), out / f"{v}_{k}{suffix}")
+            for v in names for k in kinds]
+
+
+def compare(stores, out, var: str = "train_loss", kind: str = "contour", **options) -> Path:
+    """Write a comparison panel of several stores (see `figure`) to `out` (.png or .pdf); returns the path."""
+    out = Path(out)
+    if out.suffix not in (".png", ".pdf"):
+        raise SpecError(f"out: {out} must end in .png or .pdf")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _save(figure(stores, var, kind, **options), out)

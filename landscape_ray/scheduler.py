@@ -3,14 +3,17 @@
 Each actor builds one `Evaluator` from the spec and a payload (θ*, directions,
 data as NumPy arrays) that goes through the object store once and is shared
 zero-copy by the actors of a node. The driver keeps `compute.in_flight` tiles
-queued on every actor with its own `ray.wait` loop and hands each finished tile
-to a callback (the store writer) at once.
+queued on every *ready* actor with its own `ray.wait` loop, so tiles go to
+whichever actor is free and a slow actor never holds the job back; each
+finished tile goes to a callback (the store writer) at once.
 
-Faults: when an actor dies, every tile it held goes back to the front of the
-queue and a replacement actor is started. The tile it was running is blamed;
-one blamed `compute.max_tile_failures` times ends the run with an error rather
-than killing actors forever. An exception raised inside an evaluation is a bug
-or bad input, not a crash, and ends the run at once.
+Faults: when an actor dies (its process or its node), every tile it held goes
+back to the front of the queue and a replacement actor is started wherever the
+cluster has room. The tile it was running is blamed; one blamed
+`compute.max_tile_failures` times ends the run with an error rather than
+killing actors forever. An exception raised inside an evaluation is a bug or
+bad input, not a crash, and ends the run at once. With `compute.actors: auto`
+the pool grows when nodes join the cluster mid-run.
 
     connect(address=None)   # RAY_ADDRESS / --address, else a private local cluster
     summary = evaluate_tiles(spec, payload, grid, tiles, on_tile=store.write_tile)
@@ -58,12 +61,14 @@ class EvalActor:
 
         torch.set_num_threads(threads)
         self.evaluator = Evaluator.from_payload(Spec.model_validate(spec), payload, device)
-        self.node = ray.get_runtime_context().get_node_id()
 
     def ready(self) -> dict:
-        return {"pid": os.getpid(), "node": self.node, "device": str(self.evaluator.device)}
+        import psutil
 
-    def evaluate(self, tile: tuple, coords: np.ndarray):
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "device": str(self.evaluator.device), "uss_bytes": psutil.Process().memory_full_info().uss}
+
+    def evaluate(self, coords: np.ndarray):
         start = time.perf_counter()
         values = self.evaluator.evaluate(coords)
         return values, time.perf_counter() - start
@@ -71,17 +76,19 @@ class EvalActor:
 
 @dataclass
 class Slot:
-    """One live actor and the tiles queued on it, oldest (= running) first."""
+    """One actor: starting until `info` arrives, then fed tiles; `queued` oldest (= running) first."""
 
     name: str
     actor: ray.actor.ActorHandle
+    starting: ray.ObjectRef | None
+    info: dict = field(default_factory=dict)
     queued: deque = field(default_factory=deque)
     points: int = 0
     seconds: float = 0.0
 
 
 def plan_actors(spec: Spec) -> tuple[int, dict]:
-    """How many actors, and the resources each asks for."""
+    """How many actors the cluster has room for now, and the resources each asks for."""
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0) if spec.eval.device != "cpu" else 0
     if spec.eval.device == "cuda" and gpus == 0:
@@ -94,44 +101,93 @@ def plan_actors(spec: Spec) -> tuple[int, dict]:
     return max(1, int(resources.get("CPU", 1) // spec.compute.cpus_per_actor)), options
 
 
+class Pool:
+    """The actors of one run, and their bookkeeping."""
+
+    def __init__(self, spec: Spec, payload: Payload, log):
+        self.spec, self.log = spec, log
+        self.payload_ref = ray.put(payload)
+        self.spec_json = spec.model_dump(mode="json")
+        self.slots: list[Slot] = []
+        self.retired: list[Slot] = []
+        self.serial = 0
+        self.start_failures = 0
+
+    def spawn(self, options: dict) -> None:
+        device = "cuda" if options["num_gpus"] else "cpu"
+        actor = EvalActor.options(**options).remote(self.spec_json, self.payload_ref, device, self.spec.compute.cpus_per_actor)
+        self.slots.append(Slot(f"actor-{self.serial}", actor, actor.ready.remote()))
+        self.serial += 1
+
+    def grow(self, limit: int) -> None:
+        """Start actors up to what the cluster (or the spec) allows, never more than there are tiles."""
+        count, options = plan_actors(self.spec)
+        for _ in range(min(count, limit) - len(self.slots)):
+            self.spawn(options)
+
+    def retire(self, slot: Slot) -> None:
+        self.slots.remove(slot)
+        self.retired.append(slot)
+        ray.kill(slot.actor, no_restart=True)
+
+    def summary(self) -> dict:
+        return {s.name: {"node": s.info.get("node", "?")[:12], "pid": s.info.get("pid"), "points": s.points,
+                         "busy_s": round(s.seconds, 3), "points_per_s": round(s.points / s.seconds, 2) if s.seconds else None}
+                for s in self.slots + self.retired if s.info}
+
+
 def evaluate_tiles(spec: Spec, payload: Payload, grid, tiles: list, on_tile, log=print) -> dict:
-    """Evaluate `tiles` on a pool of actors, calling `on_tile(tile, values)` as each finishes."""
-    count, options = plan_actors(spec)
-    count = min(count, max(1, len(tiles)))
-    device = "cuda" if options["num_gpus"] else "cpu"
-    payload_ref = ray.put(payload)
-    spec_json = spec.model_dump(mode="json")
-    serial = iter(range(1_000_000))
-
-    def spawn() -> Slot:
-        actor = EvalActor.options(**options).remote(spec_json, payload_ref, device, spec.compute.cpus_per_actor)
-        return Slot(f"actor-{next(serial)}", actor)
-
-    slots = [spawn() for _ in range(count)]
-    try:
-        info = ray.get([s.actor.ready.remote() for s in slots])
-    except RayActorError as err:
-        raise RunError(f"an actor failed to start: {getattr(err, 'cause', None) or err}") from None
-    nodes = len({i["node"] for i in info})
-    pids = ", ".join(f"{s.name} pid {i['pid']}" for s, i in zip(slots, info))
-    log(f"{count} actor(s) on {device}, {nodes} node(s) ({pids}); {len(tiles)} tile(s) to compute")
-
+    """Evaluate `tiles` on a pool of actors, calling `on_tile(tile, values, record)` as each finishes."""
+    pool = Pool(spec, payload, log)
+    pool.grow(len(tiles))
     queue = deque(tiles)
     running: dict[ray.ObjectRef, tuple[tuple, Slot]] = {}
     blamed: Counter = Counter()
-    retried, deaths, retired = set(), 0, []
+    retries: Counter = Counter()
+    deaths = 0
     progress = Progress(sum(int(np.prod(grid.tile_shape(t))) for t in tiles))
     start = time.perf_counter()
+
+    def lose(slot: Slot, why: str) -> None:
+        """An actor died: requeue its tiles, blame the one it was running, start a replacement."""
+        nonlocal deaths
+        deaths += 1
+        lost = [running.pop(r)[0] for r in slot.queued]
+        if lost:
+            blamed[lost[0]] += 1
+            if blamed[lost[0]] >= spec.compute.max_tile_failures:
+                raise RunError(
+                    f"tile {lost[0]} (points {grid.coords(lost[0])[[0, -1]].tolist()}) killed {blamed[lost[0]]} actors; "
+                    f"giving up (compute.max_tile_failures={spec.compute.max_tile_failures})")
+        retries.update(lost)
+        queue.extendleft(reversed(lost))
+        pool.retire(slot)
+        log(f"{slot.name} died ({why}) with {len(lost)} tile(s) queued; they go to other actors")
+        pool.grow(len(queue) + len(running))
+
     try:
         while queue or running:
-            for slot in slots:
-                while queue and len(slot.queued) < spec.compute.in_flight:
+            for slot in pool.slots:
+                while slot.info and queue and len(slot.queued) < spec.compute.in_flight:
                     tile = queue.popleft()
-                    ref = slot.actor.evaluate.remote(tile, grid.coords(tile))
+                    ref = slot.actor.evaluate.remote(grid.coords(tile))
                     running[ref] = (tile, slot)
                     slot.queued.append(ref)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=progress.interval)
+            starting = {s.starting: s for s in pool.slots if s.starting is not None}
+            ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=progress.interval)
             for ref in ready:
+                if ref in starting:
+                    slot = starting[ref]
+                    slot.starting = None
+                    try:
+                        slot.info = ray.get(ref)
+                        log(f"{slot.name} ready on node {slot.info['node'][:12]} ({slot.info['device']}, pid {slot.info['pid']})")
+                    except RayActorError as err:
+                        pool.start_failures += 1
+                        if not any(s.info for s in pool.slots) or pool.start_failures >= spec.compute.max_tile_failures * 2:
+                            raise RunError(f"an actor failed to start: {getattr(err, 'cause', None) or err}") from None
+                        lose(slot, "failed to start")
+                    continue
                 if ref not in running:  # already requeued with its dead actor's other tiles
                     continue
                 tile, slot = running[ref]
@@ -140,41 +196,30 @@ def evaluate_tiles(spec: Spec, payload: Payload, grid, tiles: list, on_tile, log
                 except RayTaskError as err:
                     raise RunError(f"tile {tile} failed on {slot.name}: {err.cause!r}") from None
                 except RayActorError:
-                    deaths += 1
-                    culprit = running[slot.queued[0]][0]
-                    blamed[culprit] += 1
-                    if blamed[culprit] >= spec.compute.max_tile_failures:
-                        raise RunError(
-                            f"tile {culprit} (points {grid.coords(culprit)[[0, -1]].tolist()}) killed "
-                            f"{blamed[culprit]} actors; giving up (compute.max_tile_failures={spec.compute.max_tile_failures})"
-                        ) from None
-                    lost = [running.pop(r)[0] for r in slot.queued]
-                    retried.update(lost)
-                    queue.extendleft(reversed(lost))
-                    retired.append(slot)
-                    slots[slots.index(slot)] = spawn()
-                    log(f"{slot.name} died with {len(lost)} tile(s) queued; they go to other actors")
+                    lose(slot, "its process or node is gone")
                     continue
                 del running[ref]
                 slot.queued.remove(ref)
-                on_tile(tile, values)
                 n = len(next(iter(values.values())))
                 slot.points += n
                 slot.seconds += seconds
+                on_tile(tile, values, {"actor": slot.name, "node": slot.info["node"], "seconds": seconds,
+                                       "retries": retries[tile]})
                 progress.update(n)
-            progress.tick()
+            if progress.tick() and spec.compute.actors == "auto":
+                pool.grow(len(queue) + len(running))  # nodes may have joined
     finally:
         progress.close()
-        for slot in slots:
-            ray.kill(slot.actor)
+        for slot in list(pool.slots):
+            pool.retire(slot)
     wall = time.perf_counter() - start
-    points = sum(s.points for s in slots + retired)
+    points = sum(s.points for s in pool.retired)
     return {
         "tiles": len(tiles),
         "points": points,
         "wall_s": round(wall, 3),
         "points_per_s": round(points / wall, 2) if wall else None,
-        "retried_tiles": len(retried),
+        "retried_tiles": len(retries),
         "actor_deaths": deaths,
-        "actors": {s.name: {"points": s.points, "busy_s": round(s.seconds, 3)} for s in slots + retired if s.points},
+        "actors": pool.summary(),
     }

@@ -89,10 +89,10 @@ def test_killed_actor_its_tiles_are_recomputed_elsewhere(checkpoint, tmp_path):
     worker = threading.Thread(target=lambda: result.update(run(spec, log=lines.append)))
     worker.start()
     deadline = time.time() + 60
-    while not (lines and any("pid" in l for l in lines)) or not (tmp_path / "s.zarr").exists():
+    while not any(l.startswith("actor-0 ready") for l in lines) or not (tmp_path / "s.zarr").exists():
         assert time.time() < deadline, lines
         time.sleep(0.05)
-    pid = int(re.search(r"actor-0 pid (\d+)", next(l for l in lines if "pid" in l)).group(1))
+    pid = int(re.search(r"pid (\d+)", next(l for l in lines if l.startswith("actor-0 ready"))).group(1))
     while Store(tmp_path / "s.zarr", mode="r").done().sum() == 0:
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
