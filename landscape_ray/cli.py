@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -22,7 +23,14 @@ import yaml
 from .spec import RENDER_KINDS, RunError, SpecError, load_spec, schema_json
 
 
+def private_ray_on_loopback(address) -> None:
+    """A private local cluster listens on 127.0.0.1 only (Ray reads this variable when it is first imported)."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def cmd_run(args) -> None:
+    private_ray_on_loopback(args.address)
     from .job import run
 
     overrides = list(args.set) + (["model.trust_checkpoint=true"] if args.trust_checkpoint else [])
@@ -70,16 +78,22 @@ def cmd_compare(args) -> None:
 
 
 def cmd_info(args) -> None:
+    from .progress import fmt_seconds
     from .store import Store
 
     store = Store(args.store, mode="r")
     done = store.done()
     print(f"store: {store.path}")
     print(f"progress: {int(done.sum())}/{done.size} points done ({100 * done.mean():.1f}%)")
+    speed = store.speed()
+    if speed is not None and not done.all():
+        print(f"speed: {speed[0]:.2f} points/s over the last tiles; ETA {fmt_seconds(speed[1])}")
+    recs = store.records()
+    if len(recs):
+        print(f"tiles: {len(recs)} finished, {int((recs[:, 2] > 0).sum())} retried, "
+              f"{recs[:, 1].mean():.2f} s each on average, by {len(np.unique(recs[:, 3]))} actor(s)")
     print("variables:")
     for name in store.variables:
-        if name == "done":
-            continue
         v = store.root[name][...]
         finite = v[np.isfinite(v)]
         span = f"min {finite.min():.6g}, max {finite.max():.6g}" if finite.size else "no values yet"

@@ -10,7 +10,6 @@ directions stored in the store, so the result equals an uninterrupted run.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import scheduler
@@ -46,7 +45,9 @@ def run(spec: Spec, resume: bool = False, overwrite: bool = False, address: str 
         summary = scheduler.evaluate_tiles(spec, payload, grid, tiles, store.write_tile, log=log)
         store.root.attrs["runs"] = store.root.attrs.get("runs", []) + [summary]
         consolidate(path)
-        log("summary: " + json.dumps(summary))
+        per_actor = ", ".join(f"{name} {a['points']} pts at {a['points_per_s']}/s" for name, a in summary["actors"].items())
+        log(f"done: {summary['points']} points in {summary['wall_s']:.1f} s ({summary['points_per_s']} points/s); "
+            f"{summary['retried_tiles']} tile(s) retried, {summary['actor_deaths']} actor death(s); {per_actor}")
     if spec.output.render:
         # Pictures go next to a local store; for a remote one, into runs/<name>/ here.
         out = Path("runs") / spec.name if is_remote(path) else Path(path).parent

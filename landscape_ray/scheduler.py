@@ -21,6 +21,9 @@ the pool grows when nodes join the cluster mid-run.
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -40,10 +43,14 @@ def connect(address: str | None = None) -> None:
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-        return
-    # Local workers inherit this environment: let them import the user's modules from the working directory.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    else:
+        # Local workers inherit this environment: let them import the user's modules from the working directory.
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    if threading.current_thread() is threading.main_thread():
+        # Ray's own handler aborts the process; `ray job stop` sends SIGTERM, and we would rather unwind:
+        # actors are stopped, every finished tile is already on disk, and --resume completes the store.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def run_task(fn, *args, device: str = "auto"):
@@ -131,8 +138,9 @@ class Pool:
         ray.kill(slot.actor, no_restart=True)
 
     def summary(self) -> dict:
-        return {s.name: {"node": s.info.get("node", "?")[:12], "pid": s.info.get("pid"), "points": s.points,
-                         "busy_s": round(s.seconds, 3), "points_per_s": round(s.points / s.seconds, 2) if s.seconds else None}
+        return {s.name: {"node": s.info["node"][:12], "pid": s.info["pid"], "uss_mb": round(s.info["uss_bytes"] / 2**20, 1),
+                         "points": s.points, "busy_s": round(s.seconds, 3),
+                         "points_per_s": round(s.points / s.seconds, 2) if s.seconds else None}
                 for s in self.slots + self.retired if s.info}
 
 

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every Ray process of the tests (and of the CLI runs they start) binds to 127.0.0.1, never the machine's address.
+# Ray reads this when it is first imported, so it is set before anything imports ray.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # Ray workers (and CLI subprocesses) must import tests.helpers, the custom models of these tests.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 

@@ -41,3 +41,34 @@ def crashing_cnn():
 
 def not_a_module():
     return 42
+
+
+class OneSlowCNN(DigitsCNN):
+    """The first Ray actor to build it (it claims `marker`) is slow; every other copy is fast."""
+
+    def __init__(self, marker: str, delay: float):
+        super().__init__()
+        import ray
+
+        self.delay = 0.0
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+                self.delay = delay
+            except FileExistsError:
+                pass
+
+    def forward(self, x):
+        time.sleep(self.delay)
+        return super().forward(x)
+
+
+def one_slow_cnn(marker: str, delay: float = 0.2):
+    return OneSlowCNN(marker, delay)
+
+
+def linear(inputs: int = 3 * 32 * 32, classes: int = 10):
+    """A linear classifier: nearly free per image, so a test can push large data sets through cheaply."""
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(inputs, classes))

@@ -1,0 +1,207 @@
+"""The cluster path with real Ray processes: balance, shared memory, remote stores, SIGTERM, `ray job submit`, node loss."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from landscape_ray.job import run
+from landscape_ray.store import Store
+
+from .conftest import ROOT, make_spec, reference
+from .test_run import slow_spec
+
+pytestmark = pytest.mark.slow
+quiet = lambda *_: None  # noqa: E731
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_digits(spec):
+    """The same spec with the plain digits CNN: the values the slow test models must reproduce."""
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"arch": "digits_cnn", "kwargs": {}})})
+
+
+def test_a_slow_actor_does_not_hold_the_job_back(ray_cluster, checkpoint, tmp_path):
+    spec = make_spec(tmp_path / "s.zarr", checkpoint, "model.arch=tests.helpers:one_slow_cnn",
+                     f"model.kwargs={{marker: {tmp_path / 'slow'}, delay: 0.3}}", "grid.tile=[1, 1]", "data.batch_size=300")
+    summary = run(spec, log=quiet)
+    speeds = sorted(a["points_per_s"] for a in summary["actors"].values())
+    points = sorted(a["points"] for a in summary["actors"].values())
+    assert len(points) == 2 and speeds[1] > 3 * speeds[0], summary["actors"]
+    assert points[1] > 3 * points[0], summary["actors"]  # tiles went to whichever actor was free
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "s.zarr").train_loss.values, reference(as_digits(spec))["train_loss"])
+
+
+def test_actors_of_a_node_share_one_copy_of_the_data(ray_cluster, tmp_path):
+    """Object-store accounting: the payload is stored once, and neither actor's private memory holds the images."""
+    from ray._private.internal_api import memory_summary
+
+    def job(size, name):
+        spec = make_spec(tmp_path / f"{name}.zarr", None, "data.dataset=synthetic", f"data.kwargs={{size: {size}}}",
+                         "data.subset=null", "model.arch=tests.helpers:linear", "data.batch_size=8192",
+                         "grid.y=null", "grid.x.num=2", "grid.tile=1")
+        summary = run(spec, log=quiet)
+        return summary, memory_summary(address=ray_cluster.get_runtime_context().gcs_address, stats_only=True)
+
+    small, _ = job(1_000, "small")
+    big, stats = job(40_000, "big")  # 40,000 × 3 × 32 × 32 bytes = 117 MiB of images
+    images_mib = 40_000 * 3072 / 2**20
+    plasma = float(re.search(r"Plasma memory usage (\d+) MiB", stats).group(1))
+    assert plasma < 1.5 * images_mib, stats  # one copy for two actors, not two
+    for name, actor in big["actors"].items():
+        grown = actor["uss_mb"] - min(a["uss_mb"] for a in small["actors"].values())
+        assert grown < 0.3 * images_mib, (name, actor, small["actors"])
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    """A real S3-compatible server (moto) on loopback; credentials and endpoint from the environment."""
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import s3fs
+
+    deadline = time.time() + 30
+    while True:
+        try:
+            s3fs.S3FileSystem(skip_instance_cache=True).mkdir("landscapes")
+            break
+        except Exception:
+            assert time.time() < deadline, "moto server did not start"
+            time.sleep(0.3)
+    yield "s3://landscapes"
+    server.terminate()
+    server.wait()
+
+
+def test_remote_store_round_trip_resume_and_info(ray_cluster, checkpoint, tmp_path, s3, capsys, monkeypatch):
+    from landscape_ray.cli import main
+
+    url = f"{s3}/surface.zarr"
+    monkeypatch.chdir(tmp_path)  # pictures of a remote store go to runs/<name>/ here
+    spec = make_spec(url, checkpoint, "output.render=[heatmap]")
+    summary = run(spec, log=quiet)
+    assert [Path(p).name for p in summary["pictures"]] == ["train_loss_heatmap.png"]
+    want = reference(spec)
+    ds = xr.open_zarr(url, consolidated=True)
+    np.testing.assert_array_equal(ds.train_loss.values, want["train_loss"])
+    # Lose three tiles as a crash would (values and done flags), then --resume computes exactly those.
+    store = Store(url)
+    lost = store.grid.tiles()[2:5]
+    for tile in lost:
+        where = store.grid.slices(tile)
+        store.root["train_loss"][where] = np.nan
+        store.root["done"][where] = False
+    capsys.readouterr()
+    assert main(["info", url]) == 0
+    left = 35 - sum(int(np.prod(store.grid.tile_shape(t))) for t in lost)
+    assert f"progress: {left}/35 points done" in capsys.readouterr().out
+    assert run(spec, resume=True, log=quiet)["tiles"] == 3
+    np.testing.assert_array_equal(xr.open_zarr(url, consolidated=True).train_loss.values, want["train_loss"])
+    with pytest.raises(Exception, match="already exists"):
+        run(spec, log=quiet)
+
+
+def wait_for_tiles(path, at_least, proc=None, timeout=120):
+    deadline = time.time() + timeout
+    while True:
+        assert time.time() < deadline, "no progress"
+        assert proc is None or proc.poll() is None, "the run ended before it could be stopped"
+        if Path(path).exists() and Store(path, mode="r").records().shape[0] >= at_least:
+            return
+        time.sleep(0.2)
+
+
+def test_sigterm_unwinds_and_resume_completes(ray_cluster, checkpoint, tmp_path):
+    spec = slow_spec(tmp_path, checkpoint)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    proc = subprocess.Popen([sys.executable, "-m", "landscape_ray", "run", str(spec_file)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_tiles(tmp_path / "s.zarr", 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    left = 27 - Store(tmp_path / "s.zarr", mode="r").records().shape[0]
+    assert 0 < left < 27
+    assert run(spec, resume=True, log=quiet)["tiles"] == left
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "s.zarr").train_loss.values, reference(as_digits(spec))["train_loss"])
+
+
+@pytest.fixture
+def head(tmp_path):
+    """A real Ray head node on loopback, started and stopped with the `ray` CLI, as users do."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    port, dash = free_port(), free_port()
+    temp = Path("/tmp") / f"lr-head-{os.getpid()}"  # Ray's socket paths must stay short
+    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}",
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+    env["RAY_AUTH_MODE"] = "token"  # Ray >= 2.59: the `ray job` CLI needs it against a local head
+    yield env, f"http://127.0.0.1:{dash}"
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def job_cli(env, address, *args, check=True):
+    return subprocess.run([str(BIN / "ray"), "job", *args, "--address", address], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=check)
+
+
+def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
+    """`ray job submit` of a shipped spec, `ray job stop` mid-run (SIGTERM, then SIGKILL), resubmitted with --resume."""
+    env, address = head
+    store = tmp_path / "s.zarr"
+    entry = ["python", "-m", "landscape_ray", "run", "jobs/quickstart.yaml", "--set", f"model.checkpoint={checkpoint}",
+             "--set", "model.arch=tests.helpers:slow_cnn", "--set", "model.kwargs={delay: 0.03}",
+             "--set", "data.splits=[train]", "--set", "data.subset=300", "--set", "data.batch_size=300",
+             "--set", "grid.x.num=9", "--set", "grid.y.num=9", "--set", "grid.tile=[1, 3]", "--set", "compute.actors=auto",
+             "--set", f"output.store={store}", "--set", "output.render=[]"]
+    submitted = job_cli(env, address, "submit", "--no-wait", "--working-dir", ".", "--", *entry)
+    job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
+    wait_for_tiles(store, 3)
+    job_cli(env, address, "stop", job_id)
+    deadline = time.time() + 60
+    while "STOPPED" not in job_cli(env, address, "status", job_id).stdout:
+        assert time.time() < deadline
+        time.sleep(1)
+    left = 27 - Store(store, mode="r").records().shape[0]
+    assert 0 < left < 27
+    logs = job_cli(env, address, "logs", job_id).stdout
+    assert "actor-0 ready" in logs and "27 to compute" in logs, logs
+    finished = job_cli(env, address, "submit", "--working-dir", ".", "--", *entry, "--resume")
+    assert f"{left} to compute" in finished.stdout and "done:" in finished.stdout, finished.stdout + finished.stderr
+    want = reference(as_digits(slow_spec(tmp_path, checkpoint)))
+    np.testing.assert_array_equal(xr.open_zarr(store).train_loss.values, want["train_loss"])
+
+
+def test_node_loss_and_node_join_keep_the_surface_identical(checkpoint, tmp_path):
+    """ray.cluster_utils.Cluster in its own process: one node removed mid-run, another added; same values."""
+    out = subprocess.run([sys.executable, "-m", "tests.cluster_scenario", str(checkpoint), str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["identical"], result
+    assert result["actor_deaths"] >= 1 and result["retried_tiles"] >= 1, result
+    assert result["points_on_new_node"] > 0, result

@@ -1,0 +1,396 @@
+"""docker/Dockerfile and docker/README.md, checked without a Docker engine.
+
+The Dockerfile must parse (known instructions, line continuations, ARGs then a FROM first), copy
+only files that exist and that .dockerignore lets into the build context, and be based on the
+official Ray GPU image of the very Ray version that pyproject.toml allows and the dev environment
+(and so CI) runs, with torch wheels for the image's CUDA. The README's commands must name files
+that exist, run the image they build, give the head the token the host CLI uses, and submit jobs
+whose specs validate and write to the mounted data folder.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+README = ROOT / "docker" / "README.md"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+INSTRUCTIONS = {
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
+    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+}
+
+
+# ---------------------------------------------------------------- a small Dockerfile parser
+
+
+class DockerfileError(ValueError):
+    pass
+
+
+@dataclass
+class Instruction:
+    line: int  # where it starts, 1-based
+    cmd: str  # upper case
+    args: str  # continuations joined, comment lines inside them dropped
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Split a Dockerfile into instructions as Docker's parser does (default escape character)."""
+    out: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if stripped.startswith("#"):
+            if re.match(r"#\s*escape\s*=", stripped) and not out and not pending:
+                raise DockerfileError(f"line {n}: an escape directive is not supported by this parser")
+            continue  # comments, also between continued lines, are dropped
+        if not stripped:
+            continue  # blank lines, also between continued lines, are dropped
+        if not pending:
+            start = n
+        if stripped.endswith("\\"):
+            pending.append(stripped[:-1].strip())
+            continue
+        pending.append(stripped)
+        out.append(_instruction(start, " ".join(p for p in pending if p)))
+        pending = []
+    if pending:
+        raise DockerfileError(f"line {start}: the instruction ends in a line continuation at the end of the file")
+    froms = [i for i, ins in enumerate(out) if ins.cmd == "FROM"]
+    if not froms:
+        raise DockerfileError("no FROM instruction")
+    before = [ins for ins in out[: froms[0]] if ins.cmd != "ARG"]
+    if before:
+        raise DockerfileError(f"line {before[0].line}: {before[0].cmd} before the first FROM (only ARG may come first)")
+    return out
+
+
+def _instruction(line: int, text: str) -> Instruction:
+    cmd, _, args = text.partition(" ")
+    if cmd.upper() not in INSTRUCTIONS:
+        raise DockerfileError(f"line {line}: unknown instruction {cmd!r}")
+    if not args.strip():
+        raise DockerfileError(f"line {line}: {cmd.upper()} without arguments")
+    return Instruction(line, cmd.upper(), args.strip())
+
+
+def substitute(text: str, env: dict[str, str]) -> str:
+    """$VAR and ${VAR} (and ${VAR:-default}) as Docker expands them; an unknown variable is an error here."""
+
+    def repl(m: re.Match) -> str:
+        name, default = m.group(1) or m.group(3), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise DockerfileError(f"{m.group(0)} has no value")
+
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", repl, text)
+
+
+def arg_defaults(instructions: list[Instruction]) -> tuple[dict[str, str], dict[str, str]]:
+    """(ARG values visible to the first FROM, ARG values in the last stage) with their defaults."""
+    global_args: dict[str, str] = {}
+    stage: dict[str, str] | None = None
+    for ins in instructions:
+        if ins.cmd == "FROM":
+            stage = {}
+        elif ins.cmd == "ARG":
+            for item in shlex.split(ins.args):
+                name, eq, value = item.partition("=")
+                target = global_args if stage is None else stage
+                if eq:
+                    target[name] = substitute(value, {**global_args, **(stage or {})}) if stage is not None else value
+                elif stage is not None and name in global_args:
+                    stage[name] = global_args[name]  # a redeclared global ARG takes its default
+    return global_args, stage or {}
+
+
+def copy_sources(ins: Instruction) -> list[str]:
+    words = [w for w in shlex.split(ins.args) if not w.startswith("--")]
+    if len(words) < 2:
+        raise DockerfileError(f"line {ins.line}: {ins.cmd} needs a source and a destination")
+    return words[:-1]
+
+
+def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches the path or one of its parent folders decides."""
+    parts = Path(path.rstrip("/")).parts
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern[1:] if negate else pattern
+        pat = pat.strip().strip("/")
+        if pat.startswith("**/"):
+            hit = any(fnmatch.fnmatch(Path(c).name, pat[3:]) for c in candidates)
+        else:
+            hit = any(fnmatch.fnmatch(c, pat) and c.count("/") == pat.count("/") for c in candidates)
+        if hit:
+            excluded = not negate
+    return excluded
+
+
+# ---------------------------------------------------------------- the files under test
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[Instruction]:
+    return parse_dockerfile(DOCKERFILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+@pytest.fixture(scope="module")
+def args(instructions) -> dict[str, str]:
+    global_args, stage = arg_defaults(instructions)
+    return {**global_args, **stage}
+
+
+@pytest.fixture(scope="module")
+def base_image(instructions) -> re.Match:
+    global_args, _ = arg_defaults(instructions)
+    first_from = next(i for i in instructions if i.cmd == "FROM")
+    image = substitute(shlex.split(first_from.args)[0], global_args)
+    m = re.fullmatch(r"rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py(?P<py>3)(?P<minor>\d+)-(?P<platform>cu\d+|gpu)", image)
+    assert m, f"FROM {image}: expected the official Ray GPU image, rayproject/ray:<x.y.z>-py3XX-<cuXXX|gpu>"
+    return m
+
+
+def requirement(pyproject: dict, name: str) -> Requirement:
+    reqs = [Requirement(r) for r in pyproject["project"]["dependencies"]]
+    found = [r for r in reqs if r.name == name]
+    assert found, f"pyproject.toml does not depend on {name}"
+    return found[0]
+
+
+def public(version: str) -> Version:
+    """2.14.1+cu128 -> 2.14.1: the local label names the build, not the release."""
+    return Version(Version(version).public)
+
+
+# ---------------------------------------------------------------- the parser itself can fail
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("FROM ubuntu\nRUN true\nFORM x\n", "unknown instruction 'FORM'"),
+        ("RUN true\nFROM ubuntu\n", "RUN before the first FROM"),
+        ("ARG X=1\n", "no FROM"),
+        ("FROM ubuntu\nRUN echo a \\\n", "line continuation at the end"),
+        ("FROM ubuntu\nWORKDIR\n", "WORKDIR without arguments"),
+        ("FROM ubuntu\nRUN echo a \\\n    && ech b\nCOPYY a b\n", "unknown instruction 'COPYY'"),
+    ],
+)
+def test_parser_rejects_broken_dockerfiles(text, message):
+    with pytest.raises(DockerfileError, match=re.escape(message)):
+        parse_dockerfile(text)
+
+
+def test_parser_joins_continuations_and_drops_comments():
+    text = "# c\nARG V=1\nFROM img:${V}\nRUN a \\\n  # inside\n  && b \\\n\n  && c\n"
+    ins = parse_dockerfile(text)
+    assert [(i.line, i.cmd) for i in ins] == [(2, "ARG"), (3, "FROM"), (4, "RUN")]
+    assert ins[2].args == "a && b && c"
+    assert dockerignore_excludes(".venv/bin/python", ["*", "!jobs/"])
+    assert not dockerignore_excludes("jobs/paper/x.yaml", ["*", "!jobs/"])
+    assert dockerignore_excludes("jobs/__pycache__/x.pyc", ["*", "!jobs/", "**/__pycache__"])
+
+
+# ---------------------------------------------------------------- the Dockerfile
+
+
+def test_dockerfile_parses(instructions):
+    assert instructions[0].cmd in ("ARG", "FROM")
+    assert sum(i.cmd == "FROM" for i in instructions) == 1, "one stage: keep the file simple"
+    assert any(i.cmd == "RUN" for i in instructions)
+
+
+def test_copy_sources_exist_and_reach_the_build_context(instructions):
+    patterns = []
+    if DOCKERIGNORE.exists():
+        patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    copies = [i for i in instructions if i.cmd in ("COPY", "ADD") and "--from" not in i.args]
+    assert copies, "the project is never copied into the image"
+    for ins in copies:
+        for src in copy_sources(ins):
+            assert (ROOT / src).exists(), f"line {ins.line}: {ins.cmd} {src}: no such file in the repository"
+            assert not dockerignore_excludes(src, patterns), f"line {ins.line}: {src} is excluded by .dockerignore"
+    copied = {s.rstrip("/") for ins in copies for s in copy_sources(ins)}
+    assert {"pyproject.toml", "landscape_ray", "jobs"} <= copied, "the image needs the package and its specs"
+
+
+def test_base_image_ray_version_matches_pyproject_and_dev_env(instructions, base_image, args, pyproject):
+    assert "RAY_VERSION" in args, "the Ray version must be an ARG RAY_VERSION=x.y.z"
+    first_from = next(i for i in instructions if i.cmd == "FROM")
+    assert re.search(r"\$\{?RAY_VERSION\b", first_from.args), "FROM must take its tag from ARG RAY_VERSION"
+    assert base_image["ray"] == args["RAY_VERSION"]
+    image_ray = Version(args["RAY_VERSION"])
+    ray_req = requirement(pyproject, "ray")
+    assert "default" in ray_req.extras
+    assert image_ray in ray_req.specifier, f"image Ray {image_ray} does not satisfy pyproject's {ray_req}"
+    dev_ray = public(importlib.metadata.version("ray"))
+    assert image_ray == dev_ray, f"image Ray {image_ray} != the dev environment's Ray {dev_ray}: CI tests {dev_ray}"
+
+
+def test_base_image_python_is_supported(base_image, pyproject):
+    python = Version(f"{base_image['py']}.{base_image['minor']}")
+    assert python in SpecifierSet(pyproject["project"]["requires-python"])
+
+
+def test_torch_wheels_match_the_image_cuda_and_pyproject(instructions, base_image, args, pyproject):
+    assert base_image["platform"].startswith("cu"), "name the CUDA platform (cuXXX), not the -gpu alias, so torch can match it"
+    runs = [substitute(i.args, args) for i in instructions if i.cmd == "RUN"]
+    indexes = [m for r in runs for m in re.findall(r"download\.pytorch\.org/whl/(\w+)", r)]
+    assert indexes, "torch must come from a CUDA wheel index of download.pytorch.org"
+    assert set(indexes) == {base_image["platform"]}, f"torch wheels {indexes} vs the image's {base_image['platform']}"
+    for name, arg in (("torch", "TORCH_VERSION"), ("torchvision", "TORCHVISION_VERSION")):
+        assert arg in args, f"the {name} version must be an ARG {arg}"
+        version = Version(args[arg])
+        assert version in requirement(pyproject, name).specifier
+        assert version == public(importlib.metadata.version(name)), f"image {name} {version} != the dev environment's"
+        assert any(f"{name}=={version}" in r for r in runs), f"{name} is not installed at {version}"
+
+
+def test_project_installed_with_existing_extras(instructions, args, pyproject):
+    runs = [substitute(i.args, args) for i in instructions if i.cmd == "RUN"]
+    installs = [m for r in runs for m in re.findall(r"pip install [^&;]*?(?<=\s)[\"']?\.(?:\[([\w,\s-]*)\])?[\"']?(?=\s|$)", r)]
+    assert installs, "no `pip install .` of the project"
+    known = set(pyproject["project"].get("optional-dependencies", {}))
+    for extras in installs:
+        unknown = {e.strip() for e in extras.split(",") if e.strip()} - known
+        assert not unknown, f"extras {unknown} are not defined in pyproject.toml ({sorted(known)})"
+    pinned = " ".join(runs)
+    assert f"ray[default]=={args['RAY_VERSION']}" in pinned, "pin ray to the image's so installing the project cannot move it"
+
+
+def test_runs_as_the_base_images_user(instructions):
+    users = [i.args.split(":")[0] for i in instructions if i.cmd == "USER"]
+    assert not users or users[-1] not in ("root", "0"), "the image must not end as root"
+
+
+# ---------------------------------------------------------------- the README
+
+
+def shell_commands(markdown: str) -> list[str]:
+    """The commands of the ```bash blocks, continuations joined, comments cut."""
+    commands = []
+    for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", markdown, flags=re.S):
+        for cmd in block.replace("\\\n", " ").splitlines():
+            cmd = re.sub(r"(^|\s)#.*$", "", cmd).strip()
+            if cmd:
+                commands.append(cmd)
+    return commands
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return README.read_text()
+
+
+@pytest.fixture(scope="module")
+def commands(readme) -> list[list[str]]:
+    cmds = [shlex.split(c) for c in shell_commands(readme)]
+    assert cmds, "docker/README.md has no bash commands"
+    return cmds
+
+
+def find(commands, *words) -> list[list[str]]:
+    return [c for c in commands if all(w in c for w in words)]
+
+
+def test_readme_paths_exist(readme):
+    paths = set(re.findall(r"(?<![\w/.$-])((?:docker|jobs|landscape_ray|tests)/[\w./-]*\w)", readme))
+    assert "docker/Dockerfile" in paths and "jobs/paper/resnet56-surface.yaml" in paths
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"docker/README.md names files that do not exist: {missing}"
+    for name in ("pyproject.toml", "README.md", ".gitignore", "Makefile"):
+        if name in readme:
+            assert (ROOT / name).exists()
+
+
+def test_readme_builds_and_runs_the_same_image(commands):
+    builds = find(commands, "docker", "build")
+    assert builds, "no docker build command"
+    build = builds[0]
+    assert build[build.index("-f") + 1] == "docker/Dockerfile" and build[-1] == "."
+    tag = build[build.index("-t") + 1]
+    runs = find(commands, "docker", "run")
+    assert runs and all(tag in r for r in runs), f"docker run does not run the image built as {tag}"
+
+
+def test_readme_names_the_dockerfiles_versions(readme, base_image, args):
+    for image in re.findall(r"rayproject/ray:[\w.-]+", readme):
+        assert image == base_image.group(0), f"README says {image}, the Dockerfile uses {base_image.group(0)}"
+    for pin in re.findall(r"ray\[default\]==([\w.]+)", readme):
+        assert pin == args["RAY_VERSION"], f"README installs ray {pin} on the host, the image has {args['RAY_VERSION']}"
+
+
+def _option_values(cmd: list[str], option: str) -> list[str]:
+    return [cmd[i + 1] for i, w in enumerate(cmd[:-1]) if w == option]
+
+
+def test_readme_head_gets_gpus_data_and_the_token(commands):
+    (run,) = find(commands, "docker", "run")
+    assert "--gpus" in run and any(w.startswith("--shm-size") for w in run)
+    assert any(p.endswith(":8265") for p in _option_values(run, "-p")), "the dashboard/job port is not published"
+    start = run[run.index("ray"):]
+    assert start[:3] == ["ray", "start", "--head"] and "--block" in start and "0.0.0.0" in start
+    mounts = [v.split(":") for v in _option_values(run, "-v")]
+    assert any(m[1] == "/data" for m in mounts), "no host folder mounted at /data"
+    env = dict(e.split("=", 1) for e in _option_values(run, "-e"))
+    assert env.get("RAY_AUTH_MODE") == "token"
+    token_path = env.get("RAY_AUTH_TOKEN_PATH")
+    assert token_path, "the head needs the token (RAY_AUTH_TOKEN_PATH)"
+    token_mounts = [m for m in mounts if m[1] == token_path]
+    assert token_mounts and token_mounts[0][0].endswith("/.ray/auth_token"), "mount the host's ~/.ray/auth_token at RAY_AUTH_TOKEN_PATH"
+    assert find(commands, "ray", "get-auth-token", "--generate"), "the README never creates the token"
+
+
+def test_readme_jobs_are_valid_and_write_to_the_mount(commands):
+    from landscape_ray.cli import parser
+    from landscape_ray.spec import load_spec
+    from landscape_ray.train import TrainSpec
+
+    submits = find(commands, "ray", "job", "submit")
+    assert submits, "no ray job submit command"
+    specs = {}
+    for cmd in submits:
+        assert cmd[0] == "RAY_AUTH_MODE=token", "Ray >= 2.59: the job CLI needs RAY_AUTH_MODE=token"
+        submit, entry = cmd[: cmd.index("--")], cmd[cmd.index("--") + 1 :]
+        assert _option_values(submit, "--address") == ["http://127.0.0.1:8265"]
+        assert entry[:3] == ["python", "-m", "landscape_ray"], entry
+        parsed = parser().parse_args(entry[3:])
+        assert (ROOT / parsed.spec).is_file()
+        spec = load_spec(ROOT / parsed.spec, parsed.set, **({"model": TrainSpec} if parsed.command == "train" else {}))
+        specs[parsed.command] = spec
+        assert spec.data.root.startswith("/data"), f"{parsed.spec}: data.root {spec.data.root} is not on the mount"
+        out = spec.out if parsed.command == "train" else spec.output.store
+        assert out.startswith("/data/"), f"{parsed.spec}: output {out} would not persist"
+    assert "run" in specs
+    assert specs["run"].model.checkpoint and specs["run"].model.checkpoint.startswith("/data/")
+    if "train" in specs:
+        assert Path(specs["run"].model.checkpoint) == Path(specs["train"].out) / "final.pt", "the surface must read the trained checkpoint"
