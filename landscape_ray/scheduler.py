@@ -42,7 +42,11 @@ def connect(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        try:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        except (ValueError, ConnectionError) as err:
+            where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+            raise RunError(f"{where}: cannot join that Ray cluster ({str(err).splitlines()[0]})") from None
     else:
         # Local workers inherit this environment: let them import the user's modules from the working directory.
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))

@@ -221,7 +221,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(node[part], dict):
                 raise SpecError(f"--set {item}: {part} is not a section")
             node = node[part]
-        node[leaf] = yaml.safe_load(value)
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise SpecError(f"--set {item}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
     return raw
 
 

@@ -155,18 +155,34 @@ def head(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     port, dash = free_port(), free_port()
+    # Every port of its own: the test session's Ray already holds the default agent and metrics ports.
+    ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                   "metrics-export-port", "runtime-env-agent-port", "ray-client-server-port")]
     temp = Path("/tmp") / f"lr-head-{os.getpid()}"  # Ray's socket paths must stay short
-    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}",
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+    # A session of its own: its processes form one group, stopped together without `ray stop`, which would also
+    # stop the test session's own Ray (and with it this process).
+    start = subprocess.Popen([str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+                              f"--dashboard-port={dash}", *ports, "--num-cpus=2", "--include-dashboard=true",
+                              f"--temp-dir={temp}", "--disable-usage-stats"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out, _ = start.communicate(timeout=180)
+    assert start.returncode == 0, out
     env["RAY_AUTH_MODE"] = "token"  # Ray >= 2.59: the `ray job` CLI needs it against a local head
-    yield env, f"http://127.0.0.1:{dash}"
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    try:
+        yield env, f"http://127.0.0.1:{dash}"
+    finally:
+        try:
+            os.killpg(start.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def job_cli(env, address, *args, check=True):
-    return subprocess.run([str(BIN / "ray"), "job", *args, "--address", address], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, check=check)
+    command, *rest = args
+    done = subprocess.run([str(BIN / "ray"), "job", command, "--address", address, *rest], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 or not check, f"ray job {command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return done
 
 
 def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
@@ -178,20 +194,27 @@ def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
              "--set", "data.splits=[train]", "--set", "data.subset=300", "--set", "data.batch_size=300",
              "--set", "grid.x.num=9", "--set", "grid.y.num=9", "--set", "grid.tile=[1, 3]", "--set", "compute.actors=auto",
              "--set", f"output.store={store}", "--set", "output.render=[]"]
-    submitted = job_cli(env, address, "submit", "--no-wait", "--working-dir", ".", "--", *entry)
+    deadline = time.time() + 90
+    while True:  # a fresh head's job agent may still be starting: Ray answers "No available agent … try again later"
+        submitted = job_cli(env, address, "submit", "--no-wait", "--working-dir", ".", "--", *entry, check=False)
+        if submitted.returncode == 0 or "No available agent" not in submitted.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
     job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
     wait_for_tiles(store, 3)
     job_cli(env, address, "stop", job_id)
     deadline = time.time() + 60
-    while "STOPPED" not in job_cli(env, address, "status", job_id).stdout:
-        assert time.time() < deadline
+    while "stopped" not in (status := (lambda r: r.stdout + r.stderr)(job_cli(env, address, "status", job_id, check=False))).lower():
+        assert time.time() < deadline, status
         time.sleep(1)
     left = 27 - Store(store, mode="r").records().shape[0]
     assert 0 < left < 27
-    logs = job_cli(env, address, "logs", job_id).stdout
+    logs = (lambda r: r.stdout + r.stderr)(job_cli(env, address, "logs", job_id))
     assert "actor-0 ready" in logs and "27 to compute" in logs, logs
     finished = job_cli(env, address, "submit", "--working-dir", ".", "--", *entry, "--resume")
-    assert f"{left} to compute" in finished.stdout and "done:" in finished.stdout, finished.stdout + finished.stderr
+    out = finished.stdout + finished.stderr
+    assert f"{left} to compute" in out and "done:" in out, out
     want = reference(as_digits(slow_spec(tmp_path, checkpoint)))
     np.testing.assert_array_equal(xr.open_zarr(store).train_loss.values, want["train_loss"])
 

@@ -26,6 +26,7 @@ def test_defaults_and_overrides(tmp_path):
     ("data.splits=[train, train]", "data: splits repeat a name"),
     ("grid.tile=[2, 3, 4]", "grid: tile must be"),
     ("nonsense", "--set nonsense: expected KEY=VALUE"),
+    ("grid.x={min: 1", "--set grid.x={min: 1: the value is not valid YAML"),
 ])
 def test_errors_name_the_field(override, message):
     with pytest.raises(SpecError) as err:
