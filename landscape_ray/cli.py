@@ -104,6 +104,16 @@ def cmd_info(args) -> None:
     print(yaml.safe_dump(store.spec.model_dump(mode="json"), sort_keys=False).rstrip())
 
 
+def cmd_directions(args) -> None:
+    from .directions import write_directions
+    from .models import build
+    from .store import Store
+
+    store = Store(args.store, mode="r")
+    model = build(store.spec.model.arch, **store.spec.model.kwargs)  # names and shapes, for the paper's .h5 order
+    print(write_directions(store.directions(), args.out, model, store.spec.directions.dir_type))
+
+
 def cmd_schema(args) -> None:
     from .train import TrainSpec
     from .spec import Spec
@@ -170,6 +180,11 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("info", help="progress, value ranges and spec of a store")
     q.add_argument("store")
     q.set_defaults(func=cmd_info)
+
+    q = sub.add_parser("directions", help="export a store's directions for directions.kind: file (or the paper's code)")
+    q.add_argument("store")
+    q.add_argument("--out", required=True, help="FILE.npz (this service) or FILE.h5 (the paper's code's layout; needs h5py)")
+    q.set_defaults(func=cmd_directions)
 
     q = sub.add_parser("schema", help="print the JSON Schema of the spec")
     q.add_argument("--train", action="store_true", help="the training spec's schema instead")

@@ -154,3 +154,17 @@ def test_paper_h5_layout_and_a_file_that_does_not_fit(checkpoint, tmp_path):
         assert sorted(f) == ["xdirection", "ydirection"] and len(f["xdirection"]) == len(list(small.parameters()))
     fits = make_spec(tmp_path / "g.zarr", checkpoint, "directions.kind=file", f"directions.path={tmp_path / 'fits.h5'}")
     assert float(prepare(fits).directions.vectors[1]["head.bias"][0]) == 0.5
+
+
+def test_directions_command_exports_what_file_kind_imports(ray_cluster, checkpoint, tmp_path, capsys):
+    from landscape_ray.cli import main
+
+    spec = make_spec(tmp_path / "a.zarr", checkpoint, "grid.x.num=3", "grid.y.num=3")
+    run(spec, log=quiet)
+    for suffix in (".npz", ".h5"):
+        assert main(["directions", str(tmp_path / "a.zarr"), "--out", str(tmp_path / f"d{suffix}")]) == 0
+        again = make_spec(tmp_path / "b.zarr", checkpoint, "directions.kind=file", f"directions.path={tmp_path / f'd{suffix}'}")
+        for mine, theirs in zip(prepare(again).directions.vectors, Store(tmp_path / "a.zarr", mode="r").directions()):
+            assert all(np.array_equal(mine[k], theirs[k]) for k in theirs)
+    assert main(["directions", str(tmp_path / "a.zarr"), "--out", str(tmp_path / "d.txt")]) == 2
+    assert "--out: " in capsys.readouterr().err
