@@ -1,7 +1,7 @@
 """CPU benchmark: the reference-style loop against each evaluator mode, in one process, on the same model, data and grid.
 
-    .venv/bin/python benchmarks/cpu.py                 # resnet20, 1,000 CIFAR-shaped images, 6 grid points
-    .venv/bin/python benchmarks/cpu.py --points 4 --modes fp32,bf16-cl
+    .venv/bin/python -m benchmarks.cpu                 # resnet20, 1,000 CIFAR-shaped images, 6 grid points
+    .venv/bin/python -m benchmarks.cpu --points 4 --modes fp32,bf16-cl
 
 Baseline ("reference-style", as the paper's public code evaluates a grid point):
 per-sample normalization in a Dataset, a DataLoader at batch 128, fp32, NCHW,
@@ -62,12 +62,12 @@ class PerSample(Dataset):
         return (torch.from_numpy(self.images[i]).float() / 255 - self.mean) / self.std, int(self.labels[i])
 
 
-def baseline(model, state, directions, images, labels, coords):
+def baseline(model, state, directions, images, labels, coords, device="cpu"):
     loader = DataLoader(PerSample(images, labels), batch_size=128, shuffle=False)
     params = [p for _, p in model.named_parameters()]
     names = [n for n, _ in model.named_parameters()]
-    weights = [torch.from_numpy(state[n]).clone() for n in names]
-    dirs = [[torch.from_numpy(d[n]) for n in names] for d in directions]
+    weights = [torch.from_numpy(state[n]).to(device) for n in names]
+    dirs = [[torch.from_numpy(d[n]).to(device) for n in names] for d in directions]
     losses = []
     model.eval()
     for a, b in coords:
@@ -76,6 +76,7 @@ def baseline(model, state, directions, images, labels, coords):
         total, n = 0.0, 0
         with torch.no_grad():
             for x, y in loader:
+                x, y = x.to(device), y.to(device)
                 total += F.cross_entropy(model(x), y, reduction="sum").item()
                 n += len(y)
         losses.append(total / n)

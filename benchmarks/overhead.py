@@ -1,7 +1,7 @@
 """Service overhead: `landscape-ray run` against the bare evaluator doing the same points, side by side.
 
-    .venv/bin/python benchmarks/overhead.py                  # 51 × 51, digits CNN, 500 train images
-    .venv/bin/python benchmarks/overhead.py --num 21 --actors 2
+    .venv/bin/python -m benchmarks.overhead                  # 51 × 51, digits CNN, 500 train images
+    .venv/bin/python -m benchmarks.overhead --num 21 --actors 2
 
 Both sides use one CPU thread per evaluator. The bare side builds one Evaluator in
 this process and evaluates every tile's points; the service side runs the job
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 
 from landscape_ray.evaluator import Evaluator, prepare
 from landscape_ray.grid import Grid
@@ -55,8 +56,6 @@ def main() -> None:
         summary = run(spec, log=lambda *_: None)
         total_s = time.perf_counter() - start
         service_s = summary["wall_s"]
-
-        import xarray as xr
 
         stored = xr.open_zarr(spec.output.store).train_loss.values
         same = all(np.array_equal(stored[grid.slices(t)].ravel(), v) for t, v in bare.items())
