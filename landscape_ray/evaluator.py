@@ -235,6 +235,7 @@ class Evaluator:
         if self.bn_split is not None:
             with torch.inference_mode(False):
                 self.recompute_bn()
+        self.model.eval()  # also when a training loop hands over its model in train mode
         out = {}
         for name, resident in self.splits.items():
             loss, count, sums = torch.zeros((), dtype=torch.float64, device=self.device), 0, {}

