@@ -130,3 +130,17 @@ def test_custom_metric_defines_the_variables(tmp_path):
     assert payload.variables == ["test_loss", "test_acc", "test_loss_se"]
     out = Evaluator.from_payload(spec, payload, "cpu").evaluate(np.array([[0.0, 0.0]]))
     assert 0 < out["test_loss"][0] < 10 and 0 <= out["test_acc"][0] <= 1 and out["test_loss_se"][0] > 0
+
+
+@pytest.mark.parametrize("mode, rel", [({"precision": "bf16"}, 0.03), ({"compile": True}, 1e-5)])
+def test_fast_paths_agree_with_fp32_within_the_documented_tolerance(checkpoint, tmp_path, mode, rel):
+    """README / benchmarks/RESULTS.md: bf16 within 3 % of fp32 on a trained net; torch.compile to float rounding."""
+    coords = np.array([[0.0, 0.0], [0.5, -0.5], [-1.0, 1.0]])
+    fp32 = make_spec(tmp_path / "a.zarr", checkpoint, "data.splits=[train, test]")
+    fast = fp32.model_copy(update={"eval": fp32.eval.model_copy(update=mode)})
+    want = Evaluator.from_payload(fp32, prepare(fp32), "cpu").evaluate(coords)
+    got = Evaluator.from_payload(fast, prepare(fast), "cpu").evaluate(coords)
+    for k in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(got[k], want[k], rtol=rel, err_msg=k)
+    for k in ("train_acc", "test_acc"):
+        assert np.abs(got[k] - want[k]).max() <= 0.02, k
