@@ -185,6 +185,10 @@ def job_cli(env, address, *args, check=True):
     return done
 
 
+def output(done: subprocess.CompletedProcess) -> str:
+    return done.stdout + done.stderr  # the `ray job` CLI logs to both
+
+
 def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
     """`ray job submit` of a shipped spec, `ray job stop` mid-run (SIGTERM, then SIGKILL), resubmitted with --resume."""
     env, address = head
@@ -205,15 +209,14 @@ def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
     wait_for_tiles(store, 3)
     job_cli(env, address, "stop", job_id)
     deadline = time.time() + 60
-    while "stopped" not in (status := (lambda r: r.stdout + r.stderr)(job_cli(env, address, "status", job_id, check=False))).lower():
+    while "stopped" not in (status := output(job_cli(env, address, "status", job_id, check=False))).lower():
         assert time.time() < deadline, status
         time.sleep(1)
     left = 27 - Store(store, mode="r").records().shape[0]
     assert 0 < left < 27
-    logs = (lambda r: r.stdout + r.stderr)(job_cli(env, address, "logs", job_id))
+    logs = output(job_cli(env, address, "logs", job_id))
     assert "actor-0 ready" in logs and "27 to compute" in logs, logs
-    finished = job_cli(env, address, "submit", "--working-dir", ".", "--", *entry, "--resume")
-    out = finished.stdout + finished.stderr
+    out = output(job_cli(env, address, "submit", "--working-dir", ".", "--", *entry, "--resume"))
     assert f"{left} to compute" in out and "done:" in out, out
     want = reference(as_digits(slow_spec(tmp_path, checkpoint)))
     np.testing.assert_array_equal(xr.open_zarr(store).train_loss.values, want["train_loss"])
