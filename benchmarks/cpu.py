@@ -11,6 +11,7 @@ Modes of the evaluator (data resident as uint8, normalized per batch, weights
 updated in place with torch._foreach_*, one host sync per point):
   fp32        NCHW fp32                  fp32-cl     channels_last fp32
   bf16-cl     channels_last, bf16 autocast (loss reduced in fp32)
+  fp32-cl-fold / bf16-cl-fold            BN folded into the preceding convs (eval.fold_bn)
   fp32-cl-compile / bf16-cl-compile      the same under torch.compile (compile time reported apart)
 
 Prints a table: seconds per point, img/s, points/s, speed-up over the baseline,
@@ -39,12 +40,14 @@ from landscape_ray.spec import DataSpec, DirectionsSpec, GridSpec
 from landscape_ray.train import TrainSpec, train
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
-MODES = {  # name: (precision, channels_last, compile)
-    "fp32": ("fp32", False, False),
-    "fp32-cl": ("fp32", True, False),
-    "bf16-cl": ("bf16", True, False),
-    "fp32-cl-compile": ("fp32", True, True),
-    "bf16-cl-compile": ("bf16", True, True),
+MODES = {  # name: Evaluator options
+    "fp32": dict(precision="fp32", channels_last=False),
+    "fp32-cl": dict(precision="fp32", channels_last=True),
+    "bf16-cl": dict(precision="bf16", channels_last=True),
+    "fp32-cl-fold": dict(precision="fp32", channels_last=True, fold=True),
+    "bf16-cl-fold": dict(precision="bf16", channels_last=True, fold=True),
+    "fp32-cl-compile": dict(precision="fp32", channels_last=True, compile=True),
+    "bf16-cl-compile": dict(precision="bf16", channels_last=True, compile=True),
 }
 
 
@@ -104,9 +107,8 @@ def speed_table(args) -> None:
     rows.append(("baseline (reference-style)", seconds / len(coords), None, ref))
     exact = None
     for name in args.modes.split(","):
-        precision, cl, comp = MODES[name]
         ev = Evaluator(build(args.model), state, directions, {"train": ImageSplit(images, labels)}, MEAN, STD,
-                       batch_size=args.batch, precision=precision, channels_last=cl, compile=comp)
+                       batch_size=args.batch, **MODES[name])
         _, warm = timed(lambda: ev.evaluate(coords[:1]))  # first call: allocations, autotuning or compilation
         out, seconds = timed(lambda: ev.evaluate(coords)["train_loss"])
         rows.append((f"{name} (first point {warm:.1f} s)", seconds / len(coords), name, out))
@@ -156,7 +158,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000, help="CIFAR-shaped images (default: 1000)")
     p.add_argument("--points", type=int, default=6, help="grid points per mode (default: 6)")
     p.add_argument("--batch", type=int, default=500, help="evaluator batch size (default: 500)")
-    p.add_argument("--modes", default="fp32,fp32-cl,bf16-cl,fp32-cl-compile,bf16-cl-compile",
+    p.add_argument("--modes", default=",".join(MODES),
                    help="comma-separated evaluator modes (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--skip-exactness", action="store_true", help="only the speed table")

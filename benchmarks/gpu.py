@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--points", type=int, default=3)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--baseline-images", type=int, default=5_000, help="images for the slow reference loop (default: 5000)")
-    p.add_argument("--modes", default="fp32,fp32-cl,bf16-cl,bf16-cl-compile")
+    p.add_argument("--modes", default="fp32,fp32-cl,bf16-cl,bf16-cl-fold,bf16-cl-compile")
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -94,9 +94,8 @@ def main() -> None:
           f"{100 * base_img_s * flops / 1e12 / peak:14.2f}% {'':>15}")
     exact = None
     for name in args.modes.split(","):
-        precision, cl, comp = MODES[name]
         ev = Evaluator(build(args.model), state, directions, {"train": ImageSplit(images, labels)}, MEAN, STD,
-                       batch_size=args.batch, device="cuda", precision=precision, channels_last=cl, compile=comp)
+                       batch_size=args.batch, device="cuda", **MODES[name])
         ev.evaluate(coords[:1])  # warm-up: cuDNN autotuning or compilation
         torch.cuda.synchronize()
         start = time.perf_counter()

@@ -124,6 +124,56 @@ def set_matmul_precision(device: torch.device, precision: str) -> None:
         torch.backends.cudnn.benchmark = precision != "fp32"
 
 
+class FoldedConv(nn.Module):
+    """A conv followed by an eval-mode BN, as one conv: w·s, (b − μ)·s + β with s = γ/√(σ² + ε).
+
+    It reads the conv's live weights at every call, so the in-place weight updates of each grid point
+    apply; the BN's statistics and affine parameters must stay at θ* (folding assumes they do).
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.conv, self.bn = conv, bn
+
+    def forward(self, x):
+        scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+        bias = self.bn.bias - self.bn.running_mean * scale
+        if self.conv.bias is not None:
+            bias = bias + self.conv.bias * scale
+        return self.conv._conv_forward(x, self.conv.weight * scale.view(-1, 1, 1, 1), bias)
+
+
+def fold_bn(model: nn.Module, moved: set[str]) -> nn.Module:
+    """The model with each conv → BN pair folded into one conv, unless some direction moves that BN.
+
+    Uses torch.fx; a model it cannot trace is returned unchanged (folding is only a speed-up).
+    """
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(model)
+    except Exception:
+        return model
+    modules = dict(graph.named_modules())
+    for node in list(graph.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or any(n.startswith(f"{node.target}.") for n in moved):
+            continue
+        conv_node = node.args[0]
+        conv = modules.get(conv_node.target) if getattr(conv_node, "op", None) == "call_module" else None
+        if not isinstance(conv, nn.Conv2d) or len(conv_node.users) != 1 or bn.running_var is None:
+            continue
+        name = f"{conv_node.target.replace('.', '_')}_folded"
+        graph.add_submodule(name, FoldedConv(conv, bn))
+        with graph.graph.inserting_after(node):
+            folded = graph.graph.call_module(name, conv_node.args, conv_node.kwargs)
+        node.replace_all_uses_with(folded)
+        graph.graph.erase_node(node)
+        graph.graph.erase_node(conv_node)
+    graph.recompile()
+    return graph
+
+
 def compiled(model: nn.Module, mode: bool | str, device: torch.device):
     """torch.compile with Inductor's cache kept in ~/.cache/landscape_ray, so restarts and reruns skip compilation.
 
@@ -139,7 +189,7 @@ def compiled(model: nn.Module, mode: bool | str, device: torch.device):
 
 class Evaluator:
     def __init__(self, model, state, directions, splits, mean, std, metric=None, batch_size=1024, device="cpu",
-                 bn_split=None, standard_error=False, precision="fp32", channels_last=False, compile=False):
+                 bn_split=None, standard_error=False, precision="fp32", channels_last=False, compile=False, fold=False):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.metric = metric or classification()
@@ -163,7 +213,8 @@ class Evaluator:
         self.bn_split = self._resident(bn_split) if bn_split is not None else None
         self.bn_modules = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_saved = [(m.running_mean.clone(), m.running_var.clone()) for m in self.bn_modules if m.running_mean is not None]
-        self.runner = compiled(self.model, compile, self.device)
+        runner = fold_bn(self.model, set(names)) if fold and self.bn_split is None else self.model
+        self.runner = compiled(runner, compile, self.device)
 
     def _resident(self, split):
         if isinstance(split, ImageSplit):
@@ -182,7 +233,7 @@ class Evaluator:
             metric=resolve_metric(spec.eval.metric, spec.eval.loss), batch_size=spec.data.batch_size,
             device=device or resolve_device(spec.eval.device), bn_split=payload.bn_split,
             standard_error=spec.data.subset is not None, precision=spec.eval.precision,
-            channels_last=spec.eval.channels_last, compile=spec.eval.compile,
+            channels_last=spec.eval.channels_last, compile=spec.eval.compile, fold=spec.eval.fold_bn,
         )
 
     def batches(self, resident):

@@ -160,6 +160,9 @@ class EvalSpec(Strict):
         "fp32", description="fp32: exact and deterministic; tf32 (CUDA matmuls/convs) or bf16 (autocast; loss reduced in fp32)"
     )
     channels_last: bool = Field(True, description="NHWC memory layout for image models (faster convolutions)")
+    fold_bn: bool = Field(
+        False, description="fold each eval-mode BN into the conv before it (BN not moved by the directions); faster, not bit-equal"
+    )
     compile: bool | Literal["default", "max-autotune"] = Field(
         False, description="torch.compile the model: false, true (= default mode) or max-autotune; cached in ~/.cache/landscape_ray"
     )

@@ -132,7 +132,8 @@ def test_custom_metric_defines_the_variables(tmp_path):
     assert 0 < out["test_loss"][0] < 10 and 0 <= out["test_acc"][0] <= 1 and out["test_loss_se"][0] > 0
 
 
-@pytest.mark.parametrize("mode, rel", [({"precision": "bf16"}, 0.03), ({"compile": True}, 1e-5)])
+@pytest.mark.parametrize("mode, rel", [({"precision": "bf16"}, 0.03), ({"compile": True}, 1e-5), ({"fold_bn": True}, 1e-5),
+                                       ({"precision": "bf16", "fold_bn": True}, 0.03)])
 def test_fast_paths_agree_with_fp32_within_the_documented_tolerance(checkpoint, tmp_path, mode, rel):
     """README / benchmarks/RESULTS.md: bf16 within 3 % of fp32 on a trained net; torch.compile to float rounding."""
     coords = np.array([[0.0, 0.0], [0.5, -0.5], [-1.0, 1.0]])
@@ -144,3 +145,13 @@ def test_fast_paths_agree_with_fp32_within_the_documented_tolerance(checkpoint, 
         np.testing.assert_allclose(got[k], want[k], rtol=rel, err_msg=k)
     for k in ("train_acc", "test_acc"):
         assert np.abs(got[k] - want[k]).max() <= 0.02, k
+
+
+def test_bn_is_folded_only_where_no_direction_moves_it(checkpoint, tmp_path):
+    from landscape_ray.evaluator import FoldedConv
+
+    folded = make_spec(tmp_path / "a.zarr", checkpoint, "eval.fold_bn=true")
+    moved = make_spec(tmp_path / "b.zarr", checkpoint, "eval.fold_bn=true", "directions.dir_type=states", "directions.ignore=none")
+    count = [sum(isinstance(m, FoldedConv) for m in Evaluator.from_payload(s, prepare(s), "cpu").runner.modules())
+             for s in (folded, moved)]
+    assert count == [3, 0]  # digits_cnn has three conv → BN pairs
