@@ -136,15 +136,14 @@ def _synthetic(split: str, spec: DataSpec) -> ImageSplit:
     return ImageSplit(images, rng.integers(0, opts["classes"], size=opts["size"]).astype(np.int64))
 
 
-def _to_numpy(tree):
-    import torch
-
-    if isinstance(tree, torch.Tensor):
-        return tree.numpy()
+def tree_map(fn, tree, leaf_type):
+    """`fn` applied to every `leaf_type` leaf of nested dicts, lists and tuples (a batch's structure is kept)."""
+    if isinstance(tree, leaf_type):
+        return fn(tree)
     if isinstance(tree, dict):
-        return {k: _to_numpy(v) for k, v in tree.items()}
+        return {k: tree_map(fn, v, leaf_type) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_to_numpy(v) for v in tree)
+        return type(tree)(tree_map(fn, v, leaf_type) for v in tree)
     return tree
 
 
@@ -164,7 +163,8 @@ def _factory(split: str, spec: DataSpec, index_of) -> BatchSplit:
     if index is not None:
         dataset = Subset(dataset, index.tolist())
     with torch.no_grad():
-        batches = [_to_numpy(b) for b in DataLoader(dataset, batch_size=spec.batch_size, shuffle=False)]
+        batches = [tree_map(torch.Tensor.numpy, b, torch.Tensor)
+                   for b in DataLoader(dataset, batch_size=spec.batch_size, shuffle=False)]
     return BatchSplit(batches, len(dataset))
 
 

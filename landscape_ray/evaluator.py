@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import BatchSplit, ImageSplit, load_splits, normalization
+from .data import BatchSplit, ImageSplit, load_split, load_splits, normalization, tree_map
 from .directions import Directions, resolve
 from .models import build, import_object, load_model
 from .spec import Spec, SpecError
@@ -71,8 +71,11 @@ class Payload:
     variables: list[str] = field(default_factory=list)
 
 
-def prepare(spec: Spec) -> Payload:
-    """Load θ*, the data and the directions once, on the CPU; every input error surfaces here."""
+def prepare(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) -> Payload:
+    """Load θ*, the data and the directions once, on the CPU; every input error surfaces here.
+
+    `vectors`: directions already made (a resumed store's), so they are not computed again (a PCA can be costly).
+    """
     model = load_model(spec)
     splits = load_splits(spec.data)
     mean, _ = normalization(spec.data)
@@ -83,9 +86,10 @@ def prepare(spec: Spec) -> Payload:
             raise SpecError(f"data.normalize: {len(mean)} channel means for {split.images.shape[1]}-channel images")
     bn_split = None
     if spec.eval.bn == "recompute":
-        bn_split = splits["train"] if "train" in splits else load_splits(spec.data.model_copy(update={"splits": ["train"]}))["train"]
+        bn_split = splits["train"] if "train" in splits else load_split(spec.data, "train")
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    payload = Payload(state, resolve(model, spec), splits, bn_split)
+    directions = resolve(model, spec) if vectors is None else Directions(vectors, [])
+    payload = Payload(state, directions, splits, bn_split)
     plain = spec.model_copy(update={"eval": spec.eval.model_copy(update={"compile": False})})  # no compiling just to probe
     payload.variables = Evaluator.from_payload(plain, payload, "cpu").probe()
     return payload
@@ -104,16 +108,6 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
         return torch.from_numpy(array)
-
-
-def to_device(tree, device):
-    if isinstance(tree, np.ndarray):
-        return as_tensor(tree).to(device)
-    if isinstance(tree, dict):
-        return {k: to_device(v, device) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(to_device(v, device) for v in tree)
-    return tree
 
 
 def set_matmul_precision(device: torch.device, precision: str) -> None:
@@ -222,7 +216,7 @@ class Evaluator:
             if images.ndim == 4 and self.device.type != "cpu":  # an own device copy anyway: store it NHWC
                 images = images.contiguous(memory_format=self.memory_format)
             return images, as_tensor(split.labels).to(self.device)
-        return [to_device(b, self.device) for b in split.batches]
+        return [tree_map(lambda a: as_tensor(a).to(self.device), b, np.ndarray) for b in split.batches]
 
     @classmethod
     def from_payload(cls, spec: Spec, payload: Payload, device: str | None = None) -> "Evaluator":

@@ -24,17 +24,16 @@ def run(spec: Spec, resume: bool = False, overwrite: bool = False, address: str 
     if resume and overwrite:
         raise SpecError("--resume and --overwrite exclude each other")
     path = spec.output.store
-    existing = exists(path) and resume
-    if exists(path) and not (resume or overwrite):
+    present = exists(path)
+    if present and not (resume or overwrite):  # before the (slow) inputs load; create() checks again for API callers
         raise SpecError(f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it")
-    if existing:
+    grid = Grid.from_spec(spec.grid)
+    if present and resume:
         store = Store(path)
         store.check_resumable(spec)
-    payload = prepare(spec)
-    grid = Grid.from_spec(spec.grid)
-    if existing:
-        payload.directions.vectors = store.directions()  # exactly the ones the finished tiles used
+        payload = prepare(spec, vectors=store.directions())  # exactly the ones the finished tiles used
     else:
+        payload = prepare(spec)
         store = create(path, spec, grid, payload.variables, payload.directions, overwrite=overwrite)
     tiles = store.pending_tiles()
     total = len(grid.tiles())
