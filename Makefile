@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast lint browser clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,24 @@ demo: $(STAMP)
 	@echo "demo done: checkpoints in runs/demo/checkpoints/, surface in runs/demo/surface.zarr, pictures runs/demo/*.png"
 	@echo "look inside with: $(PY) -m landscape_ray info runs/demo/surface.zarr"
 
-test: $(STAMP)
+# The HTML reports are opened in a real headless Chromium by the tests (Debian's package; root or sudo).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+browser: $(CHROMIUM)
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -ra
+
+# The inner loop: everything but the end-to-end tests that start several Ray processes (CI runs those too).
+test-fast: $(STAMP) $(CHROMIUM)
+	$(PY) -m pytest -q -ra -m "not slow"
+
+lint: $(STAMP)
+	$(PY) -m ruff check landscape_ray tests benchmarks jobs
+	$(PY) -m ruff format --check landscape_ray tests benchmarks jobs
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,4 +1,4 @@
-"""CPU benchmark: the reference-style loop against each evaluator mode, in one process, on the same model, data and grid.
+"""CPU benchmark: the reference-style loop against each evaluator mode, in one process, same model, data and grid.
 
     .venv/bin/python -m benchmarks.cpu                 # resnet20, 1,000 CIFAR-shaped images, 6 grid points
     .venv/bin/python -m benchmarks.cpu --points 4 --modes fp32,bf16-cl
@@ -19,6 +19,7 @@ and the max absolute / relative loss difference against the evaluator's fp32.
 A second table repeats fp32 vs bf16 on a *trained* net (the demo's digits CNN) over
 a 21 × 21 filter-normalized surface: the exactness figures the README quotes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from landscape_ray.checkpoints import read_checkpoint
 from landscape_ray.data import ImageSplit, load_splits, normalization
 from landscape_ray.directions import make_directions
 from landscape_ray.evaluator import Evaluator
 from landscape_ray.grid import Grid
-from landscape_ray.models import build, read_checkpoint
+from landscape_ray.models import build
 from landscape_ray.spec import DataSpec, DirectionsSpec, GridSpec
 from landscape_ray.train import TrainSpec, train
 
@@ -107,29 +109,55 @@ def speed_table(args) -> None:
     rows.append(("baseline (reference-style)", seconds / len(coords), None, ref))
     exact = None
     for name in args.modes.split(","):
-        ev = Evaluator(build(args.model), state, directions, {"train": ImageSplit(images, labels)}, MEAN, STD,
-                       batch_size=args.batch, **MODES[name])
-        _, warm = timed(lambda: ev.evaluate(coords[:1]))  # first call: allocations, autotuning or compilation
-        out, seconds = timed(lambda: ev.evaluate(coords)["train_loss"])
+        ev = Evaluator(
+            build(args.model),
+            state,
+            directions,
+            {"train": ImageSplit(images, labels)},
+            MEAN,
+            STD,
+            batch_size=args.batch,
+            **MODES[name],
+        )
+        _, warm = timed(lambda ev=ev: ev.evaluate(coords[:1]))  # first call: allocations, autotuning or compilation
+        out, seconds = timed(lambda ev=ev: ev.evaluate(coords)["train_loss"])
         rows.append((f"{name} (first point {warm:.1f} s)", seconds / len(coords), name, out))
         if name == "fp32":
             exact = out
     exact = ref if exact is None else exact
     base = rows[0][1]
-    print(f"\n{args.model}, {args.images} images 3x32x32, {len(coords)} points, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"{'mode':<40} {'s/point':>8} {'img/s':>9} {'points/s':>9} {'speed-up':>9} {'max|Δ| vs fp32':>15} {'max rel':>9}")
+    print(
+        f"\n{args.model}, {args.images} images 3x32x32, {len(coords)} points, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"{'mode':<40} {'s/point':>8} {'img/s':>9} {'points/s':>9} {'speed-up':>9} "
+        f"{'max|Δ| vs fp32':>15} {'max rel':>9}"
+    )
     for label, per_point, _, out in rows:
         diff = np.abs(out - exact)
-        print(f"{label:<40} {per_point:8.3f} {args.images / per_point:9.0f} {1 / per_point:9.3f} {base / per_point:8.2f}x "
-              f"{diff.max():15.2e} {(diff / np.abs(exact)).max():9.2e}")
+        print(
+            f"{label:<40} {per_point:8.3f} {args.images / per_point:9.0f} {1 / per_point:9.3f} "
+            f"{base / per_point:8.2f}x "
+            f"{diff.max():15.2e} {(diff / np.abs(exact)).max():9.2e}"
+        )
 
 
 def exactness_table(args) -> None:
     """fp32 vs bf16 on a trained net over a surface: how far the fast path moves the picture."""
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = train(TrainSpec.model_validate({"epochs": 8, "batch_size": 64, "device": "cpu", "out": tmp,
-                                               "optimizer": {"lr": 0.05, "milestones": [6]}}), log=lambda *_: None)
+        ckpt = train(
+            TrainSpec.model_validate(
+                {
+                    "epochs": 8,
+                    "batch_size": 64,
+                    "device": "cpu",
+                    "out": tmp,
+                    "optimizer": {"lr": 0.05, "milestones": [6]},
+                }
+            ),
+            log=lambda *_: None,
+        )
         model = build("digits_cnn")
         model.load_state_dict(read_checkpoint(ckpt))
     state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
@@ -140,16 +168,30 @@ def exactness_table(args) -> None:
     coords = np.concatenate([grid.coords(t) for t in grid.tiles()])
     results = {}
     for precision in ("fp32", "bf16"):
-        ev = Evaluator(build("digits_cnn"), state, directions, splits, *normalization(data), batch_size=2048,
-                       precision=precision, channels_last=True)
+        ev = Evaluator(
+            build("digits_cnn"),
+            state,
+            directions,
+            splits,
+            *normalization(data),
+            batch_size=2048,
+            precision=precision,
+            channels_last=True,
+        )
         results[precision] = ev.evaluate(coords)
-    print(f"\ntrained digits CNN (the demo's recipe), 21 x 21 surface on [-1, 1]^2, train {len(splits['train'])} / test {len(splits['test'])} images")
+    print(
+        f"\ntrained digits CNN (the demo's recipe), 21 x 21 surface on [-1, 1]^2, "
+        f"train {len(splits['train'])} / test {len(splits['test'])} images"
+    )
     print(f"{'variable':<12} {'range':>22} {'max|Δ| bf16':>12} {'max rel':>9} {'max|Δ| where loss<1':>20}")
     for var in ("train_loss", "test_loss", "train_acc", "test_acc"):
         a, b = results["fp32"][var], results["bf16"][var]
         diff = np.abs(a - b)
         low = diff[results["fp32"][var.replace("acc", "loss")] < 1].max()
-        print(f"{var:<12} {f'{a.min():.4g} .. {a.max():.4g}':>22} {diff.max():12.2e} {(diff / np.maximum(np.abs(a), 1e-12)).max():9.2e} {low:20.2e}")
+        print(
+            f"{var:<12} {f'{a.min():.4g} .. {a.max():.4g}':>22} {diff.max():12.2e} "
+            f"{(diff / np.maximum(np.abs(a), 1e-12)).max():9.2e} {low:20.2e}"
+        )
 
 
 def main() -> None:
@@ -158,8 +200,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000, help="CIFAR-shaped images (default: 1000)")
     p.add_argument("--points", type=int, default=6, help="grid points per mode (default: 6)")
     p.add_argument("--batch", type=int, default=500, help="evaluator batch size (default: 500)")
-    p.add_argument("--modes", default=",".join(MODES),
-                   help="comma-separated evaluator modes (default: all)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated evaluator modes (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--skip-exactness", action="store_true", help="only the speed table")
     args = p.parse_args()

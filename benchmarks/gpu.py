@@ -13,6 +13,7 @@ Needs only torch, torchvision, numpy, pydantic and PyYAML on the device; carry p
 wheels if the image lacks them (see the device tool's README). Not yet run: the task that wrote it
 was not lent a device machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,9 @@ def model_flops(model, shape) -> float:
     def hook(module, inp, out):
         nonlocal total
         if isinstance(module, torch.nn.Conv2d):
-            total += 2 * out.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += (
+                2 * out.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            )
         elif isinstance(module, torch.nn.Linear):
             total += 2 * out.numel() * module.in_features
 
@@ -68,7 +71,9 @@ def main() -> None:
     p.add_argument("--images", type=int, default=50_000)
     p.add_argument("--points", type=int, default=3)
     p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--baseline-images", type=int, default=5_000, help="images for the slow reference loop (default: 5000)")
+    p.add_argument(
+        "--baseline-images", type=int, default=5_000, help="images for the slow reference loop (default: 5000)"
+    )
     p.add_argument("--modes", default="fp32,fp32-cl,bf16-cl,bf16-cl-fold,bf16-cl-compile")
     args = p.parse_args()
 
@@ -82,20 +87,33 @@ def main() -> None:
     directions = make_directions(model, DirectionsSpec(seed=0), 2)
     coords = np.stack([np.linspace(-0.5, 0.5, args.points), np.linspace(0.3, -0.3, args.points)], axis=1)
     peak = bf16_peak()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, measured bf16 matmul peak {peak:.0f} TFLOP/s, "
-          f"{args.model} {flops / 1e6:.1f} MFLOP/image, {args.images} images, {len(coords)} points")
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, measured bf16 matmul peak {peak:.0f} TFLOP/s, "
+        f"{args.model} {flops / 1e6:.1f} MFLOP/image, {args.images} images, {len(coords)} points"
+    )
 
     n = args.baseline_images
     start = time.perf_counter()
     ref = baseline(build(args.model).cuda(), state, directions, images[:n], labels[:n], coords[:1], device="cuda")
     base_img_s = n / (time.perf_counter() - start)
     print(f"{'mode':<36} {'img/s':>10} {'points/s':>9} {'speed-up':>9} {'% of bf16 peak':>15} {'max|Δ| vs fp32':>15}")
-    print(f"{'baseline (reference-style, fp32)':<36} {base_img_s:10.0f} {base_img_s / args.images:9.3f} {1:8.2f}x "
-          f"{100 * base_img_s * flops / 1e12 / peak:14.2f}% {'':>15}")
+    print(
+        f"{'baseline (reference-style, fp32)':<36} {base_img_s:10.0f} {base_img_s / args.images:9.3f} {1:8.2f}x "
+        f"{100 * base_img_s * flops / 1e12 / peak:14.2f}% {'':>15}"
+    )
     exact = None
     for name in args.modes.split(","):
-        ev = Evaluator(build(args.model), state, directions, {"train": ImageSplit(images, labels)}, MEAN, STD,
-                       batch_size=args.batch, device="cuda", **MODES[name])
+        ev = Evaluator(
+            build(args.model),
+            state,
+            directions,
+            {"train": ImageSplit(images, labels)},
+            MEAN,
+            STD,
+            batch_size=args.batch,
+            device="cuda",
+            **MODES[name],
+        )
         ev.evaluate(coords[:1])  # warm-up: cuDNN autotuning or compilation
         torch.cuda.synchronize()
         start = time.perf_counter()
@@ -103,8 +121,10 @@ def main() -> None:
         torch.cuda.synchronize()
         img_s = args.images * len(coords) / (time.perf_counter() - start)
         exact = out if exact is None else exact
-        print(f"{name:<36} {img_s:10.0f} {img_s / args.images:9.3f} {img_s / base_img_s:8.2f}x "
-              f"{100 * img_s * flops / 1e12 / peak:14.2f}% {np.abs(out - exact).max():15.2e}")
+        print(
+            f"{name:<36} {img_s:10.0f} {img_s / args.images:9.3f} {img_s / base_img_s:8.2f}x "
+            f"{100 * img_s * flops / 1e12 / peak:14.2f}% {np.abs(out - exact).max():15.2e}"
+        )
     del ref
 
 

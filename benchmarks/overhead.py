@@ -11,6 +11,7 @@ tile written); start-up (Ray, actors, inputs, store creation) is reported apart.
 With `--actors N` the service uses N actors and the comparison is against
 1/N of the bare time (perfect scaling).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from landscape_ray.evaluator import Evaluator, prepare
+from landscape_ray.evaluator import Evaluator
 from landscape_ray.grid import Grid
 from landscape_ray.job import run
+from landscape_ray.payload import prepare
 from landscape_ray.spec import load_spec
 
 
@@ -36,11 +38,23 @@ def main() -> None:
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = load_spec(None, [
-            "model.arch=digits_cnn", "data.dataset=digits", f"data.subset={args.subset}", "data.batch_size=1024",
-            f"grid.x.num={args.num}", f"grid.y={{num: {args.num}}}", f"grid.tile={args.num}", "eval.device=cpu",
-            f"compute.actors={args.actors}", "compute.cpus_per_actor=1", f"output.store={Path(tmp) / 's.zarr'}",
-            "output.render=[]"])
+        spec = load_spec(
+            None,
+            [
+                "model.arch=digits_cnn",
+                "data.dataset=digits",
+                f"data.subset={args.subset}",
+                "data.batch_size=1024",
+                f"grid.x.num={args.num}",
+                f"grid.y={{num: {args.num}}}",
+                f"grid.tile={args.num}",
+                "eval.device=cpu",
+                f"compute.actors={args.actors}",
+                "compute.cpus_per_actor=1",
+                f"output.store={Path(tmp) / 's.zarr'}",
+                "output.render=[]",
+            ],
+        )
         grid = Grid.from_spec(spec.grid)
 
         torch.set_num_threads(1)
@@ -61,10 +75,15 @@ def main() -> None:
         same = all(np.array_equal(stored[grid.slices(t)].ravel(), v) for t, v in bare.items())
 
     ideal = bare_s / args.actors
-    print(f"{grid.size} points ({args.num} x {args.num}), digits CNN, {args.subset} images/point, torch {torch.__version__}")
+    print(
+        f"{grid.size} points ({args.num} x {args.num}), digits CNN, {args.subset} images/point, "
+        f"torch {torch.__version__}"
+    )
     print(f"bare evaluator, 1 thread:          {bare_s:8.2f} s  {grid.size / bare_s:7.1f} points/s")
-    print(f"service, {args.actors} actor(s) x 1 thread:    {service_s:8.2f} s  {grid.size / service_s:7.1f} points/s"
-          f"  (start-up {total_s - service_s:.1f} s apart)")
+    print(
+        f"service, {args.actors} actor(s) x 1 thread:    {service_s:8.2f} s  {grid.size / service_s:7.1f} points/s"
+        f"  (start-up {total_s - service_s:.1f} s apart)"
+    )
     print(f"overhead vs bare/{args.actors}:                {100 * (service_s / ideal - 1):+7.2f} %")
     print(f"values identical to the bare evaluator: {same}")
 

@@ -10,6 +10,7 @@ Batches are dicts of token tensors; the metric returns the summed next-token
 cross-entropy, the number of predicted tokens, and two more sums that become
 the store variables `<split>_acc` and `<split>_loss_sq` → `<split>_loss_se`.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

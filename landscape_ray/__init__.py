@@ -9,6 +9,7 @@ directions (filter-normalized random directions), evaluator (plain torch),
 scheduler (the only Ray code), store (Zarr), render (pictures), train
 (checkpoints per epoch), job (spec → store → pictures), cli.
 """
+
 __version__ = "0.1.0"
 
 

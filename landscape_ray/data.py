@@ -12,6 +12,8 @@ collated once with a DataLoader into `data.batch_size` batches of NumPy arrays
 
     splits = load_splits(spec.data)        # {"train": ImageSplit, "test": ImageSplit}
     mean, std = normalization(spec.data)
+    normalize = normalizer(mean, std, device)   # uint8 batch → float32 network input, on the device
+    images, labels = on_device(splits["train"], device)   # tensors; on the CPU sharing the arrays' memory
 
 Data sets: `digits` (scikit-learn's bundled 8×8 digits, 1,437 train / 360 test),
 `cifar10` (a folder holding the standard python-pickle `cifar-10-batches-py`;
@@ -20,15 +22,22 @@ Data sets: `digits` (scikit-learn's bundled 8×8 digits, 1,437 train / 360 test)
 images, for benchmarks and tests), or `package.module:factory`, called as
 `factory(split=..., root=..., **data.kwargs)`.
 """
+
 from __future__ import annotations
 
+import importlib.util
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from .spec import DataSpec, SpecError
+from .errors import SpecError
+from .plugins import import_object
+from .spec import DataSpec
 
 
 @dataclass(frozen=True)
@@ -62,19 +71,35 @@ DEFAULT_NORMALIZE = {
 
 
 def _digits(split: str, spec: DataSpec) -> ImageSplit:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, None]
+    # scikit-learn's bundled file, read directly: importing sklearn costs ~3 s of every job's start-up.
+    where = Path(importlib.util.find_spec("sklearn").submodule_search_locations[0]) / "datasets/data/digits.csv.gz"
+    raw = np.loadtxt(where, delimiter=",")  # 1,797 rows: 64 pixel values (0-16), then the label
+    images = np.rint(raw[:, :64].reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.uint8)
     order = np.random.default_rng(0).permutation(len(images))  # a fixed split, the same everywhere
     index = np.sort(order[:1437] if split == "train" else order[1437:])
-    return ImageSplit(images[index], bunch.target[index].astype(np.int64))
+    return ImageSplit(images[index], raw[index, 64].astype(np.int64))
 
 
 def _root(spec: DataSpec) -> Path:
     if spec.root is None:
         raise SpecError(f"data.root: {spec.dataset} needs the folder of the data set")
     return Path(spec.root)
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays, nothing else: a crafted batch file cannot run code."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        *((m, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for f in ("_reconstruct", "scalar")),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only NumPy arrays are allowed)")
+        return super().find_class(module, name)
 
 
 def _cifar10(split: str, spec: DataSpec) -> ImageSplit:
@@ -94,10 +119,12 @@ def _cifar10(split: str, spec: DataSpec) -> ImageSplit:
             raise SpecError(f"data.root: {path} is missing from the CIFAR-10 folder")
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
-        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as err:
+                batch = NumpyOnlyUnpickler(f, encoding="latin1").load()  # latin1 reads Python 2 str, as torchvision
+            # Python 2 wrote str keys; Python 3 converters write str or bytes keys.
+            batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, AttributeError) as err:
             raise SpecError(f"data.root: {path} is not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
     return ImageSplit(np.concatenate(images), np.concatenate(labels))
 
@@ -115,7 +142,8 @@ def _imagefolder(split: str, spec: DataSpec) -> ImageSplit:
     images = [ds[i][0] for i in range(len(ds))]
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise SpecError(f"data.root: images in {folder} differ in size ({', '.join(map(str, sorted(shapes)[:3]))}); resize them first")
+        sizes = ", ".join(map(str, sorted(shapes)[:3]))
+        raise SpecError(f"data.root: images in {folder} differ in size ({sizes}); resize them first")
     return ImageSplit(np.stack(images).transpose(0, 3, 1, 2).copy(), np.asarray(ds.targets, dtype=np.int64))
 
 
@@ -136,6 +164,13 @@ def _synthetic(split: str, spec: DataSpec) -> ImageSplit:
     return ImageSplit(images, rng.integers(0, opts["classes"], size=opts["size"]).astype(np.int64))
 
 
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """Share a (possibly read-only, object-store-backed) array without copying; we never write to it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(array)
+
+
 def tree_map(fn, tree, leaf_type):
     """`fn` applied to every `leaf_type` leaf of nested dicts, lists and tuples (a batch's structure is kept)."""
     if isinstance(tree, leaf_type):
@@ -148,23 +183,20 @@ def tree_map(fn, tree, leaf_type):
 
 
 def _factory(split: str, spec: DataSpec, index_of) -> BatchSplit:
-    import torch
-    from torch.utils.data import DataLoader, Dataset, Subset
-
-    from .models import import_object
-
     try:
         dataset = import_object(spec.dataset, "data.dataset")(split=split, root=spec.root, **spec.kwargs)
     except TypeError as err:
-        raise SpecError(f"data.dataset: {spec.dataset} rejects split/root/data.kwargs ({err})") from None
+        raise SpecError(f"data.dataset: {spec.dataset} rejects split/root/data.kwargs ({err})") from err
     if not isinstance(dataset, Dataset):
         raise SpecError(f"data.dataset: {spec.dataset} returned {type(dataset).__name__}, not a torch Dataset")
     index = index_of(len(dataset))
     if index is not None:
         dataset = Subset(dataset, index.tolist())
     with torch.no_grad():
-        batches = [tree_map(torch.Tensor.numpy, b, torch.Tensor)
-                   for b in DataLoader(dataset, batch_size=spec.batch_size, shuffle=False)]
+        batches = [
+            tree_map(torch.Tensor.numpy, b, torch.Tensor)
+            for b in DataLoader(dataset, batch_size=spec.batch_size, shuffle=False)
+        ]
     return BatchSplit(batches, len(dataset))
 
 
@@ -183,7 +215,9 @@ def load_split(spec: DataSpec, split: str) -> ImageSplit | BatchSplit:
     if ":" in spec.dataset:
         return _factory(split, spec, lambda n: subset_index(spec, split, n))
     if spec.dataset not in DATASETS:
-        raise SpecError(f"data.dataset: unknown data set {spec.dataset!r}; known: {', '.join(DATASETS)} or 'package.module:factory'")
+        raise SpecError(
+            f"data.dataset: unknown data set {spec.dataset!r}; known: {', '.join(DATASETS)} or 'package.module:factory'"
+        )
     data = DATASETS[spec.dataset](split, spec)
     index = subset_index(spec, split, len(data))
     return data if index is None else data.take(index)
@@ -194,6 +228,26 @@ def load_splits(spec: DataSpec) -> dict[str, ImageSplit | BatchSplit]:
 
 
 def normalization(spec: DataSpec) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) of the images in [0, 1]: `data.normalize`, or the data set's default."""
     if spec.normalize is not None:
         return spec.normalize.mean, spec.normalize.std
     return DEFAULT_NORMALIZE.get(spec.dataset, ([0.0], [1.0]))
+
+
+def on_device(split: ImageSplit | BatchSplit, device: torch.device | str):
+    """A split as tensors on `device`: (images, labels) of an ImageSplit, the batches of a BatchSplit.
+
+    On the CPU they share memory with the NumPy arrays (one host copy for every actor of a node).
+    """
+    if isinstance(split, ImageSplit):
+        return as_tensor(split.images).to(device), as_tensor(split.labels).to(device)
+    return [tree_map(lambda a: as_tensor(a).to(device), b, np.ndarray) for b in split.batches]
+
+
+def normalizer(mean: list[float], std: list[float], device: torch.device | str = "cpu"):
+    """uint8 image batches (N, C, H, W) → what the network sees: float32 in [0, 1], normalized per channel.
+
+    The evaluator and training both use it, so a network is evaluated on exactly the inputs it was trained on.
+    """
+    m, s = (torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in (mean, std))
+    return lambda images: images.float().div_(255).sub_(m).div_(s)

@@ -15,14 +15,17 @@ Kinds (`directions.kind`):
   plane        δ = θ1 − θ*, η = θ2 − θ* through three models (`targets`).
   pca          the top principal components of a training trajectory (trajectory.py).
   file         read from `path`: this service's .npz export, a store, or the paper's .h5.
-Entries with ≤ 1 dimension get a zero direction with `ignore: biasbn`; a random
-direction otherwise sets them to θ itself, as in the paper's public code.
+Entries with ≤ 1 dimension (biases, BN) get a zero direction with `ignore: biasbn` (`ignored`);
+a random direction otherwise sets them to θ itself, as in the paper's public code.
 
-    dirs = resolve(model, spec)        # Directions: vectors, axis labels, PCA extras
+    vectors = make_directions(model, spec.directions, ndim=2)   # random: one {name: array} per axis
+    dirs = payload.resolve_directions(model, spec)              # any kind: Directions (payload.py)
 """
+
 from __future__ import annotations
 
 import copy
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import fit_state, read_checkpoint
-from .spec import DirectionsSpec, Spec, SpecError
+from .checkpoints import fit_state, read_checkpoint
+from .errors import SpecError
+from .spec import DirectionsSpec, Spec
 
 EPS = 1e-10  # as the paper's code: keeps an all-zero filter of θ* from dividing by zero
 
@@ -53,9 +57,16 @@ def direction_space(model: nn.Module, dir_type: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if v.is_floating_point()}
 
 
+def ignored(theta: torch.Tensor, ignore: str) -> bool:
+    """The biasbn rule: with `ignore: biasbn`, entries of ≤ 1 dimension (biases, BN) are not moved."""
+    return ignore == "biasbn" and theta.dim() <= 1
+
+
 def normalize(d: torch.Tensor, theta: torch.Tensor, norm: str, ignore: str) -> torch.Tensor:
-    if d.dim() <= 1:
-        return torch.zeros_like(theta) if ignore == "biasbn" else theta.clone()
+    if ignored(theta, ignore):
+        return torch.zeros_like(theta)
+    if d.dim() <= 1:  # as the paper's code: a bias or BN entry that is not ignored moves along θ itself
+        return theta.clone()
     if norm == "filter":
         scale = theta.flatten(1).norm(dim=1) / (d.flatten(1).norm(dim=1) + EPS)
         return d * scale.view(-1, *([1] * (d.dim() - 1)))
@@ -86,47 +97,17 @@ def difference(model: nn.Module, path: str, spec: Spec, field: str) -> dict[str,
     fit_state(other, read_checkpoint(path, spec.model.trust_checkpoint, field), path, field)
     base = direction_space(model, spec.directions.dir_type)
     theirs = direction_space(other, spec.directions.dir_type)
-    keep = spec.directions.ignore != "biasbn"
-    return {k: ((theirs[k] - v) if keep or v.dim() > 1 else torch.zeros_like(v)).numpy() for k, v in base.items()}
-
-
-def _require_ndim(spec: Spec, ndim: int) -> None:
-    have = 1 if spec.grid.y is None else 2
-    if have != ndim:
-        what = "a 1D scan: remove grid.y" if ndim == 1 else "a surface: add grid.y"
-        raise SpecError(f"grid.y: directions.kind {spec.directions.kind} makes {what}")
-
-
-def resolve(model: nn.Module, spec: Spec) -> Directions:
-    """The directions of `spec` around θ* (the loaded `model`), with labels for the axes."""
-    d = spec.directions
-    ndim = 1 if spec.grid.y is None else 2
-    if d.kind == "random":
-        norm = {"filter": "filter-normalized", "layer": "layer-normalized", "none": "unnormalized"}[d.norm]
-        labels = [f"{a}: {norm} random direction ({d.dir_type}, seed {d.seed})" for a in "xy"[:ndim]]
-        return Directions(make_directions(model, d, ndim), labels)
-    if d.kind == "interpolate":
-        _require_ndim(spec, 1)
-        return Directions([difference(model, d.target, spec, "directions.target")],
-                          [f"α: interpolation θ_s → θ_l ({d.dir_type}; θ_l = {Path(d.target).name})"])
-    if d.kind == "plane":
-        _require_ndim(spec, 2)
-        vectors = [difference(model, t, spec, f"directions.targets[{i}]") for i, t in enumerate(d.targets)]
-        return Directions(vectors, [f"{a}: θ{i + 1} − θ* ({Path(t).name})" for i, (a, t) in enumerate(zip("xy", d.targets))])
-    if d.kind == "pca":
-        from .trajectory import pca_directions
-
-        _require_ndim(spec, 2)
-        return pca_directions(model, spec)
-    vectors = read_directions(d.path, model, d.dir_type, ndim)
-    return Directions(vectors, [f"{a}: direction {a} of {Path(d.path).name}" for a in "xy"[:ndim]])
+    ignore = spec.directions.ignore
+    return {k: (torch.zeros_like(v) if ignored(v, ignore) else theirs[k] - v).numpy() for k, v in base.items()}
 
 
 # --- direction files -------------------------------------------------------------------------
 # .npz (this service's export): arrays "x/<name>", "y/<name>".
 # .h5 / .hdf5 (the paper's code): groups xdirection, ydirection; datasets "0", "1", … in
 #   named_parameters() order (weights) or state_dict() order, integer entries included (states).
-# a store folder: its directions/x and directions/y groups.
+# A store folder is a direction file too (its directions/x and directions/y): payload.py reads it with
+# store.py and checks it with `fit_directions`, so this module needs nothing of the store's layout.
+
 
 def _paper_order(model: nn.Module, dir_type: str) -> list[tuple[str, torch.Tensor]]:
     if dir_type == "weights":
@@ -134,37 +115,43 @@ def _paper_order(model: nn.Module, dir_type: str) -> list[tuple[str, torch.Tenso
     return list(model.state_dict().items())
 
 
-def _check(vectors: list[dict], model: nn.Module, dir_type: str, where: str) -> list[dict[str, np.ndarray]]:
+def fit_directions(
+    vectors: list[dict], model: nn.Module, dir_type: str, ndim: int, where: str
+) -> list[dict[str, np.ndarray]]:
+    """The first `ndim` directions read from `where`, checked against the model's direction space, as float32."""
+    vectors = [v for v in vectors if v]
+    if len(vectors) < ndim:
+        raise SpecError(f"directions.path: {where} holds {len(vectors)} direction(s), the grid needs {ndim}")
     space = direction_space(model, dir_type)
-    for axis, vec in zip("xy", vectors):
+    for axis, vec in zip("xy", vectors[:ndim]):
         missing = [k for k in space if k not in vec]
         if missing:
             raise SpecError(f"directions.path: {where} has no {axis}/{missing[0]} ({len(missing)} entries missing)")
         for k, theta in space.items():
             if tuple(vec[k].shape) != tuple(theta.shape):
-                raise SpecError(f"directions.path: {where}: {axis}/{k} has shape {tuple(vec[k].shape)}, the model needs {tuple(theta.shape)}")
-    return [{k: np.asarray(vec[k], dtype=np.float32) for k in space} for vec in vectors]
+                raise SpecError(
+                    f"directions.path: {where}: {axis}/{k} has shape {tuple(vec[k].shape)}, "
+                    f"the model needs {tuple(theta.shape)}"
+                )
+    return [{k: np.asarray(vec[k], dtype=np.float32) for k in space} for vec in vectors[:ndim]]
 
 
-def read_directions(path: str, model: nn.Module, dir_type: str, ndim: int) -> list[dict[str, np.ndarray]]:
+def read_directions(path: str | Path, model: nn.Module, dir_type: str, ndim: int) -> list[dict[str, np.ndarray]]:
+    """The directions of a .npz or .h5 file, checked against the model."""
     p = Path(path)
     if not p.exists():
         raise SpecError(f"directions.path: file not found: {p}")
-    if p.is_dir():
-        from .store import Store
-
-        vectors = Store(p, mode="r").directions()
-    elif p.suffix == ".npz":
-        with np.load(p) as z:
-            vectors = [{k[2:]: z[k] for k in z.files if k.startswith(f"{a}/")} for a in "xy"]
+    if p.suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:  # object arrays would unpickle: refused
+                vectors = [{k[2:]: z[k] for k in z.files if k.startswith(f"{a}/")} for a in "xy"]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise SpecError(f"directions.path: {p} is not a direction file ({str(err).splitlines()[0]})") from None
     elif p.suffix in (".h5", ".hdf5"):
         vectors = _read_h5(p, model, dir_type)
     else:
         raise SpecError(f"directions.path: {p}: expected a .npz, .h5 or store folder")
-    vectors = [v for v in vectors if v]
-    if len(vectors) < ndim:
-        raise SpecError(f"directions.path: {p} holds {len(vectors)} direction(s), the grid needs {ndim}")
-    return _check(vectors[:ndim], model, dir_type, str(p))
+    return fit_directions(vectors, model, dir_type, ndim, str(p))
 
 
 def _h5py():
@@ -184,12 +171,17 @@ def _read_h5(path: Path, model: nn.Module, dir_type: str) -> list[dict[str, np.n
                 continue
             g = f[group]
             if len(g) != len(order):
-                raise SpecError(f"directions.path: {path}: {group} has {len(g)} tensors, the model's {dir_type} have {len(order)}")
+                raise SpecError(
+                    f"directions.path: {path}: {group} has {len(g)} tensors, the model's {dir_type} have {len(order)}"
+                )
             vec = {}
             for i, (name, theta) in enumerate(order):
                 data = np.asarray(g[str(i)])
                 if data.shape != tuple(theta.shape):
-                    raise SpecError(f"directions.path: {path}: {group}/{i} has shape {data.shape} but {name} needs {tuple(theta.shape)}")
+                    raise SpecError(
+                        f"directions.path: {path}: {group}/{i} has shape {data.shape} "
+                        f"but {name} needs {tuple(theta.shape)}"
+                    )
                 vec[name] = data
             vectors.append(vec)
     return vectors
@@ -205,7 +197,9 @@ def write_directions(vectors: list[dict[str, np.ndarray]], path: str | Path, mod
             for group, vec in zip(("xdirection", "ydirection"), vectors):
                 g = f.create_group(group)
                 for i, (name, theta) in enumerate(_paper_order(model, dir_type)):
-                    g.create_dataset(str(i), data=vec[name] if name in vec else np.zeros(tuple(theta.shape), np.float32))
+                    g.create_dataset(
+                        str(i), data=vec[name] if name in vec else np.zeros(tuple(theta.shape), np.float32)
+                    )
     else:
         raise SpecError(f"--out: {path}: expected a .npz or .h5 file")
     return path

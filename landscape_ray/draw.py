@@ -3,38 +3,70 @@
 A store's values come out masked where missing or non-finite (`values`), a
 `Scale` fixes one colour range and one set of contour levels for any number of
 panels, and the `draw_*` functions paint one store onto one matplotlib Axes:
-a 2D field as contour lines, filled contours, heatmap or 3D surface, the PCA
-trajectory over it, or the loss/accuracy curves of a 1D scan.
+a 2D field as contour lines, filled contours, heatmap or 3D surface, a training
+path over it, or the loss/accuracy curves of a 1D scan. `new_figure` makes a
+plain `matplotlib.figure.Figure` with its own Agg canvas: no pyplot state, so
+a notebook keeps its backend and servers need no display.
 
-    sc = scale([values(ds, "train_loss", log=True)[0]], log=True, vmin=0.1, vmax=10, level_step=0.25)
-    draw_field(ax, ds, "train_loss", "contour", sc)
+    fig = new_figure((6, 5))
+    sc = scale([values(ds, "train_loss")[0]])       # default levels: the basin gets its own lines
+    draw_field(fig.add_subplot(), ds, "train_loss", "contour", sc)
+    save(fig, "train_loss.png")
 """
+
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from zarr.errors import GroupNotFoundError
 
-from .store import exists, zarr_store
-from .spec import RENDER_KINDS, SpecError
+from .errors import SpecError
+from .paths import zarr_store
+from .spec import RENDER_KINDS
+from .store import Store
 
 MAX_LEVELS = 1000  # more contour lines than this is a typo in the spacing, and would take minutes to draw
+LABELLED_LEVELS = 10  # contour labels on at most about this many lines, so crowded lines stay readable
+DPI = 120
+
+
+def new_figure(figsize, **kwargs) -> Figure:
+    """A Figure drawn by Agg (for files and pixel reads) that pyplot never sees: nothing to close, no backend switch."""
+    fig = Figure(figsize=figsize, layout="constrained", **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, path) -> Path:
+    """Write `fig` (.png, .pdf, … by the suffix) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
 
 
 def dataset(store) -> xr.Dataset:
-    """`store` itself if it is a Dataset, else the store at that path (lazy)."""
+    """`store` itself if it is a Dataset, else the store at that path (lazy unless some chunk is damaged).
+
+    Damaged tiles (a chunk missing or failing its checksum) read as missing points, with one line on stderr.
+    """
     if isinstance(store, xr.Dataset):
         return store
-    if not exists(store):
-        raise SpecError(f"store: {store} not found")
-    try:
-        return xr.open_zarr(zarr_store(store), consolidated=True)
-    except (GroupNotFoundError, FileNotFoundError, KeyError):
-        raise SpecError(f"store: {store} is not a landscape_ray store") from None
+    checked = Store(store, mode="r")  # one line for a path that is missing, not ours, or of a newer format
+    ds = xr.open_zarr(zarr_store(store), consolidated=True)
+    damaged = checked.damaged()
+    if damaged:
+        print(f"{checked.path}: {len(damaged)} damaged tiles (run verify); drawn as missing", file=sys.stderr)
+        names = [*checked.variables, "done"]
+        ds = ds.drop_vars(names).load().assign({name: (ds[name].dims, checked.read(name)) for name in names})
+    return ds
 
 
 def is_2d(ds: xr.Dataset) -> bool:
@@ -99,12 +131,34 @@ class Scale:
         object.__setattr__(self, "norm", Normalize(self.lo, self.hi))  # one instance, shared by every panel
 
 
-def scale(zs: list[np.ma.MaskedArray], log: bool = False, vmin=None, vmax=None, levels: int = 30, level_step=None) -> Scale:
+def basin_levels(lo: float, hi: float, z_min_positive: float | None) -> np.ndarray:
+    """Default levels for values (not logs) from `lo` to `hi`: evenly spaced, plus rings around a deep minimum.
+
+    About 20 round, evenly spaced values (as the paper's code: 0.1 … 10 by 0.5); a field whose smallest positive
+    value lies more than a decade below `hi` (a basin: 0.008 at θ*, 40 at the edge) also gets the 1-2-5 series
+    from that value up to the first even step, so the basin — where the paper's figures put their detail — is
+    ringed by lines instead of being one empty region.
+    """
+    even = MaxNLocator(20).tick_values(lo, hi)
+    step = even[1] - even[0]
+    floor = lo if lo > 0 else z_min_positive
+    if floor is None or hi <= 10 * floor or floor >= step:
+        return even
+    decades = np.arange(np.floor(np.log10(floor)), np.ceil(np.log10(step)))
+    rings = (10.0 ** decades[:, None] * np.array([1.0, 2.0, 5.0])).ravel()
+    return np.union1d(rings[(rings >= floor) & (rings < step * (1 - 1e-9))], even[even >= step * (1 - 1e-9)])
+
+
+def scale(
+    zs: list[np.ma.MaskedArray], log: bool = False, vmin=None, vmax=None, levels: int | None = None, level_step=None
+) -> Scale:
     """The scale covering all `zs` (already in plotted units); vmin/vmax are in the data's units.
 
-    Contour levels are at most `levels` round values between vmin and vmax, or, with `level_step`, every
-    `level_step` from vmin up to vmax (in decades with `log`) — the paper's code uses vmin=0.1, vmax=10, step 0.5.
+    Contour levels: with `level_step`, every `level_step` from vmin up to vmax (in decades with `log`) — the
+    paper's code uses vmin=0.1, vmax=10, step 0.5; with `levels`, at most that many round values between
+    vmin and vmax; by default `basin_levels` (values) or about 20 round values (decades, with `log`).
     """
+
     def limit(v, name):
         if v is None or not log:
             return v
@@ -118,18 +172,33 @@ def scale(zs: list[np.ma.MaskedArray], log: bool = False, vmin=None, vmax=None, 
     lo = min(float(z.min()) for z in zs) if lo is None else lo
     hi = max(float(z.max()) for z in zs) if hi is None else hi
     if hi <= lo:  # a flat field, or one given limit beyond the data: widen, keeping the given limit
-        lo, hi = (lo - 0.5, hi + 0.5) if vmin is None and vmax is None else (lo, lo + 1) if vmax is None else (hi - 1, hi)
-    if level_step is None:
+        if vmin is None and vmax is None:
+            lo, hi = lo - 0.5, hi + 0.5
+        else:
+            lo, hi = (lo, lo + 1) if vmax is None else (hi - 1, hi)
+    span = 1e-9 * (hi - lo)
+    if level_step is not None:
+        if not level_step > 0:
+            raise SpecError(f"level_step: must be > 0, got {level_step}")
+        ticks = np.arange(lo, hi + span, level_step)
+        if not 2 <= len(ticks) <= MAX_LEVELS:
+            raise SpecError(
+                f"level_step: {level_step} gives {len(ticks)} levels between {lo:.4g} and {hi:.4g}; "
+                f"need 2 to {MAX_LEVELS}"
+            )
+        return Scale(lo, hi, ticks, log)
+    if levels is not None:
         if not 2 <= levels <= MAX_LEVELS:
             raise SpecError(f"levels: need 2 to {MAX_LEVELS}, got {levels}")
         ticks = MaxNLocator(levels - 1).tick_values(lo, hi)  # round values, as matplotlib's own levels=N
-        ticks = ticks[(ticks >= lo - 1e-9 * (hi - lo)) & (ticks <= hi + 1e-9 * (hi - lo))]
-        return Scale(lo, hi, ticks, log)
-    if not level_step > 0:
-        raise SpecError(f"level_step: must be > 0, got {level_step}")
-    ticks = np.arange(lo, hi + 1e-9 * (hi - lo), level_step)
-    if not 2 <= len(ticks) <= MAX_LEVELS:
-        raise SpecError(f"level_step: {level_step} gives {len(ticks)} levels between {lo:.4g} and {hi:.4g}; need 2 to {MAX_LEVELS}")
+    elif log:
+        ticks = MaxNLocator(20).tick_values(lo, hi)
+    else:
+        positive = [float(z[z > 0].min()) for z in zs if (z > 0).any()]
+        ticks = basin_levels(lo, hi, min(positive) if positive else None)
+    ticks = ticks[(ticks >= lo - span) & (ticks <= hi + span)]
+    if len(ticks) < 2:  # a field between two round values: its own ends
+        ticks = np.linspace(lo, hi, 3)
     return Scale(lo, hi, ticks, log)
 
 
@@ -145,7 +214,9 @@ def draw_field(ax, ds: xr.Dataset, var: str, kind: str, sc: Scale):
         return art
     if kind == "contour":
         art = ax.contour(X, Y, z, levels=sc.levels, cmap="summer", norm=sc.norm)
-        ax.clabel(art, inline=True, fontsize=7, fmt="%.3g")
+        # Label every k-th line only, so where lines crowd the labels do not cover them.
+        step = max(1, -(-len(art.levels) // LABELLED_LEVELS))
+        ax.clabel(art, art.levels[::step], inline=True, fontsize=7, fmt="%.3g")
     elif kind == "contourf":
         art = ax.contourf(X, Y, z, levels=sc.levels, cmap="viridis", norm=sc.norm, extend="both")
     elif kind == "heatmap":
@@ -164,24 +235,31 @@ def check_marks(ds: xr.Dataset, mark_epochs) -> None:
     epochs = ds["epoch"].values
     missing = [e for e in mark_epochs if e not in epochs]
     if missing:
-        raise SpecError(f"mark_epochs: epoch {missing[0]} is not in the trajectory (epochs {epochs.min()}–{epochs.max()})")
+        raise SpecError(
+            f"mark_epochs: epoch {missing[0]} is not in the trajectory (epochs {epochs.min()}–{epochs.max()})"
+        )
 
 
 def draw_trajectory(ax, ds: xr.Dataset, mark_epochs=()) -> None:
-    """The projected training path (blue dots and line) with the chosen epochs as red dots, as in the paper's Fig. 10."""
-    epochs = list(ds["epoch"].values)
-    tx, ty = ds["trajectory_x"].values, ds["trajectory_y"].values
+    """A PCA store's projected training path (see `draw_path`)."""
+    draw_path(ax, ds["trajectory_x"].values, ds["trajectory_y"].values, list(ds["epoch"].values), mark_epochs)
+
+
+def draw_path(ax, tx, ty, epochs, mark_epochs=()) -> None:
+    """A training path (blue dots and line) with the chosen epochs as red dots, as in the paper's Fig. 10."""
     ax.plot(tx, ty, "-o", color="tab:blue", lw=1, ms=3, mec="white", mew=0.4, zorder=3)
     for epoch in mark_epochs or ():
-        i = epochs.index(epoch)
+        i = list(epochs).index(epoch)
         ax.plot(tx[i], ty[i], "o", color="red", ms=6, mec="white", mew=0.6, zorder=4)
         ax.annotate(str(epoch), (tx[i], ty[i]), textcoords="offset points", xytext=(4, 4), fontsize=7, color="red")
 
 
 def curve_variables(ds: xr.Dataset, variables=None) -> list[str]:
     # Default: losses before accuracies, train before test, as the legend should read.
-    names = variables or sorted((v for v in ds.data_vars if v.endswith(("_loss", "_acc"))),
-                                key=lambda v: (v.endswith("_acc"), not v.startswith("train"), v))
+    names = variables or sorted(
+        (v for v in ds.data_vars if v.endswith(("_loss", "_acc"))),
+        key=lambda v: (v.endswith("_acc"), not v.startswith("train"), v),
+    )
     for v in names:
         values(ds, v)  # a clear error for a name the store lacks or has not computed
     return names

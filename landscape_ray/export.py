@@ -8,6 +8,7 @@ Both take a store path or an xarray Dataset and write `var` (log10 of it with `l
 the .vtp). `landscape-ray render STORE --format html|vtp` writes one file per variable. plotly is optional
 (`pip install 'landscape-ray[html]'`); the .vtp is plain XML with ASCII arrays and needs nothing.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from .draw import axis_label, dataset, is_2d, plotted, scale, title, values
-from .spec import SpecError
+from .errors import SpecError
 
 
 def _field(store, var: str, log: bool) -> tuple[xr.Dataset, np.ma.MaskedArray, str]:
@@ -27,11 +28,8 @@ def _field(store, var: str, log: bool) -> tuple[xr.Dataset, np.ma.MaskedArray, s
     return (ds, *values(ds, var, log))
 
 
-def html(store, out, var: str = "train_loss", log: bool = False, vmin=None, vmax=None, include_plotlyjs=True) -> Path:
-    """An interactive 3D surface (with the training path of a PCA store on it); returns the path.
-
-    `include_plotlyjs=True` embeds plotly.js (about 4 MB) so the page works offline; "cdn" links it instead.
-    """
+def surface_figure(store, var: str = "train_loss", log: bool = False, vmin=None, vmax=None):
+    """A plotly Figure of the 3D surface, with the training path of a PCA store on it (the HTML page's content)."""
     try:
         import plotly.graph_objects as go
     except ImportError:
@@ -39,17 +37,45 @@ def html(store, out, var: str = "train_loss", log: bool = False, vmin=None, vmax
     ds, z, label = _field(store, var, log)
     sc = scale([z], log, vmin, vmax)
     gaps = np.where(np.ma.getmaskarray(z), None, z.data).tolist()  # null in the page's JSON: a hole in the surface
-    fig = go.Figure(go.Surface(x=ds["x"].values.tolist(), y=ds["y"].values.tolist(), z=gaps, cmin=sc.lo, cmax=sc.hi,
-                               colorscale="Viridis", colorbar={"title": {"text": label}}, name=var))
+    fig = go.Figure(
+        go.Surface(
+            x=ds["x"].values.tolist(),
+            y=ds["y"].values.tolist(),
+            z=gaps,
+            cmin=sc.lo,
+            cmax=sc.hi,
+            colorscale="Viridis",
+            colorbar={"title": {"text": label}},
+            name=var,
+        )
+    )
     if "trajectory_x" in ds:
         # The path's height is the surface's value there, so it lies on the surface.
         path = ds[var].interp(x=ds["trajectory_x"], y=ds["trajectory_y"]).values
-        fig.add_trace(go.Scatter3d(
-            x=ds["trajectory_x"].values.tolist(), y=ds["trajectory_y"].values.tolist(),
-            z=plotted(path, log).tolist(), mode="lines+markers", name="training path",
-            text=[f"epoch {e}" for e in ds["epoch"].values], marker={"size": 3, "color": "royalblue"}))
-    fig.update_layout(title={"text": title(ds)}, scene={
-        "xaxis_title": axis_label(ds, "x"), "yaxis_title": axis_label(ds, "y"), "zaxis_title": label})
+        fig.add_trace(
+            go.Scatter3d(
+                x=ds["trajectory_x"].values.tolist(),
+                y=ds["trajectory_y"].values.tolist(),
+                z=plotted(path, log).tolist(),
+                mode="lines+markers",
+                name="training path",
+                text=[f"epoch {e}" for e in ds["epoch"].values],
+                marker={"size": 3, "color": "royalblue"},
+            )
+        )
+    fig.update_layout(
+        title={"text": title(ds)},
+        scene={"xaxis_title": axis_label(ds, "x"), "yaxis_title": axis_label(ds, "y"), "zaxis_title": label},
+    )
+    return fig
+
+
+def html(store, out, var: str = "train_loss", log: bool = False, vmin=None, vmax=None, include_plotlyjs=True) -> Path:
+    """An interactive 3D surface page (`surface_figure`); returns the path.
+
+    `include_plotlyjs=True` embeds plotly.js (about 4 MB) so the page works offline; "cdn" links it instead.
+    """
+    fig = surface_figure(store, var, log, vmin, vmax)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(out, include_plotlyjs=include_plotlyjs)
@@ -75,8 +101,7 @@ def _array(name: str | None, data: np.ndarray, vtk_type: str, components: int = 
     fmt = "%.17g" if vtk_type.startswith("Float") else "%d"  # 17 digits: the float64 values come back exactly
     text = " ".join(fmt % v for v in np.asarray(data).ravel())
     named = f" Name={quoteattr(name)}" if name else ""
-    return (f'<DataArray type="{vtk_type}"{named} NumberOfComponents="{components}" format="ascii">'
-            f"{text}</DataArray>")
+    return f'<DataArray type="{vtk_type}"{named} NumberOfComponents="{components}" format="ascii">{text}</DataArray>'
 
 
 def vtp(store, out, var: str = "train_loss", log: bool = False) -> Path:
@@ -87,7 +112,8 @@ def vtp(store, out, var: str = "train_loss", log: bool = False) -> Path:
     xml = f"""<?xml version="1.0"?>
 <VTKFile type="PolyData" version="1.0" byte_order="LittleEndian" header_type="UInt64">
 <PolyData>
-<Piece NumberOfPoints="{len(points)}" NumberOfVerts="0" NumberOfLines="0" NumberOfStrips="0" NumberOfPolys="{len(quads)}">
+<Piece NumberOfPoints="{len(points)}" NumberOfVerts="0" NumberOfLines="0" NumberOfStrips="0" \
+NumberOfPolys="{len(quads)}">
 <PointData Scalars={quoteattr(label)}>
 {_array(label, points[:, 2], "Float64")}
 </PointData>

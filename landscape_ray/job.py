@@ -2,51 +2,137 @@
 
     summary = run(load_spec("jobs/quickstart.yaml"), overwrite=True)
 
-Order matters for the promise that bad input never leaves a store behind:
-every input (spec, checkpoint, data, model fit) is loaded and checked before the
-store is created, and the store is created whole before any tile is computed.
-With `resume`, only tiles whose points are not all done are computed, with the
-directions stored in the store, so the result equals an uninterrupted run.
+Order matters for the promise that a user's data is never lost or mixed:
+1. the store's lock is taken (ownership.claim), so a second driver is refused;
+2. everything that can be checked is checked before anything is written: the grid
+   size, that an existing store is ours, the cluster and room for an actor, every
+   input loaded and fitted, and for `--resume` that no input file changed;
+3. a new store is built whole beside the old one and swapped in;
+4. only tiles not done (or damaged) are computed, with the store's own directions,
+   so the result equals an uninterrupted run; Ctrl-C keeps every finished tile.
 """
+
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from . import scheduler
-from .evaluator import prepare
+from . import ownership, scheduler
+from .errors import Interrupted, SpecError
+from .fingerprint import changed, fingerprints
 from .grid import Grid
+from .paths import exists, is_remote
+from .payload import prepare
 from .render import render
-from .spec import Spec, SpecError
-from .store import Store, consolidate, create, exists, is_remote
+from .spec import Spec
+from .store import Store, consolidate, create
+
+MAX_POINTS = 10_000_000  # beyond this a grid is more likely a typo than a plan; --force allows it
 
 
-def run(spec: Spec, resume: bool = False, overwrite: bool = False, address: str | None = None, log=print) -> dict:
+def check_size(spec: Spec, force: bool) -> None:
+    grid = Grid.from_spec(spec.grid)
+    if grid.size > MAX_POINTS and not force:
+        shape = " × ".join(str(n) for n in grid.shape[::-1])
+        raise SpecError(
+            f"grid: {shape} = {grid.size:,} points is more than {MAX_POINTS:,} (each one a full pass "
+            "over the data); pass --force if you mean it"
+        )
+
+
+def load(spec: Spec, resume: bool, timings: dict) -> tuple[Store | None, object]:
+    """The existing store to complete (with --resume) and the payload; every input is checked here."""
+    path = spec.output.store
+    start = time.perf_counter()
+    if not (exists(path) and resume):
+        payload = prepare(spec)
+        timings["load_s"] = time.perf_counter() - start
+        return None, payload
+    store = Store(path)
+    store.check_resumable(spec)
+    payload = prepare(spec, vectors=store.directions())  # exactly the ones the finished tiles used
+    timings["load_s"] = time.perf_counter() - start
+    if store.format >= 2:  # format 1 stores recorded no fingerprints
+        diff = changed(store.inputs, fingerprints(spec, payload.splits))
+        if diff:
+            raise SpecError("--resume: " + "; ".join(diff) + "; --overwrite starts the store over")
+    return store, payload
+
+
+def create_store(spec: Spec, payload, overwrite: bool, workers: int, timings: dict) -> Store:
+    start = time.perf_counter()
+    grid = Grid.from_spec(spec.grid, workers=workers, point_seconds=payload.point_seconds)
+    # The store keeps the tile shape it was cut into, so that any later --resume cuts it the same way.
+    resolved = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.chunks)})})
+    store = create(
+        spec.output.store,
+        resolved,
+        grid,
+        payload.variables,
+        payload.directions,
+        overwrite=overwrite,
+        inputs=fingerprints(spec, payload.splits),
+    )
+    timings["store_s"] = time.perf_counter() - start
+    return store
+
+
+def run(
+    spec: Spec,
+    resume: bool = False,
+    overwrite: bool = False,
+    address: str | None = None,
+    force: bool = False,
+    log=print,
+) -> dict:
     if resume and overwrite:
         raise SpecError("--resume and --overwrite exclude each other")
+    check_size(spec, force)
     path = spec.output.store
-    present = exists(path)
-    if present and not (resume or overwrite):  # before the (slow) inputs load; create() checks again for API callers
-        raise SpecError(f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it")
-    grid = Grid.from_spec(spec.grid)
-    if present and resume:
-        store = Store(path)
-        store.check_resumable(spec)
-        payload = prepare(spec, vectors=store.directions())  # exactly the ones the finished tiles used
-    else:
-        payload = prepare(spec)
-        store = create(path, spec, grid, payload.variables, payload.directions, overwrite=overwrite)
-    tiles = store.pending_tiles()
-    total = len(grid.tiles())
-    log(f"store {path}: {total - len(tiles)}/{total} tiles done, {len(tiles)} to compute")
-    summary = {"tiles": 0, "points": 0}
-    if tiles:
-        scheduler.connect(address)
-        summary = scheduler.evaluate_tiles(spec, payload, grid, tiles, store.write_tile, log=log)
-        store.root.attrs["runs"] = store.root.attrs.get("runs", []) + [summary]
-        consolidate(path)
-        per_actor = ", ".join(f"{name} {a['points']} pts at {a['points_per_s']}/s" for name, a in summary["actors"].items())
-        log(f"done: {summary['points']} points in {summary['wall_s']:.1f} s ({summary['points_per_s']} points/s); "
-            f"{summary['retried_tiles']} tile(s) retried, {summary['actor_deaths']} actor death(s); {per_actor}")
+    timings: dict[str, float] = {}
+    with ownership.claim(path, "landscape-ray run"):
+        if exists(path):
+            if not (resume or overwrite):
+                raise SpecError(
+                    f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it"
+                )
+            ownership.check_ours(path)
+        store, payload = load(spec, resume, timings)  # bad input ends here, before Ray starts
+        start = time.perf_counter()
+        workers = scheduler.preflight(spec, address)
+        timings["cluster_s"] = time.perf_counter() - start
+        with scheduler.Pool(spec, workers) as pool:  # the actors import torch while the store is made
+            if store is None:
+                store = create_store(spec, payload, overwrite, workers, timings)
+            tiles = store.pending_tiles()
+            total = len(store.grid.tiles())
+            log(f"store {path}: {total - len(tiles)}/{total} tiles done, {len(tiles)} to compute")
+            summary = {"tiles": 0, "points": 0}
+            if tiles:
+                try:
+                    summary = scheduler.evaluate_tiles(
+                        spec, payload, store.grid, tiles, store.write_tile, log=log, pool=pool
+                    )
+                except KeyboardInterrupt:
+                    store.flush()
+                    done = store.done()
+                    raise Interrupted(
+                        f"interrupted: {int(done.sum())}/{done.size} points are kept; --resume completes the store"
+                    ) from None
+                finally:
+                    store.flush()
+        if tiles:
+            summary["startup"] = {k: round(v, 3) for k, v in timings.items()}
+            store.root.attrs["runs"] = store.root.attrs.get("runs", []) + [summary]
+            consolidate(path)
+            per_actor = ", ".join(
+                f"{name} {a['points']} pts at {a['points_per_s']}/s" for name, a in summary["actors"].items()
+            )
+            log(
+                f"done: {summary['points']} points in {summary['wall_s']:.1f} s ({summary['points_per_s']} points/s); "
+                f"{summary['retried_tiles']} tile(s) retried, {summary['actor_deaths']} actor death(s); {per_actor}"
+            )
+            log("startup: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["startup"].items()))
     if spec.output.render:
         # Pictures go next to a local store; for a remote one, into runs/<name>/ here.
         out = Path("runs") / spec.name if is_remote(path) else Path(path).parent

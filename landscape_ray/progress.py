@@ -3,6 +3,7 @@
 `ray job logs`, CI and files get one line every `interval` seconds
 (points done/total, points/s, ETA) instead of a bar's carriage returns.
 """
+
 from __future__ import annotations
 
 import sys

@@ -13,21 +13,32 @@ contourf and heatmap pictures (Fig. 10). Every function takes a store path or an
     fig = plot("runs/demo/surface.zarr", "train_loss", "contourf")              # a matplotlib Figure
 
 Scale options everywhere: `log` (log10 of the values; the loss axis of 1D curves), `vmin`/`vmax` (in the
-values' units), `levels` (number of contour levels) or `level_step` (their spacing; decades with `log`).
+values' units), `levels` (number of contour levels) or `level_step` (their spacing; decades with `log`);
+by default the levels ring the minimum (draw.basin_levels). Figures are plain matplotlib Figures
+(no pyplot), so importing this module leaves a notebook's backend alone.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import xarray as xr
 
-matplotlib.use("Agg")  # files only; no display on servers and Ray workers
-import matplotlib.pyplot as plt  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from .draw import (check_marks, dataset, draw_curves, draw_field, draw_trajectory, is_2d, scale,  # noqa: E402
-                   title, values)
-from .spec import RENDER_KINDS, SpecError  # noqa: E402
+from .draw import (
+    check_marks,
+    dataset,
+    draw_curves,
+    draw_field,
+    draw_trajectory,
+    is_2d,
+    new_figure,
+    save,
+    scale,
+    title,
+    values,
+)
+from .errors import SpecError
+from .spec import RENDER_KINDS
 
 FORMATS = ("png", "pdf", "html", "vtp")
 
@@ -46,8 +57,21 @@ def _share_limits(axes, which: str) -> None:
             getattr(ax, f"set_{w}lim")(both)
 
 
-def figure(stores, var: str = "train_loss", kind: str = "contour", *, variables=None, log: bool = False, titles=None,
-           cols=None, mark_epochs=None, vmin=None, vmax=None, levels: int = 30, level_step=None):
+def figure(
+    stores,
+    var: str = "train_loss",
+    kind: str = "contour",
+    *,
+    variables=None,
+    log: bool = False,
+    titles=None,
+    cols=None,
+    mark_epochs=None,
+    vmin=None,
+    vmax=None,
+    levels: int | None = None,
+    level_step=None,
+):
     """A Figure with one panel per store, side by side (`cols` per row; default all in one row).
 
     2D stores: `var` drawn as `kind` with one colour scale, identical contour levels, identical axes limits
@@ -72,10 +96,10 @@ def figure(stores, var: str = "train_loss", kind: str = "contour", *, variables=
         for ds in dss:
             check_marks(ds, mark_epochs)
     w, h = (6.0, 5.2) if two_d else (6.4, 4.4)
-    fig, grid = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False, layout="constrained",
-                             subplot_kw={"projection": "3d"} if two_d and not flat else {})
+    fig = new_figure((w * cols, h * rows))
+    grid = fig.subplots(rows, cols, squeeze=False, subplot_kw={"projection": "3d"} if two_d and not flat else {})
     axes = list(grid.ravel()[: len(dss)])
-    for ax in grid.ravel()[len(dss):]:
+    for ax in grid.ravel()[len(dss) :]:
         ax.remove()
     for ax, t in zip(axes, titles):
         ax.set_title(t, fontsize=9)
@@ -98,14 +122,9 @@ def plot(store, var: str = "train_loss", kind: str = "contour", **options):
     return figure([store], var, kind, **options)
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def render(store, out=None, kinds=RENDER_KINDS, variables=None, log: bool = False, fmt: str = "png",
-           mark_epochs=None, **style) -> list[Path]:
+def render(
+    store, out=None, kinds=RENDER_KINDS, variables=None, log: bool = False, fmt: str = "png", mark_epochs=None, **style
+) -> list[Path]:
     """Write pictures of one store into `out` (default: the store's folder); returns the paths.
 
     2D stores: `<var>_<kind>[_log].<fmt>` for each variable (default every *_loss) and kind; with fmt
@@ -123,7 +142,7 @@ def render(store, out=None, kinds=RENDER_KINDS, variables=None, log: bool = Fals
     if not is_2d(ds):
         if fmt in ("html", "vtp"):
             raise SpecError(f"format: {fmt} needs a 2D store; this one is a 1D scan")
-        return [_save(plot(ds, variables=variables, log=log), out / f"curves_1d{suffix}")]
+        return [save(plot(ds, variables=variables, log=log), out / f"curves_1d{suffix}")]
     names = variables or [v for v in ds.data_vars if v.endswith("_loss")]
     for v in names:
         values(ds, v)  # every name known and computed before any file is written
@@ -134,10 +153,16 @@ def render(store, out=None, kinds=RENDER_KINDS, variables=None, log: bool = Fals
         from . import export
 
         if fmt == "html":
-            return [export.html(ds, out / f"{v}_surface{suffix}", v, log, style.get("vmin"), style.get("vmax")) for v in names]
+            return [
+                export.html(ds, out / f"{v}_surface{suffix}", v, log, style.get("vmin"), style.get("vmax"))
+                for v in names
+            ]
         return [export.vtp(ds, out / f"{v}_surface{suffix}", v, log) for v in names]
-    return [_save(plot(ds, v, k, log=log, mark_epochs=mark_epochs, **style), out / f"{v}_{k}{suffix}")
-            for v in names for k in kinds]
+    return [
+        save(plot(ds, v, k, log=log, mark_epochs=mark_epochs, **style), out / f"{v}_{k}{suffix}")
+        for v in names
+        for k in kinds
+    ]
 
 
 def compare(stores, out, var: str = "train_loss", kind: str = "contour", **options) -> Path:
@@ -146,4 +171,4 @@ def compare(stores, out, var: str = "train_loss", kind: str = "contour", **optio
     if out.suffix not in (".png", ".pdf"):
         raise SpecError(f"out: {out} must end in .png or .pdf")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return _save(figure(stores, var, kind, **options), out)
+    return save(figure(stores, var, kind, **options), out)

@@ -2,10 +2,14 @@
 
 Each actor builds one `Evaluator` from the spec and a payload (θ*, directions,
 data as NumPy arrays) that goes through the object store once and is shared
-zero-copy by the actors of a node. The driver keeps `compute.in_flight` tiles
-queued on every *ready* actor with its own `ray.wait` loop, so tiles go to
-whichever actor is free and a slow actor never holds the job back; each
-finished tile goes to a callback (the store writer) at once.
+zero-copy by the actors of a node. The driver feeds *ready* actors from its
+own `ray.wait` loop, so tiles go to whichever actor is free and a slow actor
+never holds the job back; each finished tile goes to a callback (the store
+writer) at once. An actor queues up to `compute.in_flight` tiles (so it never
+waits for the driver) only while the queue holds more tiles than there are
+actors; near the end it gets one at a time, and an idle actor takes over a tile
+another actor holds but has not started (the tile is cancelled there), so no
+actor idles while work is waiting.
 
 Faults: when an actor dies (its process or its node), every tile it held goes
 back to the front of the queue and a replacement actor is started wherever the
@@ -15,26 +19,39 @@ killing actors forever. An exception raised inside an evaluation is a bug or
 bad input, not a crash, and ends the run at once. With `compute.actors: auto`
 the pool grows when nodes join the cluster mid-run.
 
-    connect(address=None)   # RAY_ADDRESS / --address, else a private local cluster
-    summary = evaluate_tiles(spec, payload, grid, tiles, on_tile=store.write_tile)
+    workers = preflight(spec, address)   # joins the cluster; refuses what cannot run, before any store exists
+    with Pool(spec, workers) as pool:    # actors start (import torch) while the driver loads and creates the store
+        summary = evaluate_tiles(spec, payload, grid, tiles, on_tile=store.write_tile, pool=pool)
 """
+
 from __future__ import annotations
 
+import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Self
 
 import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from .evaluator import Evaluator, Payload
+from .evaluator import Evaluator
+from .payload import Payload
 from .progress import Progress
 from .spec import RunError, Spec
+
+
+def knock(address: str, timeout: float = 5.0) -> None:
+    """Raise OSError unless something listens at `host:port` (ray.init would retry a dead address for minutes)."""
+    host, sep, port = address.rpartition("://")[2].rpartition(":")
+    if sep and port.isdigit():  # not "auto", which Ray resolves from the local session files
+        socket.create_connection((host, int(port)), timeout=timeout).close()
 
 
 def connect(address: str | None = None) -> None:
@@ -42,10 +59,11 @@ def connect(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
+        where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
         try:
+            knock(address or os.environ["RAY_ADDRESS"])
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-        except (ValueError, ConnectionError) as err:
-            where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+        except (ValueError, ConnectionError, OSError) as err:
             raise RunError(f"{where}: cannot join that Ray cluster ({str(err).splitlines()[0]})") from None
     else:
         # Local workers inherit this environment: let them import the user's modules from the working directory.
@@ -67,17 +85,24 @@ def run_task(fn, *args, device: str = "auto"):
 
 @ray.remote(max_restarts=0)
 class EvalActor:
-    def __init__(self, spec: dict, payload: Payload, device: str, threads: int):
+    """Started before the payload exists (importing torch takes seconds); `load` then builds its evaluator."""
+
+    def __init__(self, threads: int):
         import torch
 
         torch.set_num_threads(threads)
-        self.evaluator = Evaluator.from_payload(Spec.model_validate(spec), payload, device)
+        self.evaluator = None
 
-    def ready(self) -> dict:
+    def load(self, spec: dict, payload: Payload, device: str) -> dict:
         import psutil
 
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "device": str(self.evaluator.device), "uss_bytes": psutil.Process().memory_full_info().uss}
+        self.evaluator = Evaluator.from_payload(Spec.model_validate(spec), payload, device)
+        return {
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+            "device": str(self.evaluator.device),
+            "uss_bytes": psutil.Process().memory_full_info().uss,
+        }
 
     def evaluate(self, coords: np.ndarray):
         start = time.perf_counter()
@@ -87,11 +112,12 @@ class EvalActor:
 
 @dataclass
 class Slot:
-    """One actor: starting until `info` arrives, then fed tiles; `queued` oldest (= running) first."""
+    """One actor: loading (`starting`) until `info` arrives, then fed tiles; `queued` oldest (= running) first."""
 
     name: str
     actor: ray.actor.ActorHandle
-    starting: ray.ObjectRef | None
+    device: str
+    starting: ray.ObjectRef | None = None
     info: dict = field(default_factory=dict)
     queued: deque = field(default_factory=deque)
     points: int = 0
@@ -112,23 +138,76 @@ def plan_actors(spec: Spec) -> tuple[int, dict]:
     return max(1, int(resources.get("CPU", 1) // spec.compute.cpus_per_actor)), options
 
 
-class Pool:
-    """The actors of one run, and their bookkeeping."""
+def preflight(spec: Spec, address: str | None = None) -> int:
+    """Join the cluster and check that the run's actors can start; the number of actors it will start.
 
-    def __init__(self, spec: Spec, payload: Payload, log):
-        self.spec, self.log = spec, log
-        self.payload_ref = ray.put(payload)
+    Runs before the store is created, so a cluster that cannot be reached, GPUs that are not there or an actor
+    no node can place (Ray would wait for it forever) end the run with one line and leave nothing behind.
+    """
+    connect(address)
+    count, options = plan_actors(spec)
+    need = {"CPU": options["num_cpus"], "GPU": options["num_gpus"]}
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    if not any(all(r.get(k, 0) >= v for k, v in need.items()) for r in nodes):
+        largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+        fields = (("CPU", "cpus_per_actor"), ("GPU", "gpus_per_actor"))
+        short = [
+            f"compute.{field}: {need[k]:g}"
+            for k, field in fields
+            if need[k] and not any(r.get(k, 0) >= need[k] for r in nodes)
+        ]
+        short = short or ["compute.cpus_per_actor/gpus_per_actor"]  # each fits some node, never both together
+        raise RunError(
+            f"{', '.join(short)} per actor, but no node of the cluster has that much; the largest has "
+            f"{largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs"
+        )
+    return count
+
+
+class Pool:
+    """The actors of one run and their bookkeeping. Started right after `preflight`, the actors import torch
+    while the driver loads the inputs and creates the store; `evaluate_tiles` then loads and feeds them.
+
+        with Pool(spec, workers) as pool:
+            ...                                   # prepare(spec), create the store
+            evaluate_tiles(spec, payload, grid, tiles, store.write_tile, pool=pool)
+    """
+
+    def __init__(self, spec: Spec, count: int = 0):
+        self.spec = spec
         self.spec_json = spec.model_dump(mode="json")
+        self.payload_ref = None
         self.slots: list[Slot] = []
         self.retired: list[Slot] = []
         self.serial = 0
         self.start_failures = 0
+        if count:
+            options = plan_actors(spec)[1]
+            for _ in range(count):
+                self.spawn(options)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
 
     def spawn(self, options: dict) -> None:
-        device = "cuda" if options["num_gpus"] else "cpu"
-        actor = EvalActor.options(**options).remote(self.spec_json, self.payload_ref, device, self.spec.compute.cpus_per_actor)
-        self.slots.append(Slot(f"actor-{self.serial}", actor, actor.ready.remote()))
+        actor = EvalActor.options(**options).remote(self.spec.compute.cpus_per_actor)
+        slot = Slot(f"actor-{self.serial}", actor, "cuda" if options["num_gpus"] else "cpu")
+        self.slots.append(slot)
         self.serial += 1
+        if self.payload_ref is not None:
+            slot.starting = actor.load.remote(self.spec_json, self.payload_ref, slot.device)
+
+    def load(self, payload: Payload, tiles: int) -> None:
+        """Give every actor the payload (once through the object store), keeping no more actors than tiles."""
+        self.payload_ref = ray.put(payload)
+        for slot in self.slots[tiles:]:
+            self.retire(slot)
+        for slot in self.slots:
+            slot.starting = slot.actor.load.remote(self.spec_json, self.payload_ref, slot.device)
+        self.grow(tiles)
 
     def grow(self, limit: int) -> None:
         """Start actors up to what the cluster (or the spec) allows, never more than there are tiles."""
@@ -141,24 +220,40 @@ class Pool:
         self.retired.append(slot)
         ray.kill(slot.actor, no_restart=True)
 
+    def close(self) -> None:
+        for slot in list(self.slots):
+            self.retire(slot)
+
     def summary(self) -> dict:
-        return {s.name: {"node": s.info["node"][:12], "pid": s.info["pid"], "uss_mb": round(s.info["uss_bytes"] / 2**20, 1),
-                         "points": s.points, "busy_s": round(s.seconds, 3),
-                         "points_per_s": round(s.points / s.seconds, 2) if s.seconds else None}
-                for s in self.slots + self.retired if s.info}
+        return {
+            s.name: {
+                "node": s.info["node"][:12],
+                "pid": s.info["pid"],
+                "uss_mb": round(s.info["uss_bytes"] / 2**20, 1),
+                "points": s.points,
+                "busy_s": round(s.seconds, 3),
+                "points_per_s": round(s.points / s.seconds, 2) if s.seconds else None,
+            }
+            for s in self.slots + self.retired
+            if s.info
+        }
 
 
-def evaluate_tiles(spec: Spec, payload: Payload, grid, tiles: list, on_tile, log=print) -> dict:
-    """Evaluate `tiles` on a pool of actors, calling `on_tile(tile, values, record)` as each finishes."""
-    pool = Pool(spec, payload, log)
-    pool.grow(len(tiles))
+def evaluate_tiles(
+    spec: Spec, payload: Payload, grid, tiles: list, on_tile, log=print, pool: Pool | None = None
+) -> dict:
+    """Evaluate `tiles` on the actors of `pool` (started now if None), calling `on_tile(tile, values, record)`
+    as each finishes. The pool is closed when this returns."""
+    pool = pool or Pool(spec)
+    pool.load(payload, len(tiles))
     queue = deque(tiles)
     running: dict[ray.ObjectRef, tuple[tuple, Slot]] = {}
     blamed: Counter = Counter()
     retries: Counter = Counter()
     deaths = 0
-    progress = Progress(sum(int(np.prod(grid.tile_shape(t))) for t in tiles))
+    progress = Progress(sum(math.prod(grid.tile_shape(t)) for t in tiles))
     start = time.perf_counter()
+    first_ready = None  # seconds until the first actor could take a tile (its start-up: torch, model, data)
 
     def lose(slot: Slot, why: str) -> None:
         """An actor died: requeue its tiles, blame the one it was running, start a replacement."""
@@ -169,22 +264,41 @@ def evaluate_tiles(spec: Spec, payload: Payload, grid, tiles: list, on_tile, log
             blamed[lost[0]] += 1
             if blamed[lost[0]] >= spec.compute.max_tile_failures:
                 raise RunError(
-                    f"tile {lost[0]} (points {grid.coords(lost[0])[[0, -1]].tolist()}) killed {blamed[lost[0]]} actors; "
-                    f"giving up (compute.max_tile_failures={spec.compute.max_tile_failures})")
+                    f"tile {lost[0]} (points {grid.coords(lost[0])[[0, -1]].tolist()}) "
+                    f"killed {blamed[lost[0]]} actors; "
+                    f"giving up (compute.max_tile_failures={spec.compute.max_tile_failures})"
+                )
         retries.update(lost)
         queue.extendleft(reversed(lost))
         pool.retire(slot)
         log(f"{slot.name} died ({why}) with {len(lost)} tile(s) queued; they go to other actors")
         pool.grow(len(queue) + len(running))
 
+    def submit(slot: Slot, tile: tuple) -> None:
+        ref = slot.actor.evaluate.remote(grid.coords(tile))
+        running[ref] = (tile, slot)
+        slot.queued.append(ref)
+
+    def dispatch() -> None:
+        """Least-loaded ready actor first; a second tile only while the queue outnumbers the actors."""
+        ready = [s for s in pool.slots if s.info]
+        while queue and ready:
+            slot = min(ready, key=lambda s: len(s.queued))
+            if len(slot.queued) >= (spec.compute.in_flight if len(queue) > len(pool.slots) else 1):
+                break
+            submit(slot, queue.popleft())
+        # Queue empty: an idle actor takes the newest tile of the most loaded one, which has not started yet.
+        for slot in [s for s in ready if not s.queued]:
+            donor = max(ready, key=lambda s: len(s.queued))
+            if len(donor.queued) < 2:
+                break
+            ref = donor.queued.pop()
+            ray.cancel(ref)  # skipped if still queued there; if it just started, its late result is ignored
+            submit(slot, running.pop(ref)[0])
+
     try:
         while queue or running:
-            for slot in pool.slots:
-                while slot.info and queue and len(slot.queued) < spec.compute.in_flight:
-                    tile = queue.popleft()
-                    ref = slot.actor.evaluate.remote(grid.coords(tile))
-                    running[ref] = (tile, slot)
-                    slot.queued.append(ref)
+            dispatch()
             starting = {s.starting: s for s in pool.slots if s.starting is not None}
             ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=progress.interval)
             for ref in ready:
@@ -193,10 +307,13 @@ def evaluate_tiles(spec: Spec, payload: Payload, grid, tiles: list, on_tile, log
                     slot.starting = None
                     try:
                         slot.info = ray.get(ref)
-                        log(f"{slot.name} ready on node {slot.info['node'][:12]} ({slot.info['device']}, pid {slot.info['pid']})")
+                        first_ready = first_ready or time.perf_counter() - start
+                        info = slot.info
+                        log(f"{slot.name} ready on node {info['node'][:12]} ({info['device']}, pid {info['pid']})")
                     except RayActorError as err:
                         pool.start_failures += 1
-                        if not any(s.info for s in pool.slots) or pool.start_failures >= spec.compute.max_tile_failures * 2:
+                        none_up = not any(s.info for s in pool.slots)
+                        if none_up or pool.start_failures >= spec.compute.max_tile_failures * 2:
                             raise RunError(f"an actor failed to start: {getattr(err, 'cause', None) or err}") from None
                         lose(slot, "failed to start")
                     continue
@@ -215,21 +332,24 @@ def evaluate_tiles(spec: Spec, payload: Payload, grid, tiles: list, on_tile, log
                 n = len(next(iter(values.values())))
                 slot.points += n
                 slot.seconds += seconds
-                on_tile(tile, values, {"actor": slot.name, "node": slot.info["node"], "seconds": seconds,
-                                       "retries": retries[tile]})
+                on_tile(
+                    tile,
+                    values,
+                    {"actor": slot.name, "node": slot.info["node"], "seconds": seconds, "retries": retries[tile]},
+                )
                 progress.update(n)
             if progress.tick() and spec.compute.actors == "auto":
                 pool.grow(len(queue) + len(running))  # nodes may have joined
     finally:
         progress.close()
-        for slot in list(pool.slots):
-            pool.retire(slot)
+        pool.close()
     wall = time.perf_counter() - start
     points = sum(s.points for s in pool.retired)
     return {
         "tiles": len(tiles),
         "points": points,
         "wall_s": round(wall, 3),
+        "first_actor_ready_s": round(first_ready or wall, 3),
         "points_per_s": round(points / wall, 2) if wall else None,
         "retried_tiles": len(retries),
         "actor_deaths": deaths,

@@ -11,33 +11,33 @@ always says exactly how it was made.
 `SpecError` carries one `path.to.field: message` line per problem; the CLI
 prints those lines and nothing else.
 """
+
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class SpecError(ValueError):
-    """Bad user input: each line of the message names the field, file or value at fault."""
-
-
-class RunError(RuntimeError):
-    """A run that cannot finish (an actor that cannot start, a tile that keeps killing actors)."""
+from .errors import RunError, SpecError  # noqa: F401 - RunError re-exported until every module imports errors
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a NaN bound computes NaN coordinates
 
 
 class ModelSpec(Strict):
     arch: str = Field("digits_cnn", description="zoo name, or 'package.module:factory' returning an nn.Module")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the model factory")
-    checkpoint: str | None = Field(None, description="θ*: a state_dict file (torch.save); None = the factory's own init")
-    trust_checkpoint: bool = Field(False, description="allow full unpickling of the checkpoint (only for files you trust)")
+    checkpoint: str | None = Field(
+        None, description="θ*: a state_dict file (torch.save); None = the factory's own init"
+    )
+    trust_checkpoint: bool = Field(
+        False, description="allow full unpickling of the checkpoint (only for files you trust)"
+    )
 
 
 class Normalize(Strict):
@@ -55,14 +55,20 @@ class Normalize(Strict):
 
 class DataSpec(Strict):
     dataset: str = Field("digits", description="digits | cifar10 | imagefolder | synthetic | 'package.module:factory'")
-    root: str | None = Field(None, description="folder of the data set on disk (cifar10: the folder holding cifar-10-batches-py)")
+    root: str | None = Field(
+        None, description="folder of the data set on disk (cifar10: the folder holding cifar-10-batches-py)"
+    )
     download: bool = Field(False, description="let torchvision download the data set into root (needs internet)")
     splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train"], min_length=1)
     subset: int | None = Field(None, ge=1, description="evaluate a seeded random subset of this many samples per split")
     subset_seed: int = 0
     batch_size: int = Field(1024, ge=1)
-    normalize: Normalize | None = Field(None, description="per-channel mean/std in [0, 1] units; None = the data set's default")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra options of the data set (synthetic: size, shape, classes)")
+    normalize: Normalize | None = Field(
+        None, description="per-channel mean/std in [0, 1] units; None = the data set's default"
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra options of the data set (synthetic: size, shape, classes)"
+    )
 
     @model_validator(mode="after")
     def _unique_splits(self):
@@ -77,17 +83,21 @@ KIND_DEFAULTS = {  # kind: (norm, ignore) when the spec leaves them out
     "interpolate": ("none", "none"),
     "plane": ("none", "none"),
     "file": ("none", "none"),
+    "hessian": ("none", "none"),  # unit eigenvectors; norm: filter rescales them like random directions
 }
 
 
 class DirectionsSpec(Strict):
-    kind: Literal["random", "interpolate", "plane", "pca", "file"] = Field(
-        "random", description="random | interpolate (θ* → target) | plane (θ*, targets) | pca (of checkpoints) | file (path)"
+    kind: Literal["random", "interpolate", "plane", "pca", "file", "hessian"] = Field(
+        "random",
+        description="random | interpolate (θ* → target) | plane (θ*, targets) | pca (of checkpoints) | "
+        "file (path) | hessian (top eigenvectors of the train loss's Hessian at θ*)",
     )
     seed: int = Field(0, description="random: seed of the Gaussian draws")
     norm: Literal["filter", "layer", "none"] | None = Field(None, description="random only; default filter")
     ignore: Literal["biasbn", "none"] | None = Field(
-        None, description="biasbn: entries with <= 1 dim get no direction; default biasbn for random/pca, none otherwise"
+        None,
+        description="biasbn: entries with <= 1 dim get no direction; default biasbn for random/pca, none otherwise",
     )
     dir_type: Literal["weights", "states"] = Field("weights", description="states: BN running statistics move too")
     target: str | None = Field(None, description="interpolate: checkpoint of θ_l (θ_s is model.checkpoint)")
@@ -100,12 +110,16 @@ class DirectionsSpec(Strict):
         need = {"interpolate": "target", "plane": "targets", "pca": "checkpoints", "file": "path"}
         for kind, name in need.items():
             if (self.kind == kind) != (getattr(self, name) is not None):
-                verb = "needs" if self.kind == kind else "is only for kind " + kind + "; kind " + self.kind + " does not take"
+                verb = (
+                    "needs"
+                    if self.kind == kind
+                    else "is only for kind " + kind + "; kind " + self.kind + " does not take"
+                )
                 raise ValueError(f"{name}: kind {kind} needs it" if self.kind == kind else f"{name}: {verb} it")
         if self.kind == "plane" and len(self.targets) != 2:
             raise ValueError(f"targets: a plane needs exactly 2 checkpoints, got {len(self.targets)}")
-        if self.kind != "random" and self.norm not in (None, "none"):
-            raise ValueError(f"norm: only random directions are normalized (kind is {self.kind})")
+        if self.kind not in ("random", "hessian") and self.norm not in (None, "none"):
+            raise ValueError(f"norm: only random and hessian directions are normalized (kind is {self.kind})")
         norm, ignore = KIND_DEFAULTS[self.kind]
         self.norm = self.norm or norm
         self.ignore = self.ignore or ignore
@@ -127,8 +141,10 @@ class Axis(Strict):
 class GridSpec(Strict):
     x: Axis = Field(default_factory=Axis, description="α axis")
     y: Axis | None = Field(None, description="β axis; absent: a 1D scan along x")
-    tile: int | list[int] = Field(
-        64, description="points per work item (= one Zarr chunk); an int, or [rows, cols] for 2D"
+    tile: Literal["auto"] | int | list[int] = Field(
+        "auto",
+        description="points per work item (= one Zarr chunk): auto (several tiles per actor), an int, "
+        "or [cols] for 1D / [rows, cols] for 2D",
     )
 
     @model_validator(mode="after")
@@ -141,30 +157,44 @@ class GridSpec(Strict):
 
     @model_validator(mode="after")
     def _tile_shape(self):
+        if self.tile == "auto":
+            return self
         tile = [self.tile] if isinstance(self.tile, int) else self.tile
-        if any(t < 1 for t in tile) or len(tile) not in (1, 1 + (self.y is not None)):
-            raise ValueError(f"tile must be a positive int or [rows, cols] of positive ints, got {self.tile}")
+        if any(t < 1 for t in tile) or (isinstance(self.tile, list) and len(tile) != 1 + (self.y is not None)):
+            shape = "[rows, cols]" if self.y is not None else "[cols]"
+            raise ValueError(f"tile must be auto, a positive int or {shape} of positive ints, got {self.tile}")
         return self
 
 
 class EvalSpec(Strict):
-    loss: Literal["cross_entropy", "mse"] = Field("cross_entropy", description="loss of the default classification metric")
+    loss: Literal["cross_entropy", "mse"] = Field(
+        "cross_entropy", description="loss of the default classification metric"
+    )
     metric: str | None = Field(
-        None, description="'package.module:fn'; fn(model, batch) returns (loss_sum, count[, {name: sum}]); None = classification"
+        None,
+        description="'package.module:fn'; "
+        "fn(model, batch) returns (loss_sum, count[, {name: sum}]); None = classification",
     )
     bn: Literal["eval", "recompute"] = Field(
-        "eval", description="eval: θ*'s BN running statistics (the paper); recompute: re-estimated on the train split at every point"
+        "eval",
+        description="eval: θ*'s BN running statistics (the paper); "
+        "recompute: re-estimated on the train split at every point",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "tf32", "bf16"] = Field(
-        "fp32", description="fp32: exact and deterministic; tf32 (CUDA matmuls/convs) or bf16 (autocast; loss reduced in fp32)"
+        "fp32",
+        description="fp32: exact and deterministic; tf32 (CUDA matmuls/convs) or bf16 (autocast; loss reduced in fp32)",
     )
     channels_last: bool = Field(True, description="NHWC memory layout for image models (faster convolutions)")
     fold_bn: bool = Field(
-        False, description="fold each eval-mode BN into the conv before it (BN not moved by the directions); faster, not bit-equal"
+        False,
+        description="fold each eval-mode BN into the conv before it (BN not moved by the directions); "
+        "faster, not bit-equal",
     )
     compile: bool | Literal["default", "max-autotune"] = Field(
-        False, description="torch.compile the model: false, true (= default mode) or max-autotune; cached in ~/.cache/landscape_ray"
+        False,
+        description="torch.compile the model: false, true (= default mode) or max-autotune; "
+        "cached in ~/.cache/landscape_ray",
     )
 
 
@@ -204,7 +234,7 @@ class Spec(Strict):
 
     def result_fields(self) -> dict:
         """The parts of the spec that decide the numbers in a store (not where or how fast they are made)."""
-        return self.model_dump(mode="json", exclude={"compute", "output", "name"})
+        return self.model_dump(mode="json", exclude={"compute": True, "output": True, "name": True, "grid": {"tile"}})
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -253,11 +283,12 @@ def validate(model: type[BaseModel], raw: dict):
 
 
 def read_yaml(path: str | Path) -> dict:
+    """The YAML mapping in `path`; `-` reads standard input (`... | landscape-ray run -`)."""
     path = Path(path)
-    if not path.is_file():
+    if str(path) != "-" and not path.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(sys.stdin.read() if str(path) == "-" else path.read_text()) or {}
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):

@@ -7,33 +7,48 @@ Layout (readable with `xarray.open_zarr(path)` or `landscape_ray.open(path)`):
     done                    (y, x) bool, set after a tile's values are written
     directions/x/<name>     δ, one array per state_dict entry of the direction space
     directions/y/<name>     η (surfaces only)
-    attrs                   resolved spec, library versions, axis labels, creation time
+    log/tiles               one record per tile: finished time, seconds, retries, actor
+    attrs                   format marker, resolved spec, input fingerprints, versions, creation time
 
-A new store is built in a hidden sibling folder and renamed into place when its
-metadata and directions are complete, so a bad input or a crash never leaves a
-half-made store. Zarr's local store writes each chunk atomically and `done` is
-written after the values, so a killed driver loses at most the tiles in flight.
+Trust: every chunk carries a CRC-32C checksum, so a truncated, deleted or
+flipped chunk is found (`damaged()`, `landscape-ray verify`) instead of read as a
+value, and `--resume` recomputes it. A new store is built in a hidden sibling
+and swapped into place whole (ownership.swap), so a bad input, a crash or a kill
+never leaves a half-made store; the caller holds the store's lock (ownership.claim).
 """
+
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import os
-import shutil
 import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pydantic
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from .directions import Directions
+from . import ownership
+from .errors import SpecError
 from .grid import Grid
-from .spec import Spec, SpecError
+from .paths import exists, is_remote, zarr_store
+from .spec import Spec
 
-FORMAT = 1
+FORMAT = 2  # 1: no checksums, no input fingerprints, marker written last; 2: today's
+# Stored specs of older formats are brought up to date before validation, one step per format.
+# 1 → 2 changed the store, not the spec; a future spec change adds its step here.
+SPEC_MIGRATIONS = {1: lambda raw: raw}
 RECORD = ("finished_unix_s", "seconds", "retries", "actor")  # fields of log/tiles; actor = N of "actor-N"
+RECORD_FLUSH_S = 2.0  # tile records are written in batches: one small chunk write per tile costs as much as a value
 PACKAGES = ("landscape-ray", "torch", "ray", "zarr", "numpy", "pydantic")
+CODECS = {
+    "compressors": (ZstdCodec(level=0), Crc32cCodec()),
+    "config": {"write_empty_chunks": True},
+}  # an all-NaN tile is a chunk too, so a missing one means damage
 
 
 def versions() -> dict[str, str]:
@@ -46,39 +61,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def is_remote(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
-def zarr_store(path: str | Path, mode: str = "r"):
-    """What zarr and xarray open: a local folder, or an fsspec URL (s3://, gs://, …; credentials from the environment)."""
-    if is_remote(path):
-        from zarr.storage import FsspecStore
-
-        return FsspecStore.from_url(str(path), read_only=mode == "r")
-    return str(path)
-
-
-def exists(path: str | Path) -> bool:
-    if not is_remote(path):
-        return Path(path).exists()
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(str(path))
-    return fs.exists(root)
-
-
-def remove(path: str | Path) -> None:
-    if not is_remote(path):
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(str(path))
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-
-
 def consolidate(path: str | Path) -> None:
     """Consolidated metadata lets plain `xarray.open_zarr` open the store without warnings."""
     with warnings.catch_warnings():
@@ -86,70 +68,161 @@ def consolidate(path: str | Path) -> None:
         zarr.consolidate_metadata(zarr_store(path, "w"))
 
 
-def _build(path: Path, spec: Spec, grid: Grid, variables: list[str], directions: Directions) -> None:
-    root = zarr.open_group(zarr_store(path, "w"), mode="w-", zarr_format=3)
-    for axis, label, extra in zip(grid.dims[::-1], directions.labels, directions.axis_attrs or [{}, {}]):
-        root.create_array(axis, data=getattr(grid, axis), dimension_names=[axis], attributes={"long_name": label, **extra})
+def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict) -> None:
+    # The marker goes into the very first file written: even a half-built store is provably ours.
+    root = zarr.open_group(
+        zarr_store(path, "w"), mode="w-", zarr_format=3, attributes={ownership.MARKER: FORMAT, "complete": False}
+    )
+    labels = getattr(directions, "labels", list(grid.dims[::-1]))
+    extras = getattr(directions, "axis_attrs", None) or [{}, {}]
+    for axis, label, extra in zip(grid.dims[::-1], labels, extras):
+        root.create_array(
+            axis, data=getattr(grid, axis), dimension_names=[axis], attributes={"long_name": label, **extra}
+        )
     for name in variables:
         root.create_array(
-            name, shape=grid.shape, chunks=grid.chunks, dtype="float64", fill_value=np.nan, dimension_names=list(grid.dims)
+            name,
+            shape=grid.shape,
+            chunks=grid.chunks,
+            dtype="float64",
+            fill_value=np.nan,
+            dimension_names=list(grid.dims),
+            **CODECS,
         )
-    root.create_array("done", shape=grid.shape, chunks=grid.chunks, dtype="bool", fill_value=False, dimension_names=list(grid.dims))
+    root.create_array(
+        "done",
+        shape=grid.shape,
+        chunks=grid.chunks,
+        dtype="bool",
+        fill_value=False,
+        dimension_names=list(grid.dims),
+        **CODECS,
+    )
     # One record per tile, for post-mortems and for `info` to tell the speed of a job running elsewhere.
     counts = tuple(-(-n // c) for n, c in zip(grid.shape, grid.chunks))
     root.require_group("log").create_array(
-        "tiles", shape=(*counts, len(RECORD)), chunks=(*(1 for _ in counts), len(RECORD)), dtype="float64",
-        fill_value=np.nan, attributes={"fields": list(RECORD)})
-    if directions.trajectory is not None:
-        t = directions.trajectory
-        root.create_array("epoch", data=t["epoch"], dimension_names=["epoch"], attributes={"long_name": "training epoch"})
+        "tiles",
+        shape=(*counts, len(RECORD)),
+        chunks=(*(1 for _ in counts), len(RECORD)),
+        dtype="float64",
+        fill_value=np.nan,
+        attributes={"fields": list(RECORD)},
+    )
+    trajectory = getattr(directions, "trajectory", None)
+    if trajectory is not None:
+        root.create_array(
+            "epoch", data=trajectory["epoch"], dimension_names=["epoch"], attributes={"long_name": "training epoch"}
+        )
         for axis in ("x", "y"):
-            root.create_array(f"trajectory_{axis}", data=t[axis], dimension_names=["epoch"],
-                              attributes={"long_name": f"checkpoint θi − θ* projected on {axis}"})
-    for axis, vector in zip("xy", directions.vectors):
+            root.create_array(
+                f"trajectory_{axis}",
+                data=trajectory[axis],
+                dimension_names=["epoch"],
+                attributes={"long_name": f"checkpoint θi − θ* projected on {axis}"},
+            )
+    for axis, vector in zip("xy", getattr(directions, "vectors", directions)):
         group = root.require_group(f"directions/{axis}")
         for name, array in vector.items():
-            group.create_array(name, data=array)
-    root.attrs.update({
-        "landscape_ray_format": FORMAT,
-        "spec": spec.model_dump(mode="json"),
-        "versions": versions(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    })
+            group.create_array(name, data=array, **CODECS)
+    root.attrs.update(
+        {
+            "spec": spec.model_dump(mode="json"),
+            "inputs": inputs,
+            "versions": versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "complete": True,
+        }
+    )
     consolidate(path)
 
 
-def create(path: str | Path, spec: Spec, grid: Grid, variables: list[str], directions: Directions | list,
-           overwrite: bool = False) -> "Store":
-    """Make a complete empty store at `path` (replacing an old one only with `overwrite`).
+def create(
+    path: str | Path,
+    spec: Spec,
+    grid: Grid,
+    variables: list[str],
+    directions,
+    overwrite: bool = False,
+    inputs: dict | None = None,
+    fill=None,
+) -> "Store":
+    """Make a complete empty store at `path`, replacing an old one (proven ours) only with `overwrite`.
 
-    `directions` is a `Directions`, or bare vectors (one dict per axis) whose axes are labelled x and y.
+    The caller holds `ownership.claim(path)`. `directions` is a `Directions` or bare vectors (one dict per axis);
+    `fill(root)`, if given, writes into the new store before it takes the old one's place (`upgrade`).
     """
-    if not isinstance(directions, Directions):
-        directions = Directions(list(directions), list(grid.dims[::-1]))
-    if exists(path) and not overwrite:
-        raise SpecError(f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it")
+    present = exists(path)
+    if present and not overwrite:
+        raise SpecError(
+            f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it"
+        )
+    if present:
+        ownership.check_ours(path)
     if is_remote(path):
-        # No rename on object stores: build in place; `spec` in the attributes, written last, marks it complete.
-        remove(path)
+        # Object stores have no rename: the old store is removed, then the new one built in place under the lease.
+        if present:
+            ownership.remove(path)
         try:
-            _build(path, spec, grid, variables, directions)
+            _build(path, spec, grid, variables, directions, inputs or {})
+            if fill:
+                fill(zarr.open_group(zarr_store(path, "w"), mode="r+"))
         except BaseException:
-            remove(path)
+            if exists(path):
+                ownership.remove(path)
             raise
         return Store(path)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = ownership.partial_path(path)
     try:
-        _build(partial, spec, grid, variables, directions)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(partial, path)
+        _build(partial, spec, grid, variables, directions, inputs or {})
+        if fill:
+            fill(zarr.open_group(str(partial), mode="r+"))
+            consolidate(partial)
+        ownership.swap(partial, path)  # now the old store (if any) is at `partial`
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        if partial.exists():
+            ownership.remove(partial)
     return Store(path)
+
+
+def upgrade(path: str | Path) -> "Store":
+    """Rewrite a store of an older format in today's (checksums, marker first), whole, through the same swap.
+
+    The caller holds `ownership.claim(path)`. Values, done flags, tile records and run summaries are copied;
+    input fingerprints stay unknown (format 1 did not record them), so --resume cannot check them.
+    """
+    old = Store(path, mode="r")
+    if old.format == FORMAT:
+        return old
+    dims = old.grid.dims[::-1]
+    axes = [old.root[a].attrs.asdict() for a in dims]
+    directions = SimpleNamespace(
+        vectors=old.directions(),
+        labels=[a.pop("long_name", d) for a, d in zip(axes, dims)],
+        axis_attrs=axes,
+        trajectory={
+            "epoch": old.root["epoch"][...],
+            "x": old.root["trajectory_x"][...],
+            "y": old.root["trajectory_y"][...],
+        }
+        if "epoch" in old.root
+        else None,
+    )
+    copied = [*old.variables, "done"]
+
+    def fill(root):
+        for name in copied:
+            root[name][...] = old.read(name)
+        root["log/tiles"][...] = old.root["log/tiles"][...]
+        root.attrs.update(
+            {
+                "runs": old.root.attrs.get("runs", []),
+                "upgraded_from": old.format,
+                "created": old.root.attrs.get("created"),
+            }
+        )
+
+    return create(path, old.spec, old.grid, old.variables, directions, overwrite=True, fill=fill)
 
 
 def differences(a, b, prefix: str = "") -> list[str]:
@@ -165,46 +238,128 @@ def differences(a, b, prefix: str = "") -> list[str]:
 class Store:
     def __init__(self, path: str | Path, mode: str = "r+"):
         self.path = path if is_remote(path) else Path(path)
-        if not exists(path):
-            raise SpecError(f"store: {self.path} not found")
         try:
-            self.root = zarr.open_group(zarr_store(path, mode), mode=mode, zarr_format=3)
-            raw = self.root.attrs["spec"]
-        except Exception:
-            raise SpecError(f"store: {self.path} is not a landscape_ray store") from None
-        self.spec = Spec.model_validate(raw)
-        self.grid = Grid.from_spec(self.spec.grid)
+            if not exists(path):
+                raise SpecError(f"store: {self.path} not found")
+            marked = ownership.is_marked(path)
+        except (OSError, PermissionError) as err:  # credentials, network: say so, not "not a store"
+            raise SpecError(f"store: cannot read {self.path} ({type(err).__name__}: {err})") from None
+        if not marked:
+            raise SpecError(f"store: {self.path} is not a landscape_ray store (no {ownership.MARKER} in its zarr.json)")
+        self.root = zarr.open_group(zarr_store(path, mode), mode=mode, zarr_format=3)
+        attrs = self.root.attrs.asdict()
+        self.format = attrs.get(ownership.MARKER)
+        if not isinstance(self.format, int) or not 1 <= self.format <= FORMAT:
+            raise SpecError(f"store: {self.path} has format {self.format!r}; this version reads 1 to {FORMAT}")
+        if "spec" not in attrs:
+            raise SpecError(
+                f"store: {self.path} is incomplete (its creation was interrupted); run again with --overwrite"
+            )
+        raw = attrs["spec"]
+        for step in range(self.format, FORMAT):
+            raw = SPEC_MIGRATIONS[step](raw)
+        try:
+            self.spec = Spec.model_validate(raw)
+        except pydantic.ValidationError as err:
+            raise SpecError(
+                f"store: {self.path} has a spec this version cannot read "
+                f"({err.errors()[0]['loc']}: {err.errors()[0]['msg']})"
+            ) from None
+        self.inputs = attrs.get("inputs", {})
+        # The chunks were fixed when the store was made (tile: auto depends on the actors of that run).
+        self.grid = dataclasses.replace(Grid.from_spec(self.spec.grid), chunks=tuple(self.root["done"].chunks))
+        self._read: dict[str, np.ndarray] = {}
+        self._damaged: dict[tuple[int, ...], str] = {}
+        self._arrays: dict = {}
+        self._records: list = []
+        self._flushed = time.monotonic()
 
     @property
     def variables(self) -> list[str]:
         """The evaluated quantities (dims of the grid), not coordinates, `done` or trajectories."""
-        return [name for name, a in self.root.arrays() if tuple(a.metadata.dimension_names or ()) == self.grid.dims and name != "done"]
+        return [
+            name
+            for name, a in self.root.arrays()
+            if tuple(a.metadata.dimension_names or ()) == self.grid.dims and name not in ("done", *self.grid.dims)
+        ]
 
     def check_resumable(self, spec: Spec) -> None:
         diff = differences(self.spec.result_fields(), spec.result_fields())
         if diff:
             raise SpecError("--resume: the spec differs from the store's in " + "; ".join(diff))
 
+    def read(self, name: str) -> np.ndarray:
+        """A whole grid array; the tiles of chunks that fail to decode read as the fill value and count as damaged."""
+        if name not in self._read:
+            array = self.root[name]
+            try:
+                self._read[name] = array[...]
+            except Exception:  # noqa: BLE001 - codecs fail with several types (zstd, checksum); find the tiles
+                out = np.full(array.shape, array.fill_value, dtype=array.dtype)
+                for tile in self.grid.tiles():
+                    try:
+                        out[self.grid.slices(tile)] = array.blocks[tile]
+                    except Exception as err:  # noqa: BLE001 - as above
+                        self._damaged.setdefault(tile, f"{name}: {type(err).__name__}: {str(err)[:80]}")
+                self._read[name] = out
+        return self._read[name]
+
     def done(self) -> np.ndarray:
-        return self.root["done"][...]
+        return self.read("done")
+
+    def damaged(self) -> dict[tuple[int, ...], str]:
+        """Tiles marked done whose chunks are missing or fail their checksum: {tile: what is wrong}."""
+        for name in [*self.variables, "done"]:
+            self.read(name)
+        done, keys = self.done(), set(ownership._listing(self.path))
+        for tile in self.grid.tiles():
+            if tile in self._damaged or not done[self.grid.slices(tile)].all():
+                continue
+            for name in self.variables:
+                if f"{name}/c/{'/'.join(map(str, tile))}" not in keys:
+                    self._damaged[tile] = f"{name}: chunk missing"
+                    break
+        return dict(sorted(self._damaged.items()))
 
     def pending_tiles(self) -> list[tuple[int, ...]]:
-        done = self.done()
-        return [t for t in self.grid.tiles() if not done[self.grid.slices(t)].all()]
+        """Tiles to compute: not all done, or damaged (recomputed whole)."""
+        done, bad = self.done(), self.damaged()
+        return [t for t in self.grid.tiles() if t in bad or not done[self.grid.slices(t)].all()]
 
     def write_tile(self, tile: tuple[int, ...], values: dict[str, np.ndarray], record: dict | None = None) -> None:
         where = self.grid.slices(tile)
         shape = self.grid.tile_shape(tile)
+        self._read.clear()
+        self._damaged.pop(tile, None)
         for name, flat in values.items():
-            self.root[name][where] = np.asarray(flat).reshape(shape)
-        self.root["done"][where] = True  # a tile counts only once all its values are on disk
+            self.array(name)[where] = np.asarray(flat).reshape(shape)
+        self.array("done")[where] = True  # a tile counts only once all its values are on disk
         if record is not None:
             actor = int(record["actor"].rpartition("-")[2])
-            self.root["log/tiles"][tile] = [time.time(), record["seconds"], record["retries"], actor]
+            self._records.append((tile, [time.time(), record["seconds"], record["retries"], actor]))
+            if time.monotonic() - self._flushed > RECORD_FLUSH_S:
+                self.flush()
+
+    def array(self, name: str):
+        """The open array `name`: looked up once, as a lookup costs as much as a small chunk write."""
+        if name not in self._arrays:
+            self._arrays[name] = self.root[name]
+        return self._arrays[name]
+
+    def flush(self) -> None:
+        """Write the buffered tile records (a few seconds' worth; they serve post-mortems and `info`'s speed)."""
+        log = self.array("log/tiles")
+        for tile, record in self._records:
+            log[tile] = record
+        self._records.clear()
+        self._flushed = time.monotonic()
 
     def records(self) -> np.ndarray:
         """(tiles, 4) records of finished tiles: finished time, seconds, retries, actor number."""
-        log = self.root["log/tiles"][...].reshape(-1, len(RECORD))
+        try:
+            log = self.root["log/tiles"][...].reshape(-1, len(RECORD))
+        except Exception:  # noqa: BLE001 - damaged records cost only the speed estimate
+            return np.empty((0, len(RECORD)))
         return log[~np.isnan(log[:, 0])]
 
     def speed(self, window: float = 120.0) -> tuple[float, float] | None:

@@ -4,8 +4,12 @@
 
 writes `model_0.pt` (the initialisation), `model_1.pt` … `model_N.pt` and `final.pt`
 into `out`. Each is a dict {'state_dict', 'epoch', 'train_loss', 'train_acc',
-'test_loss', 'test_acc', 'optimizer', 'spec'} readable with
-`torch.load(weights_only=True)`. A rerun continues from the last epoch on disk;
+'test_loss', 'test_acc', 'optimizer', 'spec', 'steps', 'weight_norm',
+'step_weight_norms'} readable with `torch.load(weights_only=True)`: `steps` counts
+the optimizer steps so far, `weight_norm` is ‖θ‖₂ over every parameter at the end
+of the epoch and `step_weight_norms` (float64 tensor) the same after each step of
+the epoch (the paper's Fig. 11, by epoch and by iteration; one fused norm per step,
+so nearly free). A rerun continues from the last epoch on disk;
 shuffling and augmentation are seeded per epoch, so a resumed training gives the
 same weights as an uninterrupted one.
 
@@ -14,6 +18,7 @@ momentum 0.9, batch 128, weight decay 5e-4, lr 0.1 divided by 10 at epochs 150,
 225 and 275 of 300, random crop + flip augmentation. `jobs/` holds the variants
 (Adam, batch 8192, WD 0, lr 0.01 for the deep `_noshort` nets).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .data import ImageSplit, load_splits, normalization
+from .data import BatchSplit, ImageSplit, load_splits, normalization, normalizer, on_device
+from .errors import SpecError
 from .evaluator import Evaluator, resolve_device, resolve_metric
 from .models import load_model
-from .spec import DataSpec, ModelSpec, SpecError, Strict
+from .spec import DataSpec, ModelSpec, Strict
 
 
 class OptimizerSpec(Strict):
@@ -35,7 +41,9 @@ class OptimizerSpec(Strict):
     momentum: float = Field(0.9, ge=0, description="SGD only")
     nesterov: bool = Field(True, description="SGD only")
     weight_decay: float = Field(5e-4, ge=0)
-    milestones: list[int] = Field(default_factory=lambda: [150, 225, 275], description="epochs where lr is multiplied by gamma")
+    milestones: list[int] = Field(
+        default_factory=lambda: [150, 225, 275], description="epochs where lr is multiplied by gamma"
+    )
     gamma: float = Field(0.1, gt=0)
 
 
@@ -48,7 +56,9 @@ class TrainSpec(Strict):
     batch_size: int = Field(128, ge=1)
     augment: bool | None = Field(None, description="random crop (pad 4) + horizontal flip; None = on for cifar10 only")
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
-    metric: str | None = Field(None, description="'package.module:fn' as eval.metric; its loss_sum / count is minimized")
+    metric: str | None = Field(
+        None, description="'package.module:fn' as eval.metric; its loss_sum / count is minimized"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = Field("runs/train/checkpoints", description="folder for model_{epoch}.pt and final.pt")
@@ -75,27 +85,51 @@ def last_epoch(out: Path) -> int | None:
 
 def make_optimizer(spec: OptimizerSpec, params):
     if spec.name == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0,
-                               weight_decay=spec.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            nesterov=spec.nesterov and spec.momentum > 0,
+            weight_decay=spec.weight_decay,
+        )
     return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
-def epoch_batches(meter: Evaluator, spec: TrainSpec, generator: torch.Generator):
-    """The train split in a seeded order: shuffled samples for images (augmented if asked), shuffled batches otherwise."""
-    resident = meter.splits["train"]
-    if isinstance(resident, list):
-        for i in torch.randperm(len(resident), generator=generator).tolist():
-            yield resident[i]
-        return
-    images, labels = resident
-    order = torch.randperm(len(labels), generator=generator).to(images.device)
-    flip_crop = spec.augment if spec.augment is not None else spec.data.dataset == "cifar10"
-    for i in range(0, len(order), spec.batch_size):
-        idx = order[i : i + spec.batch_size]
-        x = images[idx].float().div_(255).sub_(meter.mean).div_(meter.std)
-        if flip_crop:
-            x = augment(x.cpu(), generator).to(images.device)
-        yield x, labels[idx]
+class TrainBatches:
+    """The train split on the training device, served in a seeded order each epoch.
+
+    Images are shuffled sample by sample (and cropped/flipped if asked), normalized as the evaluator does;
+    other data (a BatchSplit) is served as shuffled whole batches.
+    """
+
+    def __init__(self, split: ImageSplit | BatchSplit, spec: TrainSpec, device: torch.device):
+        self.batch_size = spec.batch_size
+        self.flip_crop = spec.augment if spec.augment is not None else spec.data.dataset == "cifar10"
+        if isinstance(split, ImageSplit):
+            self.images, self.labels = on_device(split, device)
+            self.normalize = normalizer(*normalization(spec.data), device)
+            self.batches = None
+        else:
+            self.batches = on_device(split, device)
+
+    def epoch(self, generator: torch.Generator):
+        if self.batches is not None:
+            for i in torch.randperm(len(self.batches), generator=generator).tolist():
+                yield self.batches[i]
+            return
+        order = torch.randperm(len(self.labels), generator=generator).to(self.images.device)
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            x = self.normalize(self.images[idx])
+            if self.flip_crop:
+                x = augment(x.cpu(), generator).to(self.images.device)
+            yield x, self.labels[idx]
+
+
+@torch.no_grad()
+def weight_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """‖θ‖₂ over all `params`, as a 0-d float64 tensor on their device (no host sync)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(params)).double())
 
 
 def train(spec: TrainSpec, log=print) -> Path:
@@ -105,15 +139,19 @@ def train(spec: TrainSpec, log=print) -> Path:
     out = Path(spec.out)
     device = resolve_device(spec.device)
     torch.manual_seed(spec.seed)
-    model = load_model(spec).to(device)
-    optimizer = make_optimizer(spec.optimizer, model.parameters())
+    model = load_model(spec, seed=spec.seed).to(device)
+    params = list(model.parameters())
+    optimizer = make_optimizer(spec.optimizer, params)
     splits = load_splits(spec.data.model_copy(update={"batch_size": spec.batch_size}))
     if not isinstance(splits["train"], ImageSplit) and spec.augment:
         raise SpecError("augment: only image data sets can be augmented")
+    data = TrainBatches(splits["train"], spec, device)
     mean, std = normalization(spec.data)
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     metric = resolve_metric(spec.metric, spec.loss)
-    meter = Evaluator(model, state, [], splits, mean, std, metric=metric, batch_size=spec.data.batch_size, device=device)
+    meter = Evaluator(
+        model, state, [], splits, mean, std, metric=metric, batch_size=spec.data.batch_size, device=device
+    )
     out.mkdir(parents=True, exist_ok=True)
 
     start = last_epoch(out)
@@ -122,34 +160,59 @@ def train(spec: TrainSpec, log=print) -> Path:
         model.load_state_dict(ckpt["state_dict"])
         if "optimizer" in ckpt:
             optimizer.load_state_dict(ckpt["optimizer"])
+        steps = ckpt.get("steps", 0)
         log(f"resuming from {out / f'model_{start}.pt'} (epoch {start})")
     else:
-        start = 0
-        save(out / "model_0.pt", model, optimizer, spec, 0, meter.measure())
+        start = steps = 0
+        save(out / "model_0.pt", model, optimizer, spec, 0, meter.measure(), steps, weight_norm(params), [])
 
     for epoch in range(start + 1, spec.epochs + 1):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(spec.optimizer, epoch - 1)
         generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
         model.train()
-        for batch in epoch_batches(meter, spec, generator):
+        norms = []
+        for batch in data.epoch(generator):
             loss_sum, count, *_ = metric(model, batch)
             optimizer.zero_grad(set_to_none=True)
             (loss_sum / count).backward()
             optimizer.step()
+            norms.append(weight_norm(params))
+        steps += len(norms)
         metrics = meter.measure()
-        save(out / f"model_{epoch}.pt", model, optimizer, spec, epoch, metrics)
-        log(f"epoch {epoch}/{spec.epochs} lr {lr_at(spec.optimizer, epoch - 1):.3g} "
-            + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        save(out / f"model_{epoch}.pt", model, optimizer, spec, epoch, metrics, steps, weight_norm(params), norms)
+        log(
+            f"epoch {epoch}/{spec.epochs} lr {lr_at(spec.optimizer, epoch - 1):.3g} "
+            + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        )
     final = out / "final.pt"
     ckpt = torch.load(out / f"model_{spec.epochs}.pt", map_location="cpu", weights_only=True)
     torch.save(ckpt, final)
     return final
 
 
-def save(path: Path, model, optimizer, spec: TrainSpec, epoch: int, metrics: dict) -> None:
-    ckpt = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "epoch": epoch,
-            "optimizer": optimizer.state_dict(), "spec": spec.model_dump(mode="json"), **metrics}
+def save(
+    path: Path,
+    model,
+    optimizer,
+    spec: TrainSpec,
+    epoch: int,
+    metrics: dict,
+    steps: int,
+    norm: torch.Tensor,
+    step_norms: list[torch.Tensor],
+) -> None:
+    step_norms = torch.stack(step_norms).cpu() if step_norms else torch.zeros(0, dtype=torch.float64)
+    ckpt = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict(),
+        "spec": spec.model_dump(mode="json"),
+        **metrics,
+        "steps": steps,
+        "weight_norm": float(norm),
+        "step_weight_norms": step_norms,
+    }
     partial = path.with_suffix(".partial")
     torch.save(ckpt, partial)
     partial.replace(path)  # a killed training never leaves a truncated checkpoint behind

@@ -15,6 +15,7 @@ Gram eigenvectors in a second pass, block by block again.
 
     dirs = pca_directions(model, spec)   # Directions with axis_attrs and trajectory
 """
+
 from __future__ import annotations
 
 import glob
@@ -25,9 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .directions import Directions, direction_space
-from .models import load_checkpoint
-from .spec import Spec, SpecError
+from .checkpoints import load_checkpoint
+from .directions import Directions, direction_space, ignored
+from .errors import SpecError
+from .spec import Spec
 
 BLOCK = 1 << 22  # values per parameter block: n × BLOCK float64 at a time
 
@@ -63,7 +65,7 @@ def pca_directions(model: nn.Module, spec: Spec) -> Directions:
     d = spec.directions
     paths = checkpoint_paths(spec)
     theta = direction_space(model, d.dir_type)
-    names = [k for k, v in theta.items() if v.dim() > 1 or d.ignore != "biasbn"]
+    names = [k for k, v in theta.items() if not ignored(v, d.ignore)]  # the others stay zero
     states, epochs = [], []
     for i, path in enumerate(paths):
         state, meta = load_checkpoint(path, spec.model.trust_checkpoint, f"directions.checkpoints[{i}]", mmap=True)
@@ -105,7 +107,9 @@ def pca_directions(model: nn.Module, spec: Spec) -> Directions:
         dtx += x @ b
     coords = torch.linalg.solve(dtd, dtx.T).T.numpy()  # least squares onto span(δ, η)
 
-    labels = [f"{a}: PC{i + 1} of {n} checkpoints ({100 * r:.1f}% of variance)" for i, (a, r) in enumerate(zip("xy", ratio))]
+    labels = [
+        f"{a}: PC{i + 1} of {n} checkpoints ({100 * r:.1f}% of variance)" for i, (a, r) in enumerate(zip("xy", ratio))
+    ]
     return Directions(
         vectors=[{k: v.numpy() for k, v in vec.items()} for vec in vectors],
         labels=labels,

@@ -28,6 +28,7 @@ Families:
 Quirk kept from the reference so that outputs match: a bottleneck block *without* shortcut
 ends at its last BN, with no ReLU (a basic block without shortcut ends with a ReLU).
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,15 @@ class ResNet(nn.Module):
     stride 2. `pool` is the average-pooling kernel (the final feature map's size on 32×32 input).
     """
 
-    def __init__(self, widths: Sequence[int], blocks: Sequence[int], pool: int, bottleneck: bool = False,
-                 shortcut: bool = True, num_classes: int = 10):
+    def __init__(
+        self,
+        widths: Sequence[int],
+        blocks: Sequence[int],
+        pool: int,
+        bottleneck: bool = False,
+        shortcut: bool = True,
+        num_classes: int = 10,
+    ):
         super().__init__()
         self.conv1, self.bn1 = conv_bn(3, widths[0])
         cin = widths[0]
@@ -117,11 +125,13 @@ def cifar_resnet(depth: int = 20, width: int = 1, shortcut: bool = True, num_cla
     return ResNet([16 * width, 32 * width, 64 * width], [n] * 3, pool=8, shortcut=shortcut, num_classes=num_classes)
 
 
-def resnet(blocks: Sequence[int] = (2, 2, 2, 2), bottleneck: bool = False, shortcut: bool = True,
-           num_classes: int = 10) -> ResNet:
+def resnet(
+    blocks: Sequence[int] = (2, 2, 2, 2), bottleneck: bool = False, shortcut: bool = True, num_classes: int = 10
+) -> ResNet:
     """The ImageNet ResNet layout (64..512 planes) on 32×32 inputs: 3×3 stem, no max-pool."""
-    return ResNet([64, 128, 256, 512], blocks, pool=4, bottleneck=bottleneck, shortcut=shortcut,
-                  num_classes=num_classes)
+    return ResNet(
+        [64, 128, 256, 512], blocks, pool=4, bottleneck=bottleneck, shortcut=shortcut, num_classes=num_classes
+    )
 
 
 class VGG(nn.Module):
@@ -181,8 +191,13 @@ class Transition(nn.Module):
 class DenseNet(nn.Module):
     """`conv1`, then dense blocks `dense1..` joined by transitions `trans1..`, then BN-ReLU, avg-pool 4, `linear`."""
 
-    def __init__(self, blocks: Sequence[int] = (6, 12, 24, 16), growth_rate: int = 32, reduction: float = 0.5,
-                 num_classes: int = 10):
+    def __init__(
+        self,
+        blocks: Sequence[int] = (6, 12, 24, 16),
+        growth_rate: int = 32,
+        reduction: float = 0.5,
+        num_classes: int = 10,
+    ):
         super().__init__()
         channels = 2 * growth_rate
         self.conv1 = nn.Conv2d(3, channels, 3, padding=1, bias=False)
@@ -214,19 +229,30 @@ def densenet121(num_classes: int = 10) -> DenseNet:
 
 
 _IMAGENET_RESNETS = {  # depth: (blocks per stage, bottleneck)
-    18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),
-    101: ((3, 4, 23, 3), True), 152: ((3, 8, 36, 3), True),
+    18: ((2, 2, 2, 2), False),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
 }
 _CIFAR_RESNETS = {  # name: (depth, width multiplier, shortcut)
-    "resnet20": (20, 1, True), "resnet20_noshort": (20, 1, False),
-    "resnet32_noshort": (32, 1, False), "resnet44_noshort": (44, 1, False),
+    "resnet20": (20, 1, True),
+    "resnet20_noshort": (20, 1, False),
+    "resnet32_noshort": (32, 1, False),
+    "resnet44_noshort": (44, 1, False),
     "resnet50_16_noshort": (50, 1, False),
-    "resnet56": (56, 1, True), "resnet56_noshort": (56, 1, False),
-    "resnet110": (110, 1, True), "resnet110_noshort": (110, 1, False),
-    "wrn56_2": (56, 2, True), "wrn56_2_noshort": (56, 2, False),
-    "wrn56_4": (56, 4, True), "wrn56_4_noshort": (56, 4, False),
-    "wrn56_8": (56, 8, True), "wrn56_8_noshort": (56, 8, False),
-    "wrn110_2_noshort": (110, 2, False), "wrn110_4_noshort": (110, 4, False),
+    "resnet56": (56, 1, True),
+    "resnet56_noshort": (56, 1, False),
+    "resnet110": (110, 1, True),
+    "resnet110_noshort": (110, 1, False),
+    "wrn56_2": (56, 2, True),
+    "wrn56_2_noshort": (56, 2, False),
+    "wrn56_4": (56, 4, True),
+    "wrn56_4_noshort": (56, 4, False),
+    "wrn56_8": (56, 8, True),
+    "wrn56_8_noshort": (56, 8, False),
+    "wrn110_2_noshort": (110, 2, False),
+    "wrn110_4_noshort": (110, 4, False),
 }
 
 
@@ -243,5 +269,16 @@ def _registry() -> dict[str, Callable[..., nn.Module]]:
 #: The paper's model names, in the order of its model_loader.py → factories taking keyword arguments.
 ZOO: dict[str, Callable[..., nn.Module]] = _registry()
 
-__all__ = ["ZOO", "ResNet", "ResidualBlock", "VGG", "DenseNet", "DenseLayer", "Transition",
-           "cifar_resnet", "resnet", "vgg9", "densenet121"]
+__all__ = [
+    "ZOO",
+    "ResNet",
+    "ResidualBlock",
+    "VGG",
+    "DenseNet",
+    "DenseLayer",
+    "Transition",
+    "cifar_resnet",
+    "resnet",
+    "vgg9",
+    "densenet121",
+]

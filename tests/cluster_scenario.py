@@ -6,6 +6,7 @@ Two worker nodes of one CPU each (the head has none, so actors live on workers).
 worker is removed — its actor dies with tiles queued — and a new worker joins; the run must finish
 with values identical to a plain evaluation, and the new node must get work.
 """
+
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from landscape_ray.job import run  # noqa: E402
 from landscape_ray.store import Store  # noqa: E402
-from tests.conftest import make_spec, reference  # noqa: E402
+from tests.conftest import as_digits, make_spec, reference  # noqa: E402
 
 
 def main(checkpoint: str, workdir: str) -> None:
@@ -31,26 +32,42 @@ def main(checkpoint: str, workdir: str) -> None:
     doomed = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, logging_level="ERROR")
     store = Path(workdir) / "nodes.zarr"
-    spec = make_spec(store, Path(checkpoint), "model.arch=tests.helpers:slow_cnn", "model.kwargs={delay: 0.15}",
-                     "data.batch_size=300", "grid.x={min: -1, max: 1, num: 9}", "grid.y={min: -1, max: 1, num: 9}",
-                     "grid.tile=[1, 3]", "compute.actors=auto")
+    spec = make_spec(
+        store,
+        Path(checkpoint),
+        "model.arch=tests.helpers:slow_cnn",
+        "model.kwargs={delay: 0.15}",
+        "data.batch_size=300",
+        "grid.x={min: -1, max: 1, num: 9}",
+        "grid.y={min: -1, max: 1, num: 9}",
+        "grid.tile=[1, 3]",
+        "compute.actors=auto",
+    )
     lines, result = [], {}
     worker = threading.Thread(target=lambda: result.update(run(spec, log=lines.append)))
     worker.start()
-    while not store.exists() or Store(store, mode="r").records().shape[0] < 4:
+    while not store.exists() or Store(store, mode="r").done().sum() < 12:  # 4 tiles of 3
         time.sleep(0.1)
     cluster.remove_node(doomed)
     newcomer = cluster.add_node(num_cpus=1)
     worker.join(300)
     new_node = newcomer.node_id[:12]
     points_on_new = sum(a["points"] for a in result["actors"].values() if a["node"] == new_node)
-    spec_plain = spec.model_copy(update={"model": spec.model.model_copy(update={"arch": "digits_cnn", "kwargs": {}})})
-    identical = np.array_equal(xr.open_zarr(store).train_loss.values, reference(spec_plain)["train_loss"])
+    identical = np.array_equal(xr.open_zarr(store).train_loss.values, reference(as_digits(spec))["train_loss"])
     ray.shutdown()
     cluster.shutdown()
-    print(json.dumps({"identical": bool(identical), "actor_deaths": result["actor_deaths"],
-                      "retried_tiles": result["retried_tiles"], "points_on_new_node": points_on_new,
-                      "actors": result["actors"], "log": lines[-6:]}))
+    print(
+        json.dumps(
+            {
+                "identical": bool(identical),
+                "actor_deaths": result["actor_deaths"],
+                "retried_tiles": result["retried_tiles"],
+                "points_on_new_node": points_on_new,
+                "actors": result["actors"],
+                "log": lines[-6:],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

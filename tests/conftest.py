@@ -1,4 +1,6 @@
-"""Shared fixtures: one real local Ray cluster per session, a trained digits checkpoint, spec builders."""
+"""Shared fixtures and helpers: one real local Ray cluster per session, a trained digits checkpoint, spec builders,
+and `reference`, every point of a spec evaluated in this process without Ray."""
+
 from __future__ import annotations
 
 import os
@@ -15,10 +17,15 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # Ray workers (and CLI subprocesses) must import tests.helpers, the custom models of these tests.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-from landscape_ray.evaluator import Evaluator, prepare  # noqa: E402
+from landscape_ray.evaluator import Evaluator  # noqa: E402
 from landscape_ray.grid import Grid  # noqa: E402
+from landscape_ray.payload import prepare  # noqa: E402
 from landscape_ray.spec import Spec, load_spec  # noqa: E402
 from landscape_ray.train import TrainSpec, train  # noqa: E402
+
+
+def quiet(*_) -> None:
+    """A `log=` that says nothing."""
 
 
 @pytest.fixture(scope="session")
@@ -34,24 +41,40 @@ def ray_cluster():
 def checkpoint(tmp_path_factory) -> Path:
     """A digits CNN trained for two epochs: a real minimum-ish θ*, made in a few seconds."""
     out = tmp_path_factory.mktemp("ckpt")
-    spec = TrainSpec.model_validate({"epochs": 2, "batch_size": 64, "device": "cpu", "out": str(out),
-                                     "optimizer": {"lr": 0.05}})
-    return train(spec, log=lambda *_: None)
+    spec = TrainSpec.model_validate(
+        {"epochs": 2, "batch_size": 64, "device": "cpu", "out": str(out), "optimizer": {"lr": 0.05}}
+    )
+    return train(spec, log=quiet)
 
 
 def make_spec(store: Path, checkpoint: Path | None, *overrides: str) -> Spec:
     """A small 2D job on digits (7 × 5, train subset of 300) with the given `a.b=v` overrides."""
     base = [
         f"model.checkpoint={checkpoint}" if checkpoint else "model.checkpoint=null",
-        "data.subset=300", "data.batch_size=128",
-        "grid.x={min: -1, max: 1, num: 7}", "grid.y={min: -0.5, max: 1, num: 5}", "grid.tile=[2, 3]",
-        "eval.device=cpu", "compute.actors=2", f"output.store={store}", "output.render=[]",
+        "data.subset=300",
+        "data.batch_size=128",
+        "grid.x={min: -1, max: 1, num: 7}",
+        "grid.y={min: -0.5, max: 1, num: 5}",
+        "grid.tile=[2, 3]",
+        "eval.device=cpu",
+        "compute.actors=2",
+        f"output.store={store}",
+        "output.render=[]",
     ]
     return load_spec(None, base + list(overrides))
 
 
+def as_digits(spec: Spec) -> Spec:
+    """The same spec with the plain digits CNN: the values the tests' slow or crashing variants must reproduce."""
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"arch": "digits_cnn", "kwargs": {}})})
+
+
 def reference(spec: Spec) -> dict[str, np.ndarray]:
-    """Every point evaluated in this process, without Ray, one thread like an actor: the ground truth."""
+    """Every point evaluated in this process by the in-process Evaluator, without Ray, one thread like an actor.
+
+    The same code an actor runs, so comparing a run with it shows that scheduling (actor count, tile shape,
+    retries, resume, remote stores) never changes a value; whether the values are right is tests/test_oracle.py's
+    question, against a plain PyTorch loop."""
     grid = Grid.from_spec(spec.grid)
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.compute.cpus_per_actor)

@@ -1,4 +1,5 @@
 """Custom models that Ray actors import by 'tests.helpers:name', the way users plug in their own nets."""
+
 import os
 import time
 

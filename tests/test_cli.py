@@ -1,4 +1,5 @@
 """The command line: bad input gets one clear line and leaves no store; info and resume checks."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,21 +39,33 @@ def bad_checkpoints(tmp_path):
     return small, pickled
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model.colour=red"], "model.colour: unknown key"),
-    (["grid.x.min=2"], "grid.x: min (2.0) must be < max (1.0)"),
-    (["grid.y.num=0"], "grid.y.num: Input should be greater than or equal to 1"),
-    (["model.checkpoint=/no/such.pt"], "model.checkpoint: file not found: /no/such.pt"),
-    (["data.dataset=cifar10", "data.root=/no/such/folder"], "data.root: /no/such/folder/cifar-10-batches-py not found"),
-    (["model.checkpoint=SMALL"], "shapes differ: features.0.0.weight (8, 1, 3, 3) vs model (16, 1, 3, 3)"),
-    (["model.checkpoint=PICKLED"], "needs full unpickling"),
-    (["model.arch=resnet9000"], "model.arch: unknown model 'resnet9000'"),
-    (["model.arch=no_such_pkg.nets:make"], "model.arch: cannot import module 'no_such_pkg.nets'"),
-    (["model.arch=tests.helpers:not_a_module"], "model.arch: tests.helpers:not_a_module returned int, not a torch.nn.Module"),
-    (["model.kwargs={depth: 3}"], "model.kwargs: digits_cnn rejects them"),
-    (["data.dataset=imagenet"], "data.dataset: unknown data set 'imagenet'"),
-    (["data.normalize={mean: [0.5, 0.5], std: [0.2, 0.2]}"], "data.normalize: 2 channel means for 1-channel images"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.colour=red"], "model.colour: unknown key"),
+        (["grid.x.min=2"], "grid.x: min (2.0) must be < max (1.0)"),
+        (["grid.y.num=0"], "grid.y.num: Input should be greater than or equal to 1"),
+        (["model.checkpoint=/no/such.pt"], "model.checkpoint: file not found: /no/such.pt"),
+        (
+            ["data.dataset=cifar10", "data.root=/no/such/folder"],
+            "data.root: /no/such/folder/cifar-10-batches-py not found",
+        ),
+        (["model.checkpoint=SMALL"], "shapes differ: features.0.0.weight (8, 1, 3, 3) vs model (16, 1, 3, 3)"),
+        (["model.checkpoint=PICKLED"], "needs full unpickling"),
+        (["model.arch=resnet9000"], "model.arch: unknown model 'resnet9000'"),
+        (["model.arch=no_such_pkg.nets:make"], "model.arch: cannot import module 'no_such_pkg.nets'"),
+        (
+            ["model.arch=tests.helpers:not_a_module"],
+            "model.arch: tests.helpers:not_a_module returned int, not a torch.nn.Module",
+        ),
+        (["model.kwargs={depth: 3}"], "model.kwargs: digits_cnn rejects them"),
+        (["data.dataset=imagenet"], "data.dataset: unknown data set 'imagenet'"),
+        (
+            ["data.normalize={mean: [0.5, 0.5], std: [0.2, 0.2]}"],
+            "data.normalize: 2 channel means for 1-channel images",
+        ),
+    ],
+)
 def test_bad_input_one_line_and_no_store(capsys, tmp_path, job, overrides, message):
     small, pickled = bad_checkpoints(tmp_path)
     overrides = [o.replace("SMALL", str(small)).replace("PICKLED", str(pickled)) for o in overrides]
@@ -75,7 +88,10 @@ def test_existing_store_is_untouched_without_resume_or_overwrite(ray_cluster, ca
     before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
     assert "already exists; pass --resume" in error_line(capsys, ["run", str(job)])
     line = error_line(capsys, ["run", str(job), "--resume", "--set", "grid.x.num=9", "--set", "data.subset=200"])
-    assert line == "--resume: the spec differs from the store's in data.subset (store: 300, now: 200); grid.x.num (store: 7, now: 9)"
+    assert (
+        line == "--resume: the spec differs from the store's in data.subset (store: 300, now: 200); "
+        "grid.x.num (store: 7, now: 9)"
+    )
     assert before == {p: p.stat().st_mtime_ns for p in store.rglob("*")}
     # --resume with the same spec (and other compute settings) finds nothing left to do; --overwrite recomputes.
     assert main(["run", str(job), "--resume", "--set", "compute.actors=1"]) == 0
@@ -90,6 +106,8 @@ def test_existing_store_is_untouched_without_resume_or_overwrite(ray_cluster, ca
 def test_cli_process_exit_status_and_single_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid:\n  x: {min: 1, max: -1, num: 3}\n  colour: red\n")
-    proc = subprocess.run([sys.executable, "-m", "landscape_ray", "run", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "landscape_ray", "run", str(bad)], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["grid.x: min (1.0) must be < max (-1.0)", "grid.colour: unknown key"]

@@ -1,4 +1,6 @@
-"""The cluster path with real Ray processes: balance, shared memory, remote stores, SIGTERM, `ray job submit`, node loss."""
+"""The cluster path with real Ray processes: balance, shared memory, remote stores, SIGTERM, `ray job submit`,
+node loss."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +21,10 @@ import yaml
 from landscape_ray.job import run
 from landscape_ray.store import Store
 
-from .conftest import ROOT, make_spec, reference
+from .conftest import ROOT, as_digits, make_spec, quiet, reference
 from .test_run import slow_spec
 
 pytestmark = pytest.mark.slow
-quiet = lambda *_: None  # noqa: E731
 BIN = Path(sys.executable).parent
 
 
@@ -33,20 +34,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def as_digits(spec):
-    """The same spec with the plain digits CNN: the values the slow test models must reproduce."""
-    return spec.model_copy(update={"model": spec.model.model_copy(update={"arch": "digits_cnn", "kwargs": {}})})
-
-
 def test_a_slow_actor_does_not_hold_the_job_back(ray_cluster, checkpoint, tmp_path):
-    spec = make_spec(tmp_path / "s.zarr", checkpoint, "model.arch=tests.helpers:one_slow_cnn",
-                     f"model.kwargs={{marker: {tmp_path / 'slow'}, delay: 0.3}}", "grid.tile=[1, 1]", "data.batch_size=300")
+    spec = make_spec(
+        tmp_path / "s.zarr",
+        checkpoint,
+        "model.arch=tests.helpers:one_slow_cnn",
+        f"model.kwargs={{marker: {tmp_path / 'slow'}, delay: 0.3}}",
+        "grid.tile=[1, 1]",
+        "data.batch_size=300",
+    )
     summary = run(spec, log=quiet)
     speeds = sorted(a["points_per_s"] for a in summary["actors"].values())
     points = sorted(a["points"] for a in summary["actors"].values())
     assert len(points) == 2 and speeds[1] > 3 * speeds[0], summary["actors"]
     assert points[1] > 3 * points[0], summary["actors"]  # tiles went to whichever actor was free
-    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "s.zarr").train_loss.values, reference(as_digits(spec))["train_loss"])
+    np.testing.assert_array_equal(
+        xr.open_zarr(tmp_path / "s.zarr").train_loss.values, reference(as_digits(spec))["train_loss"]
+    )
 
 
 def test_actors_of_a_node_share_one_copy_of_the_data(ray_cluster, tmp_path):
@@ -54,9 +58,18 @@ def test_actors_of_a_node_share_one_copy_of_the_data(ray_cluster, tmp_path):
     from ray._private.internal_api import memory_summary
 
     def job(size, name):
-        spec = make_spec(tmp_path / f"{name}.zarr", None, "data.dataset=synthetic", f"data.kwargs={{size: {size}}}",
-                         "data.subset=null", "model.arch=tests.helpers:linear", "data.batch_size=8192",
-                         "grid.y=null", "grid.x.num=2", "grid.tile=1")
+        spec = make_spec(
+            tmp_path / f"{name}.zarr",
+            None,
+            "data.dataset=synthetic",
+            f"data.kwargs={{size: {size}}}",
+            "data.subset=null",
+            "model.arch=tests.helpers:linear",
+            "data.batch_size=8192",
+            "grid.y=null",
+            "grid.x.num=2",
+            "grid.tile=1",
+        )
         summary = run(spec, log=quiet)
         return summary, memory_summary(address=ray_cluster.get_runtime_context().gcs_address, stats_only=True)
 
@@ -74,20 +87,28 @@ def test_actors_of_a_node_share_one_copy_of_the_data(ray_cluster, tmp_path):
 def s3(tmp_path, monkeypatch):
     """A real S3-compatible server (moto) on loopback; credentials and endpoint from the environment."""
     port = free_port()
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    server = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     import s3fs
 
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached filesystem would still point at an earlier test's server
     deadline = time.time() + 30
     while True:
         try:
             s3fs.S3FileSystem(skip_instance_cache=True).mkdir("landscapes")
             break
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever a server that is not up yet makes s3fs/botocore raise
             assert time.time() < deadline, "moto server did not start"
             time.sleep(0.3)
     yield "s3://landscapes"
@@ -123,12 +144,17 @@ def test_remote_store_round_trip_resume_and_info(ray_cluster, checkpoint, tmp_pa
         run(spec, log=quiet)
 
 
+def done_tiles(path) -> int:
+    """Finished [1, 3] tiles of a 9 × 9 store (tile records are written in batches; `done` at once)."""
+    return int(Store(path, mode="r").done().reshape(-1, 3).all(axis=1).sum())
+
+
 def wait_for_tiles(path, at_least, proc=None, timeout=120):
     deadline = time.time() + timeout
     while True:
         assert time.time() < deadline, "no progress"
         assert proc is None or proc.poll() is None, "the run ended before it could be stopped"
-        if Path(path).exists() and Store(path, mode="r").records().shape[0] >= at_least:
+        if Path(path).exists() and done_tiles(path) >= at_least:
             return
         time.sleep(0.2)
 
@@ -137,16 +163,23 @@ def test_sigterm_unwinds_and_resume_completes(ray_cluster, checkpoint, tmp_path)
     spec = slow_spec(tmp_path, checkpoint)
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    proc = subprocess.Popen([sys.executable, "-m", "landscape_ray", "run", str(spec_file)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "landscape_ray", "run", str(spec_file)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     wait_for_tiles(tmp_path / "s.zarr", 3, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, out
-    left = 27 - Store(tmp_path / "s.zarr", mode="r").records().shape[0]
+    left = 27 - done_tiles(tmp_path / "s.zarr")
     assert 0 < left < 27
     assert run(spec, resume=True, log=quiet)["tiles"] == left
-    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "s.zarr").train_loss.values, reference(as_digits(spec))["train_loss"])
+    np.testing.assert_array_equal(
+        xr.open_zarr(tmp_path / "s.zarr").train_loss.values, reference(as_digits(spec))["train_loss"]
+    )
 
 
 @pytest.fixture
@@ -156,15 +189,39 @@ def head(tmp_path):
     env.pop("RAY_ADDRESS", None)
     port, dash = free_port(), free_port()
     # Every port of its own: the test session's Ray already holds the default agent and metrics ports.
-    ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                   "metrics-export-port", "runtime-env-agent-port", "ray-client-server-port")]
+    ports = [
+        f"--{name}={free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+        )
+    ]
     temp = Path("/tmp") / f"lr-head-{os.getpid()}"  # Ray's socket paths must stay short
     # A session of its own: its processes form one group, stopped together without `ray stop`, which would also
     # stop the test session's own Ray (and with it this process).
-    start = subprocess.Popen([str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-                              f"--dashboard-port={dash}", *ports, "--num-cpus=2", "--include-dashboard=true",
-                              f"--temp-dir={temp}", "--disable-usage-stats"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    start = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            *ports,
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     out, _ = start.communicate(timeout=180)
     assert start.returncode == 0, out
     env["RAY_AUTH_MODE"] = "token"  # Ray >= 2.59: the `ray job` CLI needs it against a local head
@@ -179,8 +236,14 @@ def head(tmp_path):
 
 def job_cli(env, address, *args, check=True):
     command, *rest = args
-    done = subprocess.run([str(BIN / "ray"), "job", command, "--address", address, *rest], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(BIN / "ray"), "job", command, "--address", address, *rest],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 or not check, f"ray job {command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     return done
 
@@ -193,11 +256,37 @@ def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
     """`ray job submit` of a shipped spec, `ray job stop` mid-run (SIGTERM, then SIGKILL), resubmitted with --resume."""
     env, address = head
     store = tmp_path / "s.zarr"
-    entry = ["python", "-m", "landscape_ray", "run", "jobs/quickstart.yaml", "--set", f"model.checkpoint={checkpoint}",
-             "--set", "model.arch=tests.helpers:slow_cnn", "--set", "model.kwargs={delay: 0.03}",
-             "--set", "data.splits=[train]", "--set", "data.subset=300", "--set", "data.batch_size=300",
-             "--set", "grid.x.num=9", "--set", "grid.y.num=9", "--set", "grid.tile=[1, 3]", "--set", "compute.actors=auto",
-             "--set", f"output.store={store}", "--set", "output.render=[]"]
+    entry = [
+        "python",
+        "-m",
+        "landscape_ray",
+        "run",
+        "jobs/quickstart.yaml",
+        "--set",
+        f"model.checkpoint={checkpoint}",
+        "--set",
+        "model.arch=tests.helpers:slow_cnn",
+        "--set",
+        "model.kwargs={delay: 0.03}",
+        "--set",
+        "data.splits=[train]",
+        "--set",
+        "data.subset=300",
+        "--set",
+        "data.batch_size=300",
+        "--set",
+        "grid.x.num=9",
+        "--set",
+        "grid.y.num=9",
+        "--set",
+        "grid.tile=[1, 3]",
+        "--set",
+        "compute.actors=auto",
+        "--set",
+        f"output.store={store}",
+        "--set",
+        "output.render=[]",
+    ]
     deadline = time.time() + 90
     while True:  # a fresh head's job agent may still be starting: Ray answers "No available agent … try again later"
         submitted = job_cli(env, address, "submit", "--no-wait", "--working-dir", ".", "--", *entry, check=False)
@@ -212,7 +301,7 @@ def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
     while "stopped" not in (status := output(job_cli(env, address, "status", job_id, check=False))).lower():
         assert time.time() < deadline, status
         time.sleep(1)
-    left = 27 - Store(store, mode="r").records().shape[0]
+    left = 27 - done_tiles(store)
     assert 0 < left < 27
     logs = output(job_cli(env, address, "logs", job_id))
     assert "actor-0 ready" in logs and "27 to compute" in logs, logs
@@ -224,10 +313,37 @@ def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
 
 def test_node_loss_and_node_join_keep_the_surface_identical(checkpoint, tmp_path):
     """ray.cluster_utils.Cluster in its own process: one node removed mid-run, another added; same values."""
-    out = subprocess.run([sys.executable, "-m", "tests.cluster_scenario", str(checkpoint), str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.cluster_scenario", str(checkpoint), str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["identical"], result
     assert result["actor_deaths"] >= 1 and result["retried_tiles"] >= 1, result
     assert result["points_on_new_node"] > 0, result
+
+
+def test_remote_store_lease_one_writer_and_stale_takeover(s3):
+    """Object stores have no file locks: a lease object, created with an exclusive put, names the live writer."""
+    import s3fs
+
+    from landscape_ray.errors import StoreBusy
+    from landscape_ray.ownership import claim
+
+    url = f"{s3}/leased.zarr"
+    with claim(url, "first"):
+        with pytest.raises(StoreBusy, match=rf"in use by pid {os.getpid()} .*first"):
+            with claim(url, "second"):
+                pass
+    with claim(url, "again"):  # released on exit
+        pass
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    lease = "landscapes/.leased.zarr.lease"
+    fs.pipe_file(lease, json.dumps({"pid": 1, "host": "gone", "command": "dead", "heartbeat": 0}).encode())
+    with claim(url, "takeover"):  # the dead driver's heartbeat is old: taken over
+        assert json.loads(fs.cat_file(lease))["command"] == "takeover"
+    assert not fs.exists(lease)

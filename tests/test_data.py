@@ -1,4 +1,6 @@
-"""Data sets read from real files in their standard layouts, seeded subsets, and checkpoints in every format."""
+"""Data sets read from real files in their standard layouts, seeded subsets; checkpoints in every format, and θ*
+without one."""
+
 from __future__ import annotations
 
 import pickle
@@ -9,12 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from landscape_ray.checkpoints import fit_state, read_checkpoint
 from landscape_ray.data import BatchSplit, ImageSplit, load_split, normalization
-from landscape_ray.models import build, fit_state, read_checkpoint
-from landscape_ray.spec import DataSpec, Spec, SpecError, load_spec
+from landscape_ray.errors import SpecError
+from landscape_ray.models import DigitsCNN, build, load_model
+from landscape_ray.spec import DataSpec, Spec, load_spec
 from landscape_ray.train import TrainSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT
 
 
 def write_cifar(root: Path, per_batch: int = 4, test: int = 6) -> Path:
@@ -26,8 +30,12 @@ def write_cifar(root: Path, per_batch: int = 4, test: int = 6) -> Path:
         n = test if name == "test_batch" else per_batch
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         data[0, 1024 + 32 + 1] = 7  # green plane, row 1, column 1 of the first image
-        batch = {b"batch_label": name.encode(), b"labels": [(i + j) % 10 for j in range(n)], b"data": data,
-                 b"filenames": [f"{name}_{j}.png".encode() for j in range(n)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [(i + j) % 10 for j in range(n)],
+            b"data": data,
+            b"filenames": [f"{name}_{j}.png".encode() for j in range(n)],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
     return root
@@ -41,10 +49,13 @@ def test_cifar10_folder_loads_with_shapes_labels_and_pixel_layout(tmp_path, spli
     assert data.images[0, 1, 1, 1] == 7
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda f: (f / "test_batch").unlink(), "test_batch is missing"),
-    (lambda f: (f / "test_batch").write_bytes(b"not a pickle"), "test_batch is not a CIFAR-10 python batch"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: (f / "test_batch").unlink(), "test_batch is missing"),
+        (lambda f: (f / "test_batch").write_bytes(b"not a pickle"), "test_batch is not a CIFAR-10 python batch"),
+    ],
+)
 def test_damaged_cifar10_folder_names_the_file(tmp_path, damage, message):
     damage(write_cifar(tmp_path) / "cifar-10-batches-py")
     with pytest.raises(SpecError, match=message):
@@ -101,6 +112,22 @@ def test_every_checkpoint_format_loads(tmp_path, fmt):
     fit_state(target, read_checkpoint(path))
     for k, v in sd.items():
         assert torch.equal(target.state_dict()[k], v), k
+
+
+def test_without_a_checkpoint_the_seed_draws_the_initial_weights():
+    """θ* is the factory's initialisation under the given seed (training passes its `seed`), and the caller's
+    random state is untouched."""
+    spec = Spec()  # digits_cnn, no checkpoint
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        want = DigitsCNN().state_dict()
+        torch.manual_seed(99)
+        after = torch.rand(())
+        torch.manual_seed(99)
+        got = load_model(spec, seed=seed).state_dict()
+        assert torch.rand(()) == after  # the caller's random stream goes on as if nothing had been drawn
+        for k, v in want.items():
+            assert torch.equal(got[k], v), (seed, k)
 
 
 def test_every_shipped_job_spec_validates():

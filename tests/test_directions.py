@@ -1,4 +1,5 @@
 """Filter/layer normalization, ignored biases and BN, seeds, and the direction space (paper §4, app. 9.2)."""
+
 import numpy as np
 import pytest
 import torch

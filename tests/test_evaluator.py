@@ -1,12 +1,18 @@
-"""The evaluator without Ray: exactness at θ*, independence of point order, 1D = a row of 2D."""
+"""The evaluator without Ray: exactness at θ*, independence of point order, 1D = a row of 2D; BN folding."""
+
+import warnings
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from landscape_ray.data import load_splits, normalization
-from landscape_ray.evaluator import Evaluator, prepare
+from landscape_ray.data import ImageSplit, load_splits, normalization
+from landscape_ray.evaluator import Evaluator
 from landscape_ray.models import load_model
+from landscape_ray.payload import prepare
+from landscape_ray.speedups import FoldedConv, fold_bn
 
 from .conftest import make_spec
 
@@ -22,7 +28,7 @@ def evaluator(spec):
 
 
 def plain_loss(spec):
-    """The checkpoint evaluated the obvious way (in the spec's memory layout): load, eval mode, batches, float64 sums."""
+    """The checkpoint evaluated the obvious way (in the spec's memory layout): eval mode, batches, float64 sums."""
     fmt = torch.channels_last if spec.eval.channels_last else torch.contiguous_format
     model = load_model(spec).to(memory_format=fmt)
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in normalization(spec.data))
@@ -32,7 +38,8 @@ def plain_loss(spec):
         total, correct, losses = torch.zeros((), dtype=torch.float64), 0, []
         with torch.no_grad():
             for i in range(0, len(labels), spec.data.batch_size):
-                x = images[i : i + spec.data.batch_size].float().div(255).sub(mean).div(std).contiguous(memory_format=fmt)
+                x = images[i : i + spec.data.batch_size].float().div(255).sub(mean).div(std)
+                x = x.contiguous(memory_format=fmt)
                 logits = model(x)
                 per = F.cross_entropy(logits, labels[i : i + spec.data.batch_size], reduction="none")
                 total += per.double().sum()
@@ -48,7 +55,7 @@ def test_origin_reproduces_the_checkpoint_exactly(spec, channels_last):
     spec = spec.model_copy(update={"eval": spec.eval.model_copy(update={"channels_last": channels_last})})
     got = Evaluator.from_payload(spec, prepare(spec), "cpu").evaluate(np.array([[0.0, 0.0]]))
     want = plain_loss(spec)
-    assert set(got) == set(want) == {"train_loss", "train_acc", "train_loss_se", "test_loss", "test_acc", "test_loss_se"}
+    assert set(got) == set(want) == {f"{s}_{v}" for s in ("train", "test") for v in ("loss", "acc", "loss_se")}
     for k, v in want.items():
         if k.endswith("_se"):  # a spread: summed as Σl² − n·mean², so equal to rounding
             assert got[k][0] == pytest.approx(v, rel=1e-9) and v > 0, k
@@ -99,16 +106,27 @@ def test_nan_loss_is_returned_as_is(checkpoint, tmp_path):
 
 
 def lm_spec(tmp_path, *extra):
-    return make_spec(tmp_path / "lm.zarr", None, "model.arch=jobs.tiny_lm:make_model", "data.dataset=jobs.tiny_lm:make_dataset",
-                     "data.kwargs={size: 96, length: 8}", "data.batch_size=32", "data.subset=null",
-                     "eval.metric=jobs.tiny_lm:next_token", *extra)
+    return make_spec(
+        tmp_path / "lm.zarr",
+        None,
+        "model.arch=jobs.tiny_lm:make_model",
+        "data.dataset=jobs.tiny_lm:make_dataset",
+        "data.kwargs={size: 96, length: 8}",
+        "data.batch_size=32",
+        "data.subset=null",
+        "eval.metric=jobs.tiny_lm:next_token",
+        *extra,
+    )
 
 
 @pytest.mark.parametrize("bn_matters", [True, False])
 def test_bn_recompute_changes_results_exactly_where_bn_matters(checkpoint, tmp_path, bn_matters):
     def values(mode):
-        spec = (make_spec(tmp_path / "d.zarr", checkpoint, f"eval.bn={mode}") if bn_matters
-                else lm_spec(tmp_path, f"eval.bn={mode}"))
+        spec = (
+            make_spec(tmp_path / "d.zarr", checkpoint, f"eval.bn={mode}")
+            if bn_matters
+            else lm_spec(tmp_path, f"eval.bn={mode}")
+        )
         ev = Evaluator.from_payload(spec, prepare(spec), "cpu")
         return ev, ev.evaluate(np.array([[0.0, 0.0], [0.6, -0.4], [0.0, 0.0]]))
 
@@ -124,6 +142,14 @@ def test_bn_recompute_changes_results_exactly_where_bn_matters(checkpoint, tmp_p
             np.testing.assert_array_equal(kept[k], fresh[k])
 
 
+def test_recomputing_bn_leaves_the_models_bn_momentum_as_it_was(checkpoint, tmp_path):
+    """eval.bn: recompute averages the statistics with momentum=None; afterwards the model has its own again."""
+    spec = make_spec(tmp_path / "r.zarr", checkpoint, "eval.bn=recompute")
+    ev = Evaluator.from_payload(spec, prepare(spec), "cpu")
+    ev.evaluate(np.array([[0.5, -0.5]]))
+    assert [m.momentum for m in ev.bn_modules] == [nn.BatchNorm2d(1).momentum] * 3  # torch's default: DigitsCNN's
+
+
 def test_custom_metric_defines_the_variables(tmp_path):
     spec = lm_spec(tmp_path, "data.subset=64", "data.splits=[test]")
     payload = prepare(spec)
@@ -132,8 +158,15 @@ def test_custom_metric_defines_the_variables(tmp_path):
     assert 0 < out["test_loss"][0] < 10 and 0 <= out["test_acc"][0] <= 1 and out["test_loss_se"][0] > 0
 
 
-@pytest.mark.parametrize("mode, rel", [({"precision": "bf16"}, 0.03), ({"compile": True}, 1e-5), ({"fold_bn": True}, 1e-5),
-                                       ({"precision": "bf16", "fold_bn": True}, 0.03)])
+@pytest.mark.parametrize(
+    "mode, rel",
+    [
+        ({"precision": "bf16"}, 0.03),
+        ({"compile": True}, 1e-5),
+        ({"fold_bn": True}, 1e-5),
+        ({"precision": "bf16", "fold_bn": True}, 0.03),
+    ],
+)
 def test_fast_paths_agree_with_fp32_within_the_documented_tolerance(checkpoint, tmp_path, mode, rel):
     """README / benchmarks/RESULTS.md: bf16 within 3 % of fp32 on a trained net; torch.compile to float rounding."""
     coords = np.array([[0.0, 0.0], [0.5, -0.5], [-1.0, 1.0]])
@@ -148,10 +181,96 @@ def test_fast_paths_agree_with_fp32_within_the_documented_tolerance(checkpoint, 
 
 
 def test_bn_is_folded_only_where_no_direction_moves_it(checkpoint, tmp_path):
-    from landscape_ray.evaluator import FoldedConv
-
     folded = make_spec(tmp_path / "a.zarr", checkpoint, "eval.fold_bn=true")
-    moved = make_spec(tmp_path / "b.zarr", checkpoint, "eval.fold_bn=true", "directions.dir_type=states", "directions.ignore=none")
-    count = [sum(isinstance(m, FoldedConv) for m in Evaluator.from_payload(s, prepare(s), "cpu").runner.modules())
-             for s in (folded, moved)]
+    moved = make_spec(
+        tmp_path / "b.zarr", checkpoint, "eval.fold_bn=true", "directions.dir_type=states", "directions.ignore=none"
+    )
+    count = [
+        sum(isinstance(m, FoldedConv) for m in Evaluator.from_payload(s, prepare(s), "cpu").runner.modules())
+        for s in (folded, moved)
+    ]
     assert count == [3, 0]  # digits_cnn has three conv → BN pairs
+
+
+def conv_bn_net(affine: bool, track: bool = True) -> nn.Module:
+    """conv → BN → ReLU, conv (no bias) → BN, linear; in eval mode, BN statistics and γ, β away from their init."""
+    torch.manual_seed(0)
+    bn = {"affine": affine, "track_running_stats": track}
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4, **bn),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 3, bias=False),
+        nn.BatchNorm2d(3, **bn),
+        nn.Flatten(),
+        nn.Linear(3 * 6 * 6, 10),
+    )
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                if track:
+                    m.running_mean.uniform_(-1, 1)
+                    m.running_var.uniform_(0.5, 2)
+                if affine:
+                    m.weight.uniform_(0.5, 2)
+                    m.bias.uniform_(-1, 1)
+    return net.eval()
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_folded_bn_equals_the_unfolded_model(affine):
+    net = conv_bn_net(affine)
+    x = torch.randn(16, 1, 8, 8)
+    folded = fold_bn(net, moved=set())
+    assert sum(isinstance(m, FoldedConv) for m in folded.modules()) == 2
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_evaluator_folds_affine_free_bn_like_the_unfolded_model():
+    """BatchNorm2d(affine=False) has no γ, β: folding must use 1 and 0, not fail the one-batch probe."""
+    rng = np.random.default_rng(0)
+    split = ImageSplit(rng.integers(0, 256, (64, 1, 8, 8), dtype=np.uint8), rng.integers(0, 10, 64))
+    state = {k: v.numpy() for k, v in conv_bn_net(affine=False).state_dict().items()}
+    direction = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in state.items() if k.endswith("weight")}
+    coords = np.array([[0.0], [0.3], [-0.5]])
+    values = [
+        Evaluator(
+            conv_bn_net(affine=False), state, [direction], {"train": split}, [0.5], [0.25], batch_size=16, fold=fold
+        ).evaluate(coords)
+        for fold in (False, True)
+    ]
+    for k in values[0]:
+        np.testing.assert_allclose(values[1][k], values[0][k], rtol=1e-5, err_msg=k)
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return y if y.sum() > 0 else -y
+
+
+@pytest.mark.parametrize(
+    "net, why",
+    [(Branchy(), "torch.fx cannot trace Branchy"), (conv_bn_net(True, track=False), "keeps no running statistics")],
+)
+def test_skipped_folding_warns_why_and_keeps_the_values(net, why):
+    x = torch.randn(4, 1, 8, 8)
+    with pytest.warns(UserWarning, match=f"eval.fold_bn: .*{why}"):
+        folded = fold_bn(net.eval(), moved=set())
+    assert not any(isinstance(m, FoldedConv) for m in folded.modules())
+    torch.testing.assert_close(folded(x), net(x))
+
+
+def test_folding_requested_with_recomputed_bn_warns(checkpoint, tmp_path):
+    spec = make_spec(tmp_path / "r.zarr", checkpoint, "eval.fold_bn=true", "eval.bn=recompute")
+    with pytest.warns(UserWarning, match="eval.fold_bn: BN not folded, eval.bn: recompute"):
+        prepare(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # folding that happens says nothing
+        prepare(make_spec(tmp_path / "f.zarr", checkpoint, "eval.fold_bn=true"))

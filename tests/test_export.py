@@ -1,4 +1,5 @@
 """Exports of a surface: the .vtp is VTK XML with the right points, quads and values; the HTML holds the data."""
+
 from __future__ import annotations
 
 import json
@@ -76,7 +77,8 @@ def test_html_holds_the_surface_and_the_training_path(pca, tmp_path):
 def test_html_without_plotly_is_one_clear_line(pca, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "plotly", None)  # makes `import plotly...` fail as if not installed
     monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
-    with pytest.raises(SpecError, match=r"^render: --format html needs plotly \(pip install 'landscape-ray\[html\]'\)$"):
+    message = r"^render: --format html needs plotly \(pip install 'landscape-ray\[html\]'\)$"
+    with pytest.raises(SpecError, match=message):
         export.html(pca, tmp_path / "x.html")
 
 

@@ -4,6 +4,7 @@ Each notebook reads its store paths from LANDSCAPE_* environment variables in it
 tests point them at stores made below. watch_job.ipynb watches a job that is really running: the job
 starts in a thread of this process just before the notebook's watch cell (tagged "watch") executes.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,11 +19,10 @@ from nbclient import NotebookClient
 
 from landscape_ray.job import run
 
-from .conftest import ROOT, make_spec
+from .conftest import ROOT, make_spec, quiet
 
 NOTEBOOKS = ROOT / "notebooks"
 TESTED = {"explore_surface.ipynb", "trajectory.ipynb", "watch_job.ipynb"}
-quiet = lambda *_: None  # noqa: E731
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,15 @@ def stores(ray_cluster, checkpoint, tmp_path_factory) -> dict[str, Path]:
     specs = {
         "a": make_spec(out / "a.zarr", checkpoint, *surface),
         "b": make_spec(out / "b.zarr", checkpoint, *surface, "directions.seed=1"),
-        "pca": make_spec(out / "pca.zarr", checkpoint, "directions.kind=pca",
-                         f"directions.checkpoints={checkpoint.parent}/model_*.pt",
-                         "grid.x={min: -7, max: 1, num: 9}", "grid.y={min: -1, max: 2, num: 5}", "grid.tile=[5, 9]"),
+        "pca": make_spec(
+            out / "pca.zarr",
+            checkpoint,
+            "directions.kind=pca",
+            f"directions.checkpoints={checkpoint.parent}/model_*.pt",
+            "grid.x={min: -7, max: 1, num: 9}",
+            "grid.y={min: -1, max: 2, num: 5}",
+            "grid.tile=[5, 9]",
+        ),
     }
     for spec in specs.values():
         run(spec, log=quiet)
@@ -69,8 +75,9 @@ def execute(name: str, env: dict[str, str], **hooks) -> nbformat.NotebookNode:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     kernel_env = dict(os.environ, **env)
     kernel_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}},
-                            **hooks)
+    client = NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}, **hooks
+    )
     client.execute(env=kernel_env)
     return nb
 
@@ -119,9 +126,16 @@ def test_trajectory(stores, python_kernel):
 
 
 def test_watch_job_sees_a_running_job_through_to_the_end(ray_cluster, checkpoint, python_kernel, tmp_path):
-    spec = make_spec(tmp_path / "s.zarr", checkpoint, "model.arch=tests.helpers:slow_cnn", "model.kwargs={delay: 0.1}",
-                     "data.batch_size=300", "grid.x={min: -1, max: 1, num: 9}", "grid.y={min: -1, max: 1, num: 9}",
-                     "grid.tile=[1, 3]")
+    spec = make_spec(
+        tmp_path / "s.zarr",
+        checkpoint,
+        "model.arch=tests.helpers:slow_cnn",
+        "model.kwargs={delay: 0.1}",
+        "data.batch_size=300",
+        "grid.x={min: -1, max: 1, num: 9}",
+        "grid.y={min: -1, max: 1, num: 9}",
+        "grid.tile=[1, 3]",
+    )
     result, errors = {}, []
 
     def job():
@@ -137,8 +151,11 @@ def test_watch_job_sees_a_running_job_through_to_the_end(ray_cluster, checkpoint
             worker.start()
 
     try:
-        nb = execute("watch_job.ipynb", {"LANDSCAPE_STORE": str(spec.output.store), "LANDSCAPE_REFRESH_S": "0.5",
-                                         "LANDSCAPE_TIMEOUT_S": "90"}, on_cell_execute=start_job)
+        nb = execute(
+            "watch_job.ipynb",
+            {"LANDSCAPE_STORE": str(spec.output.store), "LANDSCAPE_REFRESH_S": "0.5", "LANDSCAPE_TIMEOUT_S": "90"},
+            on_cell_execute=start_job,
+        )
     finally:
         if worker.ident is not None:
             worker.join(120)

@@ -1,6 +1,7 @@
 """Pictures from real stores: every kind is a valid image of the expected size, values land where they belong,
 gaps are masked, PCA trajectories are drawn, and comparison panels share one scale, one set of levels and one
 set of axes limits."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -67,9 +68,16 @@ def pca(tmp_path):
 
 def scan(path, lo=-0.5, hi=1.5, scale=1.0):
     """A 1D store like an interpolation θ_s → θ_l, with a standard error for the train loss."""
+
     def fill(x, _):
-        return {"train_loss": 0.1 + scale * x**2, "test_loss": 0.3 + scale * x**2, "train_acc": 1 - x**2 / 4,
-                "test_acc": 0.93 - x**2 / 4, "train_loss_se": np.full_like(x, 0.02)}
+        return {
+            "train_loss": 0.1 + scale * x**2,
+            "test_loss": 0.3 + scale * x**2,
+            "train_acc": 1 - x**2 / 4,
+            "test_acc": 0.93 - x**2 / 4,
+            "train_loss_se": np.full_like(x, 0.02),
+        }
+
     return make_store(path, (f"{{min: {lo}, max: {hi}, num: 11}}", None), tile="4", fill=fill)
 
 
@@ -111,7 +119,8 @@ def test_contour_lines_lie_where_the_field_has_their_level(store):
         # Linear interpolation along an edge 0.25 long misses 3y² by at most 3 · 0.125².
         np.testing.assert_allclose(field(x, y), level, atol=0.05, err_msg=f"level {level}")
         # Cells with two or more uncomputed corners get no line (one uncomputed corner leaves a triangle).
-        assert not (((x > 1.26) & (y > 0.51)) | ((x > 0.885) & (y > 0.76))).any(), "a line crosses the uncomputed corner"
+        crossing = ((x > 1.26) & (y > 0.51)) | ((x > 0.885) & (y > 0.76))
+        assert not crossing.any(), "a line crosses the uncomputed corner"
 
 
 def test_surface_faces_carry_the_values_of_their_cells(tmp_path):
@@ -152,12 +161,15 @@ def test_surface_axes_show_explained_variance(pca):
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("x (62.3%)", "y (20.0%)")
 
 
-@pytest.mark.parametrize("options, levels, limits", [
-    ({"vmin": 0.1, "vmax": 10, "level_step": 0.5}, np.arange(0.1, 10, 0.5), (0.1, 10)),  # the paper's code
-    ({"vmin": 0.1, "vmax": 10, "level_step": 0.5, "log": True}, [-1, -0.5, 0, 0.5, 1], (-1, 1)),  # decades
-    ({"vmin": 0, "vmax": 4, "levels": 5}, [0, 1, 2, 3, 4], (0, 4)),
-    ({"levels": 4}, [0, 2, 4], (0, 4.875)),  # round levels within the data's range
-])
+@pytest.mark.parametrize(
+    "options, levels, limits",
+    [
+        ({"vmin": 0.1, "vmax": 10, "level_step": 0.5}, np.arange(0.1, 10, 0.5), (0.1, 10)),  # the paper's code
+        ({"vmin": 0.1, "vmax": 10, "level_step": 0.5, "log": True}, [-1, -0.5, 0, 0.5, 1], (-1, 1)),  # decades
+        ({"vmin": 0, "vmax": 4, "levels": 5}, [0, 1, 2, 3, 4], (0, 4)),
+        ({"levels": 4}, [0, 2, 4], (0, 4.875)),  # round levels within the data's range
+    ],
+)
 def test_levels_as_a_count_or_a_spacing(store, options, levels, limits):
     lines = plot(store, "train_loss", "contour", **options).axes[0].collections[0]
     np.testing.assert_allclose(lines.levels, levels, atol=1e-12)
@@ -189,12 +201,16 @@ def test_pdf_output(tmp_path, store):
 
 def surfaces(tmp_path):
     """Three 2D stores with different grids and value ranges: partial non-square, centred, and PCA."""
+
     def with_acc(scale):
         return lambda x, y: {"train_loss": scale * field(x, y), "test_acc": 0.95 - 0.01 * scale * field(x, y)}
+
     centred = ("{min: -1, max: 1, num: 7}", "{min: -1, max: 1, num: 5}")
-    return [make_store(tmp_path / "a.zarr", skip_last=True, fill=with_acc(1)),
-            make_store(tmp_path / "b.zarr", centred, tile=4, fill=with_acc(3)),
-            make_store(tmp_path / "c.zarr", centred, tile=4, pca=True, fill=with_acc(2))]  # its path leaves the grid
+    return [
+        make_store(tmp_path / "a.zarr", skip_last=True, fill=with_acc(1)),
+        make_store(tmp_path / "b.zarr", centred, tile=4, fill=with_acc(3)),
+        make_store(tmp_path / "c.zarr", centred, tile=4, pca=True, fill=with_acc(2)),
+    ]  # its path leaves the grid
 
 
 @pytest.mark.parametrize("kind", RENDER_KINDS)
@@ -210,7 +226,11 @@ def test_comparison_panel_has_one_scale_one_colour_bar_and_equal_axes(tmp_path, 
         assert all(np.array_equal(a.levels, arts[0].levels) for a in arts)
     assert len({(ax.get_xlim(), ax.get_ylim()) for ax in panels}) == 1
     # Test error at (0, 0) = 1 - (0.95 - 0.01 · 3 · field(0, 0)); the first grid has no x = 0.
-    assert [ax.get_title() for ax in panels] == ["digits_cnn", "digits_cnn — test error 8.00%", "digits_cnn — test error 7.00%"]
+    assert [ax.get_title() for ax in panels] == [
+        "digits_cnn",
+        "digits_cnn — test error 8.00%",
+        "digits_cnn — test error 7.00%",
+    ]
     path = compare(stores, tmp_path / f"{kind}.png", kind=kind, cols=2)
     assert imread(path).shape[:2] == (2 * 624, 2 * 720)
 
@@ -225,24 +245,33 @@ def test_comparison_of_1d_scans_shares_axes_limits(tmp_path):
     assert loss[0].get_ylim()[1] > 3.3, "the steeper scan's top fits in both panels"
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda s, p, c: render(s, c, variables=["test_loss"]), "no variable test_loss in the store"),
-    (lambda s, p, c: render(s, c, kinds=["wireframe"]), "kind: unknown wireframe"),
-    (lambda s, p, c: render(s, c, fmt="svg"), "format: unknown 'svg'"),
-    (lambda s, p, c: render(open_store(s)), "out: needed to render a Dataset"),
-    (lambda s, p, c: render(s, c, vmin=2, vmax=1), r"vmax: must be > vmin \(2\), got 1"),
-    (lambda s, p, c: render(s, c, log=True, vmin=-1), "vmin: must be > 0 on a log scale, got -1"),
-    (lambda s, p, c: render(s, c, level_step=0), "level_step: must be > 0, got 0"),
-    (lambda s, p, c: render(s, c, level_step=1e-5), "level_step: 1e-05 gives 487501 levels"),
-    (lambda s, p, c: render(s, c, levels=1), "levels: need 2 to 1000, got 1"),
-    (lambda s, p, c: render(s, c, mark_epochs=[150]), "mark_epochs: the store .* has no trajectory"),
-    (lambda s, p, c: render(p, c, mark_epochs=[225]), r"mark_epochs: epoch 225 is not in the trajectory \(epochs 0–300\)"),
-    (lambda s, p, c: compare([s, c / "no.zarr"], c / "x.png"), "store: .*no.zarr not found"),
-    (lambda s, p, c: compare([s, c], c / "x.png"), "store: .* is not a landscape_ray store"),
-    (lambda s, p, c: compare([s, p], c / "x.svg"), "out: .*x.svg must end in .png or .pdf"),
-    (lambda s, p, c: compare([s, scan(c / "1d.zarr")], c / "x.png"), "compare: the stores mix 1D scans and 2D surfaces"),
-    (lambda s, p, c: compare([s, p], c / "x.png", titles=["one"]), "titles: 1 given for 2 stores"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda s, p, c: render(s, c, variables=["test_loss"]), "no variable test_loss in the store"),
+        (lambda s, p, c: render(s, c, kinds=["wireframe"]), "kind: unknown wireframe"),
+        (lambda s, p, c: render(s, c, fmt="svg"), "format: unknown 'svg'"),
+        (lambda s, p, c: render(open_store(s)), "out: needed to render a Dataset"),
+        (lambda s, p, c: render(s, c, vmin=2, vmax=1), r"vmax: must be > vmin \(2\), got 1"),
+        (lambda s, p, c: render(s, c, log=True, vmin=-1), "vmin: must be > 0 on a log scale, got -1"),
+        (lambda s, p, c: render(s, c, level_step=0), "level_step: must be > 0, got 0"),
+        (lambda s, p, c: render(s, c, level_step=1e-5), "level_step: 1e-05 gives 487501 levels"),
+        (lambda s, p, c: render(s, c, levels=1), "levels: need 2 to 1000, got 1"),
+        (lambda s, p, c: render(s, c, mark_epochs=[150]), "mark_epochs: the store .* has no trajectory"),
+        (
+            lambda s, p, c: render(p, c, mark_epochs=[225]),
+            r"mark_epochs: epoch 225 is not in the trajectory \(epochs 0–300\)",
+        ),
+        (lambda s, p, c: compare([s, c / "no.zarr"], c / "x.png"), "store: .*no.zarr not found"),
+        (lambda s, p, c: compare([s, c], c / "x.png"), "store: .* is not a landscape_ray store"),
+        (lambda s, p, c: compare([s, p], c / "x.svg"), "out: .*x.svg must end in .png or .pdf"),
+        (
+            lambda s, p, c: compare([s, scan(c / "1d.zarr")], c / "x.png"),
+            "compare: the stores mix 1D scans and 2D surfaces",
+        ),
+        (lambda s, p, c: compare([s, p], c / "x.png", titles=["one"]), "titles: 1 given for 2 stores"),
+    ],
+)
 def test_bad_options_are_one_clear_error(store, pca, tmp_path, call, message):
     with pytest.raises(SpecError, match=message):
         call(store, pca, tmp_path)
@@ -256,11 +285,64 @@ def test_empty_store_is_a_clear_error(tmp_path):
 
 
 def test_cli_render_and_compare(store, pca, tmp_path, capsys):
-    assert main(["render", str(pca), "--out", str(tmp_path), "--kind", "contour", "--log", "--vmin", "0.1", "--vmax", "10",
-                 "--level-step", "0.25", "--mark-epochs", "150,270"]) == 0
+    assert (
+        main(
+            [
+                "render",
+                str(pca),
+                "--out",
+                str(tmp_path),
+                "--kind",
+                "contour",
+                "--log",
+                "--vmin",
+                "0.1",
+                "--vmax",
+                "10",
+                "--level-step",
+                "0.25",
+                "--mark-epochs",
+                "150,270",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.split() == [str(tmp_path / "train_loss_contour_log.png")]
     out = tmp_path / "panel.pdf"
-    assert main(["compare", str(store), str(pca), "--out", str(out), "--kind", "heatmap", "--title", "a, 128", "--title", "b"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(store),
+                str(pca),
+                "--out",
+                str(out),
+                "--kind",
+                "heatmap",
+                "--title",
+                "a, 128",
+                "--title",
+                "b",
+            ]
+        )
+        == 0
+    )
     assert out.read_bytes().startswith(b"%PDF")
     assert main(["render", str(pca), "--mark-epochs", "150,late"]) == 2
     assert capsys.readouterr().err.strip() == "--mark-epochs: expected epochs like 150,225, got '150,late'"
+
+
+def test_default_levels_ring_a_deep_minimum(tmp_path):
+    """A basin 0.008 deep under a rim of 40 (the demo's range): the lowest lines ring θ*, not one empty region."""
+    centred = ("{min: -1, max: 1, num: 21}", "{min: -1, max: 1, num: 21}")
+    path = make_store(
+        tmp_path / "basin.zarr", centred, tile=21, fill=lambda x, y: {"train_loss": 0.008 + 20 * (x**2 + y**2)}
+    )
+    lines = plot(path, "train_loss", "contour").axes[0].collections[0]
+    levels = np.asarray(lines.levels)
+    assert levels[0] > 0.008 and (levels < 1).sum() >= 4, f"too few lines in the basin: {levels}"
+    wide = np.diff(levels[-10:])
+    np.testing.assert_allclose(wide, wide[0])  # evenly spaced above the basin, as the paper's 0.1 … 10 by 0.5
+    x, y = lines.get_paths()[0].vertices.T
+    assert x.min() < 0 < x.max() and y.min() < 0 < y.max(), "the lowest line encloses the minimum"
+    assert levels.max() <= 40.008

@@ -1,4 +1,5 @@
 """End to end on a real local Ray cluster and real Zarr stores: layout, exactness, faults, resume."""
+
 from __future__ import annotations
 
 import os
@@ -11,19 +12,19 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 import yaml
+import zarr
 
-from landscape_ray.directions import make_directions
+from landscape_ray.errors import RunError
 from landscape_ray.job import run
-from landscape_ray.models import load_model
-from landscape_ray.spec import RunError
+from landscape_ray.models import DigitsCNN
 from landscape_ray.store import Store
 
-from .conftest import ROOT, make_spec, reference
+from .conftest import ROOT, as_digits, make_spec, quiet, reference
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-quiet = lambda *_: None  # noqa: E731
 
 
 def stored(path) -> dict[str, np.ndarray]:
@@ -42,7 +43,15 @@ def test_store_is_a_complete_xarray_dataset(checkpoint, tmp_path):
     summary = run(spec, log=quiet)
     assert summary["points"] == 35 and summary["tiles"] == 9
     ds = xr.open_zarr(tmp_path / "s.zarr")
-    assert set(ds.data_vars) == {"train_loss", "train_acc", "train_loss_se", "test_loss", "test_acc", "test_loss_se", "done"}
+    assert set(ds.data_vars) == {
+        "train_loss",
+        "train_acc",
+        "train_loss_se",
+        "test_loss",
+        "test_acc",
+        "test_loss_se",
+        "done",
+    }
     assert ds.train_loss.dims == ("y", "x") and ds.train_loss.shape == (5, 7)
     np.testing.assert_array_equal(ds.x.values, np.linspace(-1, 1, 7))
     np.testing.assert_array_equal(ds.y.values, np.linspace(-0.5, 1, 5))
@@ -51,13 +60,20 @@ def test_store_is_a_complete_xarray_dataset(checkpoint, tmp_path):
     assert ds.attrs["spec"] == spec.model_dump(mode="json")
     assert {"torch", "ray", "zarr"} <= set(ds.attrs["versions"])
     assert "filter-normalized" in ds.x.attrs["long_name"]
-    # Directions are stored under their state_dict names, and are the seed's directions.
-    want = make_directions(load_model(spec), spec.directions, 2)
-    got = Store(tmp_path / "s.zarr", mode="r").directions()
-    for axis in range(2):
-        assert set(got[axis]) == set(want[axis])
-        for k in want[axis]:
-            np.testing.assert_array_equal(got[axis][k], want[axis][k])
+    # Directions are stored under the network's parameter names (dir_type: weights), filter-normalized to θ* as
+    # read here with torch.load: every filter of δ and η has the norm of θ*'s filter; biases and BN are zero.
+    theta = torch.load(checkpoint, weights_only=True)["state_dict"]
+    names = [name for name, _ in DigitsCNN().named_parameters()]
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    x, y = ({n: torch.from_numpy(a[...]) for n, a in root[f"directions/{axis}"].arrays()} for axis in "xy")
+    assert sorted(x) == sorted(y) == sorted(names)
+    for n in names:
+        if theta[n].dim() > 1:
+            for d in (x[n], y[n]):
+                torch.testing.assert_close(d.flatten(1).norm(dim=1), theta[n].flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+        else:
+            assert not x[n].any() and not y[n].any(), n
+    assert not torch.equal(x["head.weight"], y["head.weight"])
 
 
 @pytest.mark.parametrize("actors, tile", [(1, "[2, 3]"), (2, "[1, 7]"), (2, "4"), (2, "[5, 7]")])
@@ -78,9 +94,17 @@ def test_1d_run_equals_y0_row_of_2d_run(checkpoint, tmp_path):
 
 
 def slow_spec(tmp_path, checkpoint, *extra):
-    return make_spec(tmp_path / "s.zarr", checkpoint, "model.arch=tests.helpers:slow_cnn", "model.kwargs={delay: 0.03}",
-                     "data.batch_size=300", "grid.x={min: -1, max: 1, num: 9}", "grid.y={min: -1, max: 1, num: 9}",
-                     "grid.tile=[1, 3]", *extra)
+    return make_spec(
+        tmp_path / "s.zarr",
+        checkpoint,
+        "model.arch=tests.helpers:slow_cnn",
+        "model.kwargs={delay: 0.03}",
+        "data.batch_size=300",
+        "grid.x={min: -1, max: 1, num: 9}",
+        "grid.y={min: -1, max: 1, num: 9}",
+        "grid.tile=[1, 3]",
+        *extra,
+    )
 
 
 def test_killed_actor_its_tiles_are_recomputed_elsewhere(checkpoint, tmp_path):
@@ -89,22 +113,24 @@ def test_killed_actor_its_tiles_are_recomputed_elsewhere(checkpoint, tmp_path):
     worker = threading.Thread(target=lambda: result.update(run(spec, log=lines.append)))
     worker.start()
     deadline = time.time() + 60
-    while not any(l.startswith("actor-0 ready") for l in lines) or not (tmp_path / "s.zarr").exists():
+    while not any(line.startswith("actor-0 ready") for line in lines) or not (tmp_path / "s.zarr").exists():
         assert time.time() < deadline, lines
         time.sleep(0.05)
-    pid = int(re.search(r"pid (\d+)", next(l for l in lines if l.startswith("actor-0 ready"))).group(1))
+    pid = int(re.search(r"pid (\d+)", next(line for line in lines if line.startswith("actor-0 ready"))).group(1))
     while Store(tmp_path / "s.zarr", mode="r").done().sum() == 0:
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     worker.join(120)
     assert result["actor_deaths"] == 1 and result["retried_tiles"] >= 1, result
-    assert any("died" in l for l in lines)
+    assert any("died" in line for line in lines)
     assert Store(tmp_path / "s.zarr", mode="r").done().all()
-    assert_same(stored(tmp_path / "s.zarr"), reference(spec.model_copy(update={"model": spec.model.model_copy(update={"arch": "digits_cnn", "kwargs": {}})})))
+    assert_same(stored(tmp_path / "s.zarr"), reference(as_digits(spec)))
 
 
 def test_tile_that_keeps_killing_actors_ends_the_run(checkpoint, tmp_path):
-    spec = make_spec(tmp_path / "s.zarr", checkpoint, "model.arch=tests.helpers:crashing_cnn", "compute.max_tile_failures=2")
+    spec = make_spec(
+        tmp_path / "s.zarr", checkpoint, "model.arch=tests.helpers:crashing_cnn", "compute.max_tile_failures=2"
+    )
     with pytest.raises(RunError, match=r"killed 2 actors; giving up"):
         run(spec, log=quiet)
     assert not Store(tmp_path / "s.zarr", mode="r").done().any()
@@ -114,8 +140,13 @@ def test_killed_driver_resume_recomputes_only_missing_tiles(checkpoint, tmp_path
     spec = slow_spec(tmp_path, checkpoint)
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    proc = subprocess.Popen([sys.executable, "-m", "landscape_ray", "run", str(spec_file)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "landscape_ray", "run", str(spec_file)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         done = 0
@@ -131,14 +162,19 @@ def test_killed_driver_resume_recomputes_only_missing_tiles(checkpoint, tmp_path
     assert 0 < before < 27
     summary = run(spec, resume=True, log=quiet)
     assert summary["tiles"] == 27 - before
-    reference_spec = spec.model_copy(update={"model": spec.model.model_copy(update={"arch": "digits_cnn", "kwargs": {}})})
-    assert_same(stored(tmp_path / "s.zarr"), reference(reference_spec))
+    assert_same(stored(tmp_path / "s.zarr"), reference(as_digits(spec)))
 
 
 def test_nan_points_are_stored_and_the_run_goes_on(checkpoint, tmp_path):
     # Moving BN running variances along themselves scales them by 1 + x + y: NaN where that is negative.
-    spec = make_spec(tmp_path / "s.zarr", checkpoint, "directions.dir_type=states", "directions.ignore=none",
-                     "grid.x={min: -2, max: 1, num: 7}", "output.render=[contour, heatmap]")
+    spec = make_spec(
+        tmp_path / "s.zarr",
+        checkpoint,
+        "directions.dir_type=states",
+        "directions.ignore=none",
+        "grid.x={min: -2, max: 1, num: 7}",
+        "output.render=[contour, heatmap]",
+    )
     summary = run(spec, log=quiet)
     ds = xr.open_zarr(tmp_path / "s.zarr")
     loss = ds.train_loss.values
@@ -155,12 +191,31 @@ def test_custom_model_data_and_metric_through_run(tmp_path, capsys):
     from landscape_ray.cli import main
     from landscape_ray.spec import load_spec
 
-    spec = load_spec(ROOT / "jobs" / "tiny-lm.yaml", [
-        "grid.x.num=5", "grid.y.num=3", "grid.tile=4", "data.kwargs={size: 64, length: 8}", "data.subset=48",
-        "compute.actors=2", "eval.device=cpu", f"output.store={tmp_path / 'lm.zarr'}", "output.render=[contourf]"])
+    spec = load_spec(
+        ROOT / "jobs" / "tiny-lm.yaml",
+        [
+            "grid.x.num=5",
+            "grid.y.num=3",
+            "grid.tile=4",
+            "data.kwargs={size: 64, length: 8}",
+            "data.subset=48",
+            "compute.actors=2",
+            "eval.device=cpu",
+            f"output.store={tmp_path / 'lm.zarr'}",
+            "output.render=[contourf]",
+        ],
+    )
     summary = run(spec, log=quiet)
     ds = xr.open_zarr(tmp_path / "lm.zarr")
-    assert set(ds.data_vars) == {"train_loss", "train_acc", "train_loss_se", "test_loss", "test_acc", "test_loss_se", "done"}
+    assert set(ds.data_vars) == {
+        "train_loss",
+        "train_acc",
+        "train_loss_se",
+        "test_loss",
+        "test_acc",
+        "test_loss_se",
+        "done",
+    }
     assert_same(stored(tmp_path / "lm.zarr"), reference(spec))
     assert [p.split("/")[-1] for p in summary["pictures"]] == ["test_loss_contourf.png", "train_loss_contourf.png"]
     assert main(["info", str(tmp_path / "lm.zarr")]) == 0

@@ -1,4 +1,5 @@
 """The spec: defaults, overrides, one `field: message` line per problem, JSON Schema."""
+
 import json
 
 import pytest
@@ -17,17 +18,20 @@ def test_defaults_and_overrides(tmp_path):
     assert load_spec(None, ["grid.x.num=21"]).grid.x.model_dump() == {"min": -1.0, "max": 1.0, "num": 21}
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.colour=red", "model.colour: unknown key"),
-    ("grid.x={min: 1, max: 1, num: 5}", "grid.x: min (1.0) must be < max (1.0)"),
-    ("grid.x={min: -1, max: 1, num: 0}", "grid.x.num: Input should be greater than or equal to 1"),
-    ("directions.norm=spectral", "directions.norm: Input should be 'filter', 'layer' or 'none'"),
-    ("compute.actors=0", "compute: actors must be >= 1 or 'auto', got 0"),
-    ("data.splits=[train, train]", "data: splits repeat a name"),
-    ("grid.tile=[2, 3, 4]", "grid: tile must be"),
-    ("nonsense", "--set nonsense: expected KEY=VALUE"),
-    ("grid.x={min: 1", "--set grid.x={min: 1: the value is not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.colour=red", "model.colour: unknown key"),
+        ("grid.x={min: 1, max: 1, num: 5}", "grid.x: min (1.0) must be < max (1.0)"),
+        ("grid.x={min: -1, max: 1, num: 0}", "grid.x.num: Input should be greater than or equal to 1"),
+        ("directions.norm=spectral", "directions.norm: Input should be 'filter', 'layer' or 'none'"),
+        ("compute.actors=0", "compute: actors must be >= 1 or 'auto', got 0"),
+        ("data.splits=[train, train]", "data: splits repeat a name"),
+        ("grid.tile=[2, 3, 4]", "grid: tile must be"),
+        ("nonsense", "--set nonsense: expected KEY=VALUE"),
+        ("grid.x={min: 1", "--set grid.x={min: 1: the value is not valid YAML"),
+    ],
+)
 def test_errors_name_the_field(override, message):
     with pytest.raises(SpecError) as err:
         load_spec(None, [override])
@@ -39,12 +43,19 @@ def test_every_problem_gets_its_own_line():
     with pytest.raises(SpecError) as err:
         load_spec(None, ["model.colour=red", "grid.x.num=-1", "grid.x.max=-5"])
     assert str(err.value).splitlines() == [
-        "model.colour: unknown key", "grid.x.num: Input should be greater than or equal to 1"]
+        "model.colour: unknown key",
+        "grid.x.num: Input should be greater than or equal to 1",
+    ]
 
 
-@pytest.mark.parametrize("text, message", [
-    (None, "spec file not found"), ("a: [1, 2", "not valid YAML"), ("- 1\n- 2\n", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "spec file not found"),
+        ("a: [1, 2", "not valid YAML"),
+        ("- 1\n- 2\n", "must be a mapping"),
+    ],
+)
 def test_bad_files(tmp_path, text, message):
     path = tmp_path / "s.yaml"
     if text is not None:

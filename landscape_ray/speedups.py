@@ -1,0 +1,106 @@
+"""Speed-ups of the evaluator: matmul precision, BN folding, torch.compile. None changes which points are computed.
+
+Each is opt-in through `eval.*` and off by default, so the default values are exact fp32:
+
+    set_matmul_precision(device, "tf32")     # eval.precision: TF32 matmuls/convs, cuDNN autotuning
+    runner = fold_bn(model, moved={...})     # eval.fold_bn: conv → BN pairs as one conv (BN not moved)
+    runner = compiled(runner, True, device)  # eval.compile: torch.compile, Inductor cache kept on disk
+
+`fold_bn` is only a speed-up: when it cannot fold (a model torch.fx cannot trace, a BN without running
+statistics) it warns why and leaves that part of the model as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.fx
+from torch import nn
+
+# What torch.fx raises for a forward it cannot trace: data-dependent control flow (TraceError), len()/iteration of
+# a traced tensor (RuntimeError), and Python operations a proxy does not support (TypeError, AttributeError,
+# NotImplementedError).
+UNTRACEABLE = (torch.fx.proxy.TraceError, RuntimeError, TypeError, AttributeError, NotImplementedError)
+
+
+def set_matmul_precision(device: torch.device, precision: str) -> None:
+    """fp32 means IEEE fp32 and deterministic kernels (bit-identical reruns); tf32/bf16 let cuDNN pick the fastest."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.deterministic = precision == "fp32"
+        torch.backends.cudnn.benchmark = precision != "fp32"
+
+
+class FoldedConv(nn.Module):
+    """A conv followed by an eval-mode BN, as one conv: w·s, (b − μ)·s + β with s = γ/√(σ² + ε).
+
+    Without affine parameters (`affine=False`) γ = 1 and β = 0. It reads the conv's live weights at every
+    call, so the in-place weight updates of each grid point apply; the BN's statistics and affine parameters
+    must stay at θ* (folding assumes they do).
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.conv, self.bn = conv, bn
+
+    def forward(self, x):
+        root = torch.sqrt(self.bn.running_var + self.bn.eps)
+        scale = self.bn.weight / root if self.bn.weight is not None else torch.reciprocal(root)
+        bias = -(self.bn.running_mean * scale)
+        if self.bn.bias is not None:
+            bias = self.bn.bias + bias
+        if self.conv.bias is not None:
+            bias = bias + self.conv.bias * scale
+        return self.conv._conv_forward(x, self.conv.weight * scale.view(-1, 1, 1, 1), bias)
+
+
+def fold_bn(model: nn.Module, moved: set[str]) -> nn.Module:
+    """The model with each conv → BN pair folded into one conv, unless some direction moves that BN.
+
+    Uses torch.fx; a model it cannot trace is returned unchanged, with a warning saying why.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model)
+    except UNTRACEABLE as err:
+        warnings.warn(
+            f"eval.fold_bn: BN not folded, torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {err})",
+            stacklevel=2,
+        )
+        return model
+    modules = dict(graph.named_modules())
+    for node in list(graph.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or any(n.startswith(f"{node.target}.") for n in moved):
+            continue
+        conv_node = node.args[0]
+        conv = modules.get(conv_node.target) if getattr(conv_node, "op", None) == "call_module" else None
+        if not isinstance(conv, nn.Conv2d) or len(conv_node.users) != 1:
+            continue
+        if bn.running_var is None:  # track_running_stats=False: it normalises with each batch's own statistics
+            warnings.warn(f"eval.fold_bn: {node.target} not folded, it keeps no running statistics", stacklevel=2)
+            continue
+        name = f"{conv_node.target.replace('.', '_')}_folded"
+        graph.add_submodule(name, FoldedConv(conv, bn))
+        with graph.graph.inserting_after(node):
+            folded = graph.graph.call_module(name, conv_node.args, conv_node.kwargs)
+        node.replace_all_uses_with(folded)
+        graph.graph.erase_node(node)
+        graph.graph.erase_node(conv_node)
+    graph.recompile()
+    return graph
+
+
+def compiled(model: nn.Module, mode: bool | str, device: torch.device):
+    """torch.compile with Inductor's cache kept in ~/.cache/landscape_ray, so restarts and reruns skip compilation.
+
+    Parameters are graph inputs, so the in-place weight updates of each grid point need no recompilation.
+    """
+    if mode is False:
+        return model
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "landscape_ray" / "inductor"))
+    if mode == "max-autotune":
+        mode = "max-autotune" if device.type == "cuda" else "max-autotune-no-cudagraphs"
+    return torch.compile(model, mode=None if mode in (True, "default") else mode, dynamic=False)

@@ -1,0 +1,174 @@
+"""How tiles are spread over actors, and what is refused before a run starts (real local Ray, real stores)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from landscape_ray.grid import Grid
+from landscape_ray.job import run
+from landscape_ray.models import DigitsCNN
+from landscape_ray.payload import prepare
+from landscape_ray.scheduler import Pool, evaluate_tiles, preflight
+from landscape_ray.spec import RunError
+
+from .conftest import ROOT, make_spec, quiet, reference
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+class RendezvousCNN(DigitsCNN):
+    """Inside a Ray actor, its first forward pass waits (up to a minute) until `actors` copies have been built,
+    then every pass sleeps `delay`: no actor can finish the job before the others are up, however loaded the
+    machine. In the driver (its probe batch) it behaves."""
+
+    def __init__(self, folder: str, actors: int = 2, delay: float = 0.1):
+        super().__init__()
+        import ray
+
+        self.folder, self.actors, self.delay = Path(folder), actors, 0.0
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / str(os.getpid())).touch()
+            self.delay = delay
+
+    def forward(self, x):
+        if self.delay:
+            deadline = time.time() + 60
+            while len(list(self.folder.iterdir())) < self.actors and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(self.delay)
+        return super().forward(x)
+
+
+def rendezvous_cnn(folder: str, actors: int = 2, delay: float = 0.1):
+    return RendezvousCNN(folder, actors, delay)
+
+
+def scan(tmp_path, checkpoint, *extra):
+    """A 1D scan of 8 points in 4 tiles of 2; 300 train images in batches of 100 (3 forward passes per point)."""
+    return make_spec(
+        tmp_path / "s.zarr",
+        checkpoint,
+        "grid.y=null",
+        "grid.x={min: -1, max: 1, num: 8}",
+        "grid.tile=2",
+        "data.batch_size=100",
+        "compute.in_flight=2",
+        *extra,
+    )
+
+
+@pytest.mark.parametrize("num", [4, 8])  # 2 and 4 tiles: fewer than actors × in_flight
+def test_every_actor_computes_when_tiles_are_few(checkpoint, tmp_path, num):
+    spec = scan(
+        tmp_path,
+        checkpoint,
+        "model.arch=tests.test_scheduling:rendezvous_cnn",
+        f"model.kwargs={{folder: {tmp_path / 'up'}}}",
+        f"grid.x.num={num}",
+    )
+    summary = run(spec, log=quiet)
+    points = sorted(a["points"] for a in summary["actors"].values())
+    assert len(points) == 2 and min(points) > 0 and sum(points) == num, summary["actors"]
+
+
+def test_idle_actor_takes_a_tile_a_slow_actor_has_not_started(checkpoint, tmp_path):
+    # One actor is 100× slower. Whichever actor is ready first, the slow one ends up computing one tile only:
+    # a second tile queued on it is cancelled there and computed by the fast actor when it runs out of work.
+    spec = scan(
+        tmp_path,
+        checkpoint,
+        "model.arch=tests.helpers:one_slow_cnn",
+        f"model.kwargs={{marker: {tmp_path / 'slow'}, delay: 0.5}}",
+    )
+    summary = run(spec, log=quiet)
+    assert sorted(a["points"] for a in summary["actors"].values()) == [2, 6], summary["actors"]
+
+
+def test_auto_tiles_store_equals_one_fixed_tile_in_process(checkpoint, tmp_path):
+    spec = make_spec(tmp_path / "s.zarr", checkpoint, "grid.tile=auto", "grid.x.num=9", "grid.y.num=9")
+    run(spec, log=quiet)
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert ds.train_loss.encoding["chunks"] != (9, 9)  # really cut into several tiles
+    # The same points as one 9 × 9 tile, evaluated here without Ray.
+    want = reference(spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": [9, 9]})}))
+    for name, values in want.items():
+        np.testing.assert_array_equal(ds[name].values, values, err_msg=name)
+
+
+def test_actors_started_before_the_payload_exists_compute_the_same_values(checkpoint, tmp_path):
+    spec = make_spec(tmp_path / "s.zarr", checkpoint)
+    grid = Grid.from_spec(spec.grid)
+    values = {}
+
+    def keep(tile, out, record):
+        for name, flat in out.items():
+            array = values.setdefault(name, np.full(grid.shape, np.nan))
+            array[grid.slices(tile)] = flat.reshape(grid.tile_shape(tile))
+
+    with Pool(spec, preflight(spec)) as pool:  # the actors start importing torch while the inputs load here
+        summary = evaluate_tiles(spec, prepare(spec), grid, grid.tiles(), keep, log=quiet, pool=pool)
+    assert summary["points"] == grid.size and len(summary["actors"]) == 2
+    want = reference(spec)
+    assert set(values) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(values[name], want[name], err_msg=name)
+
+
+def test_preflight_counts_the_actors_the_run_starts(tmp_path):
+    assert preflight(make_spec(tmp_path / "s.zarr", None, "compute.actors=auto")) == 2  # the fixture's 2 CPUs
+    assert preflight(make_spec(tmp_path / "s.zarr", None, "compute.actors=auto", "compute.cpus_per_actor=2")) == 1
+    assert preflight(make_spec(tmp_path / "s.zarr", None, "compute.actors=3")) == 3
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("compute.cpus_per_actor=64", r"^compute\.cpus_per_actor: 64 per actor, .* the largest has 2 CPUs and 0 GPUs$"),
+        ("eval.device=cuda", r"^eval\.device: cuda requested but the Ray cluster has no GPUs$"),
+    ],
+)
+def test_preflight_refuses_what_cannot_run_in_one_line(tmp_path, override, message):
+    with pytest.raises(RunError, match=message):
+        preflight(make_spec(tmp_path / "s.zarr", None, override))
+    assert not (tmp_path / "s.zarr").exists()
+
+
+PREFLIGHT_SCRIPT = """
+import ray
+from landscape_ray.scheduler import preflight
+from tests.conftest import make_spec
+def attempt(*overrides, address=None):
+    try:
+        print("ok", preflight(make_spec("unused.zarr", None, "eval.device=auto", *overrides), address))
+    except Exception as err:
+        print(type(err).__name__, err)
+attempt(address="127.0.0.1:9")
+ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+attempt("compute.gpus_per_actor=2")
+attempt("compute.gpus_per_actor=0.5", "compute.actors=auto")
+"""
+
+
+@pytest.mark.slow
+def test_preflight_on_a_fresh_process_unreachable_cluster_and_gpu_placement():
+    """A process of its own: one whose Ray is not yet connected, and a local cluster declaring one GPU."""
+    out = subprocess.run(
+        [sys.executable, "-c", PREFLIGHT_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out.stdout + out.stderr
+    assert lines[0].startswith("RunError --address 127.0.0.1:9: cannot join that Ray cluster")
+    assert lines[1] == (
+        "RunError compute.gpus_per_actor: 2 per actor, but no node of the cluster has that much; "
+        "the largest has 1 CPUs and 1 GPUs"
+    )
+    assert lines[2] == "ok 2"
