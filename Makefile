@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint browser clean
+.PHONY: install demo test test-fast lint browser bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ test: $(STAMP) $(CHROMIUM)
 # The inner loop: everything but the end-to-end tests that start several Ray processes (CI runs those too).
 test-fast: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -ra -m "not slow"
+
+# Side-by-side benchmarks (benchmarks/RESULTS.md); the peer library is a benchmark-only dependency.
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m benchmarks.endtoend
+	$(PY) -m benchmarks.peer
+	$(PY) -m benchmarks.scale
 
 lint: $(STAMP)
 	$(PY) -m ruff check landscape_ray tests benchmarks jobs

@@ -28,6 +28,7 @@ from landscape_ray.directions import make_directions
 from landscape_ray.evaluator import Evaluator
 from landscape_ray.models import build
 from landscape_ray.spec import DirectionsSpec
+from landscape_ray.speedups import set_matmul_precision
 
 
 def bf16_peak(n: int = 8192, reps: int = 20) -> float:
@@ -103,6 +104,8 @@ def main() -> None:
     )
     exact = None
     for name in args.modes.split(","):
+        # This script is an entry point: it sets the process-wide cuDNN/TF32 flags as an actor does.
+        set_matmul_precision(torch.device("cuda"), MODES[name].get("precision", "fp32"))
         ev = Evaluator(
             build(args.model),
             state,

@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
 import numpy as np
 import yaml
@@ -29,9 +31,11 @@ from .spec import RENDER_KINDS, load_spec, schema_json
 
 
 def private_ray_on_loopback(address) -> None:
-    """A private local cluster listens on 127.0.0.1 only (Ray reads this variable when it is first imported)."""
+    """Process-wide settings for a private local Ray cluster, made here at the entry point before Ray is imported:
+    it listens on 127.0.0.1 only, and its workers import the user's modules from the working directory."""
     if not (address or os.environ.get("RAY_ADDRESS")):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
 
 
 def cmd_run(args) -> None:
@@ -382,6 +386,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # Ray's own handler aborts the process; `ray job stop` sends SIGTERM, and we would rather unwind:
+        # actors are stopped, every finished tile is already on disk, and --resume completes the store.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         return args.func(args) or 0
     except (SpecError, RunError, Interrupted) as err:

@@ -30,7 +30,7 @@ from .errors import SpecError
 from .models import build
 from .plugins import import_object
 from .spec import Spec
-from .speedups import compiled, fold_bn, set_matmul_precision
+from .speedups import compiled, fold_bn
 
 if TYPE_CHECKING:  # for the annotation only: payload.py imports this module
     from .payload import Payload
@@ -89,7 +89,6 @@ class Evaluator:
         self.metric = metric or classification()
         self.standard_error = standard_error
         self.precision = precision
-        set_matmul_precision(self.device, precision)
         images = any(isinstance(s, ImageSplit) and s.images.ndim == 4 for s in splits.values())
         self.memory_format = torch.channels_last if channels_last and images else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()

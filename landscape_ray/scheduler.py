@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import socket
-import sys
-import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Self
 
 import numpy as np
@@ -45,6 +43,7 @@ from .evaluator import Evaluator
 from .payload import Payload
 from .progress import Progress
 from .spec import RunError, Spec
+from .speedups import set_matmul_precision
 
 
 def knock(address: str, timeout: float = 5.0) -> None:
@@ -65,14 +64,8 @@ def connect(address: str | None = None) -> None:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         except (ValueError, ConnectionError, OSError) as err:
             raise RunError(f"{where}: cannot join that Ray cluster ({str(err).splitlines()[0]})") from None
-    else:
-        # Local workers inherit this environment: let them import the user's modules from the working directory.
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+    else:  # the entry point (cli.py) has made it loopback-only and importable from the working directory
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
-    if threading.current_thread() is threading.main_thread():
-        # Ray's own handler aborts the process; `ray job stop` sends SIGTERM, and we would rather unwind:
-        # actors are stopped, every finished tile is already on disk, and --resume completes the store.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def run_task(fn, *args, device: str = "auto"):
@@ -90,13 +83,17 @@ class EvalActor:
     def __init__(self, threads: int):
         import torch
 
+        # The actor's process-wide settings, made at its start-up: threads, and where Inductor caches kernels.
         torch.set_num_threads(threads)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "landscape_ray" / "inductor"))
         self.evaluator = None
 
     def load(self, spec: dict, payload: Payload, device: str) -> dict:
         import psutil
 
-        self.evaluator = Evaluator.from_payload(Spec.model_validate(spec), payload, device)
+        spec = Spec.model_validate(spec)
+        self.evaluator = Evaluator.from_payload(spec, payload, device)
+        set_matmul_precision(self.evaluator.device, spec.eval.precision)  # cuDNN/TF32 flags: this process only
         return {
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),

@@ -12,9 +12,7 @@ statistics) it warns why and leaves that part of the model as it is.
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import torch
 import torch.fx
@@ -100,7 +98,6 @@ def compiled(model: nn.Module, mode: bool | str, device: torch.device):
     """
     if mode is False:
         return model
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "landscape_ray" / "inductor"))
     if mode == "max-autotune":
         mode = "max-autotune" if device.type == "cuda" else "max-autotune-no-cudagraphs"
     return torch.compile(model, mode=None if mode in (True, "default") else mode, dynamic=False)
