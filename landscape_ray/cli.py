@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 
 import numpy as np
 import yaml
@@ -386,10 +384,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        # Ray's own handler aborts the process; `ray job stop` sends SIGTERM, and we would rather unwind:
-        # actors are stopped, every finished tile is already on disk, and --resume completes the store.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         return args.func(args) or 0
     except (SpecError, RunError, Interrupted) as err:

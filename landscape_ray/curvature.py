@@ -100,14 +100,20 @@ class Curvature:
 
     @classmethod
     def from_payload(
-        cls, spec: Spec, payload: Payload, split: str, device: str | None = None, at: tuple[float, ...] | None = None
+        cls,
+        spec: Spec,
+        payload: Payload,
+        split: str,
+        device: str | None = None,
+        at: tuple[float, ...] | None = None,
+        batches: int | None = None,
     ) -> "Curvature":
         if spec.eval.bn == "recompute":
             raise SpecError("eval.bn: the Hessian is taken with fixed BN statistics; use eval.bn: eval")
         evaluator = Evaluator.from_payload(exact_spec(spec), payload, device)
         if at is not None:
             evaluator.set_point(at)
-        return cls(evaluator, split)
+        return cls(evaluator, split, batches)
 
     def _params(self) -> dict[str, torch.Tensor]:
         # Keys as SummedLoss sees them; the live weights, so a later set_point is honoured.

@@ -84,6 +84,11 @@ def plotted(z, log: bool) -> np.ndarray:
 
 def values(ds: xr.Dataset, var: str, log: bool = False) -> tuple[np.ma.MaskedArray, str]:
     """The variable's values with missing and non-finite points masked, and a label for the colour bar."""
+    if var == "curvature" and {"train_lambda_max", "train_lambda_min"} <= set(ds.data_vars):
+        # The paper's measure of non-convexity (§6): |λmin/λmax| where λmin < 0, else 0 (locally convex).
+        lmax, lmin = ds.train_lambda_max.values, ds.train_lambda_min.values
+        z = np.ma.masked_invalid(plotted(np.where(lmin < 0, np.abs(lmin / lmax), 0.0), log))
+        return z, "|λmin/λmax|"
     if var not in ds.data_vars:
         raise SpecError(f"render: no variable {var} in the store; it has {', '.join(ds.data_vars)}")
     z = np.ma.masked_invalid(plotted(ds[var].values, log))

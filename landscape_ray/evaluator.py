@@ -7,11 +7,10 @@ points before it; at (0, 0) they are θ* bit for bit), then runs the metric over
     ev = Evaluator.from_payload(spec, prepare(spec))            # prepare: payload.py
     out = ev.evaluate(np.array([[0.0, 0.0], [0.5, -0.25]]))     # out["train_loss"]: one value per coordinate
 
-A metric is `fn(model, batch) -> (loss_sum, count[, {name: sum}])`; the default, `classification`, gives the mean
-loss and the accuracy (a fraction), `eval.metric: package.module:fn` any other. Each sum becomes a store variable
-`<split>_<name>` (sum / count); `loss_sq` (per-sample squared losses) becomes `<split>_loss_se`, the standard error
-of the mean loss, when `data.subset` samples the split. Sums accumulate in float64 on the device, one host sync per
-split and point. Optional speed-ups (precision, BN folding, torch.compile) are in speedups.py.
+A metric is `fn(model, batch) -> (loss_sum, count[, {name: sum}])`; the default, `classification`, gives the
+mean loss and the accuracy, `eval.metric: package.module:fn` any other. Each sum becomes `<split>_<name>` (sum /
+count); `loss_sq` becomes `<split>_loss_se`, the standard error of the mean loss, when `data.subset` samples the
+split. Sums accumulate in float64 on the device, one host sync per split and point. Speed-ups: speedups.py.
 """
 
 from __future__ import annotations
@@ -66,24 +65,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Evaluator:
-    def __init__(
-        self,
-        model,
-        state,
-        directions,
-        splits,
-        mean,
-        std,
-        metric=None,
-        batch_size=1024,
-        device="cpu",
-        bn_split=None,
-        standard_error=False,
-        precision="fp32",
-        channels_last=False,
-        compile=False,
-        fold=False,
-    ):
+    # fmt: off
+    def __init__(self, model, state, directions, splits, mean, std, metric=None, batch_size=1024, device="cpu",
+                 bn_split=None, standard_error=False, precision="fp32", channels_last=False, compile=False, fold=False):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.metric = metric or classification()
@@ -112,6 +96,8 @@ class Evaluator:
         runner = fold_bn(self.model, set(names)) if fold and self.bn_split is None else self.model
         self.runner = compiled(runner, compile, self.device)
 
+    # fmt: on  (one option per line above would double the signature's length)
+
     def _resident(self, split):
         resident = on_device(split, self.device)
         if isinstance(split, ImageSplit) and split.images.ndim == 4 and self.device.type != "cpu":
@@ -122,22 +108,14 @@ class Evaluator:
     @classmethod
     def from_payload(cls, spec: Spec, payload: Payload, device: str | None = None) -> Evaluator:
         model = build(spec.model.arch, **spec.model.kwargs)  # weights come from the payload
-        return cls(
-            model,
-            payload.state,
-            payload.directions.vectors,
-            payload.splits,
-            *normalization(spec.data),
-            metric=resolve_metric(spec.eval.metric, spec.eval.loss),
-            batch_size=spec.data.batch_size,
-            device=device or resolve_device(spec.eval.device),
-            bn_split=payload.bn_split,
-            standard_error=spec.data.subset is not None,
-            precision=spec.eval.precision,
-            channels_last=spec.eval.channels_last,
-            compile=spec.eval.compile,
-            fold=spec.eval.fold_bn,
-        )
+        e = spec.eval
+        # fmt: off
+        return cls(model, payload.state, payload.directions.vectors, payload.splits, *normalization(spec.data),
+                   metric=resolve_metric(e.metric, e.loss), batch_size=spec.data.batch_size,
+                   device=device or resolve_device(e.device), bn_split=payload.bn_split,
+                   standard_error=spec.data.subset is not None, precision=e.precision,
+                   channels_last=e.channels_last, compile=e.compile, fold=e.fold_bn)
+        # fmt: on
 
     def batches(self, resident):
         """Batches ready for the metric: image splits are sliced and normalized here, on the device."""
@@ -199,8 +177,7 @@ class Evaluator:
             for batch in itertools.islice(self.batches(resident), limit):
                 with self.autocast():
                     result = self.metric(self.runner, batch)
-                loss += result[0].double()
-                count += result[1]
+                loss, count = loss + result[0].double(), count + result[1]
                 for k, v in (result[2] if len(result) > 2 else {}).items():
                     sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=self.device).double()
             n = int(count)  # one host sync per split and point, not per batch

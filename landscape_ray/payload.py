@@ -127,7 +127,7 @@ def prepare(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) -> P
     plain = spec.model_copy(update={"eval": spec.eval.model_copy(update={"compile": False})})  # no compiling to probe
     evaluator = Evaluator.from_payload(plain, payload, "cpu")
     start = time.perf_counter()
-    payload.variables = probe(evaluator)
+    payload.variables = probe(evaluator) + (["train_lambda_max", "train_lambda_min"] if spec.eval.curvature else [])
     # One batch per split took this long; a point takes about that many times more (cold first batch: an
     # overestimate, which only makes `tile: auto` cut a little smaller).
     batches = max(math.ceil(len(s) / spec.data.batch_size) for s in splits.values())

@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -39,7 +42,9 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from .curvature import Curvature
 from .evaluator import Evaluator
+from .hessian import extremes
 from .payload import Payload
 from .progress import Progress
 from .spec import RunError, Spec
@@ -66,6 +71,11 @@ def connect(address: str | None = None) -> None:
             raise RunError(f"{where}: cannot join that Ray cluster ({str(err).splitlines()[0]})") from None
     else:  # the entry point (cli.py) has made it loopback-only and importable from the working directory
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    if threading.current_thread() is threading.main_thread():
+        # ray.init has just installed its own process-wide SIGTERM handler, which aborts the process at exit;
+        # replaced at once (the one global setting outside an entry point, because ray.init makes it) by one that
+        # unwinds: actors are stopped, every finished tile is on disk, and --resume completes the store.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def run_task(fn, *args, device: str = "auto"):
@@ -94,6 +104,12 @@ class EvalActor:
         spec = Spec.model_validate(spec)
         self.evaluator = Evaluator.from_payload(spec, payload, device)
         set_matmul_precision(self.evaluator.device, spec.eval.precision)  # cuDNN/TF32 flags: this process only
+        # eval.curvature: a second, exact (fp32, unfolded) evaluator whose Hessian-vector products give λmax, λmin.
+        self.curvature = (
+            Curvature.from_payload(spec, payload, "train", device, batches=spec.eval.curvature_batches)
+            if spec.eval.curvature
+            else None
+        )
         return {
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
@@ -104,6 +120,12 @@ class EvalActor:
     def evaluate(self, coords: np.ndarray):
         start = time.perf_counter()
         values = self.evaluator.evaluate(coords)
+        if self.curvature is not None:
+            lam = np.empty((len(coords), 2))
+            for i, coord in enumerate(coords):
+                self.curvature.set_point(coord)
+                lam[i] = extremes(self.curvature)
+            values["train_lambda_max"], values["train_lambda_min"] = lam[:, 0], lam[:, 1]
         return values, time.perf_counter() - start
 
 

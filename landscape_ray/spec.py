@@ -196,6 +196,12 @@ class EvalSpec(Strict):
         description="torch.compile the model: false, true (= default mode) or max-autotune; "
         "cached in ~/.cache/landscape_ray",
     )
+    curvature: bool = Field(
+        False,
+        description="also the largest and smallest Hessian eigenvalue of the train loss at every point "
+        "(train_lambda_max, train_lambda_min; render --vars curvature draws |λmin/λmax|); costly",
+    )
+    curvature_batches: int | None = Field(None, ge=1, description="curvature from this many train batches only")
 
 
 class ComputeSpec(Strict):
@@ -231,6 +237,12 @@ class Spec(Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _curvature_needs_train(self):
+        if self.eval.curvature and "train" not in self.data.splits:
+            raise ValueError("eval.curvature: needs the train split in data.splits")
+        return self
 
     def result_fields(self) -> dict:
         """The parts of the spec that decide the numbers in a store (not where or how fast they are made)."""

@@ -334,3 +334,45 @@ def test_a_surface_along_hessian_directions_curves_by_the_top_eigenvalue(ray_clu
     capsys.readouterr()
     assert main(["info", str(store)]) == 0
     assert f"eigenvalues {top:.6g}"[:18] in capsys.readouterr().out
+
+
+def test_eval_curvature_stores_the_extreme_eigenvalues_at_every_point(ray_cluster, tmp_path):
+    """`eval.curvature: true`: every point's train_lambda_max/min equal the exact Hessian's extremes there, and
+    `render --vars curvature` draws |λmin/λmax| (0 where the surface is locally convex)."""
+    from landscape_ray.draw import dataset, values
+    from landscape_ray.job import run
+    from landscape_ray.render import render
+
+    from .conftest import quiet
+
+    store = tmp_path / "c.zarr"
+    spec = spec_for(
+        ARCHS[0],
+        "eval.curvature=true",
+        "data.splits=[train]",
+        "grid.x={min: -0.5, max: 0.5, num: 2}",
+        "grid.y={min: -0.5, max: 0.5, num: 2}",
+        "compute.actors=2",
+        f"output.store={store}",
+        "output.render=[]",
+    )
+    run(spec, log=quiet)
+    ds = dataset(store)
+    for j, b in enumerate(ds.y.values):
+        for i, a in enumerate(ds.x.values):
+            exact = np.linalg.eigvalsh(exact_hessian(spec, at=(a, b))[0])
+            scale = np.abs(exact).max()
+            assert abs(float(ds.train_lambda_max[j, i]) - exact[-1]) < 1e-3 * scale
+            assert abs(float(ds.train_lambda_min[j, i]) - exact[0]) < 1e-3 * scale
+    z, label = values(ds, "curvature")
+    lmax, lmin = ds.train_lambda_max.values, ds.train_lambda_min.values
+    np.testing.assert_allclose(z, np.where(lmin < 0, -lmin / lmax, 0.0))
+    assert label == "|λmin/λmax|"
+    assert [p.name for p in render(store, out=tmp_path, kinds=["heatmap"], variables=["curvature"])] == [
+        "curvature_heatmap.png"
+    ]
+
+
+def test_eval_curvature_needs_the_train_split():
+    with pytest.raises(SpecError, match="eval.curvature: needs the train split"):
+        spec_for(ARCHS[0], "eval.curvature=true", "data.splits=[test]")
