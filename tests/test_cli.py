@@ -75,6 +75,7 @@ def test_bad_input_one_line_and_no_store(capsys, tmp_path, job, overrides, messa
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
+@pytest.mark.slow
 def test_trusted_pickled_checkpoint_loads(ray_cluster, capsys, tmp_path, job):
     _, pickled = bad_checkpoints(tmp_path)
     assert "--trust-checkpoint" in error_line(capsys, ["run", str(job), "--set", f"model.checkpoint={pickled}"])
@@ -82,6 +83,7 @@ def test_trusted_pickled_checkpoint_loads(ray_cluster, capsys, tmp_path, job):
     assert (tmp_path / "out" / "s.zarr" / "zarr.json").exists()
 
 
+@pytest.mark.slow
 def test_existing_store_is_untouched_without_resume_or_overwrite(ray_cluster, capsys, tmp_path, job):
     assert main(["run", str(job)]) == 0
     store = tmp_path / "out" / "s.zarr"

@@ -292,6 +292,7 @@ def test_extremes_for_a_grid_point(case):
     assert abs(top - exact[-1]) < 1e-4 * scale and abs(bottom - exact[0]) < 1e-4 * scale
 
 
+@pytest.mark.slow
 def test_eigen_directions_are_the_top_eigenvectors(ray_cluster):
     spec = spec_for(ARCHS[0], "directions.norm=none")
     model = load_model(spec)
@@ -304,6 +305,7 @@ def test_eigen_directions_are_the_top_eigenvectors(ray_cluster):
         assert abs(flat @ vectors[:, -1 - k]) == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_a_surface_along_hessian_directions_curves_by_the_top_eigenvalue(ray_cluster, tmp_path, capsys):
     """`directions.kind: hessian` end to end: the second difference of the stored 1D scan along the top unit
     eigenvector is its eigenvalue (exact Hessian); `hessian` then writes its group into that store and `info`
@@ -336,6 +338,7 @@ def test_a_surface_along_hessian_directions_curves_by_the_top_eigenvalue(ray_clu
     assert f"eigenvalues {top:.6g}"[:18] in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_eval_curvature_stores_the_extreme_eigenvalues_at_every_point(ray_cluster, tmp_path):
     """`eval.curvature: true`: every point's train_lambda_max/min equal the exact Hessian's extremes there, and
     `render --vars curvature` draws |λmin/λmax| (0 where the surface is locally convex)."""

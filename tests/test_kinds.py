@@ -57,6 +57,7 @@ def test_interpolation_ends_at_each_models_own_loss(checkpoint, other, tmp_path,
         assert abs(out["train_loss"][1] - end["train_loss"][0]) > 1e-3
 
 
+@pytest.mark.slow
 def test_interpolation_runs_as_a_1d_job(ray_cluster, checkpoint, other, tmp_path):
     spec = make_spec(
         tmp_path / "i.zarr",
@@ -138,6 +139,7 @@ def test_pca_recovers_the_plane_and_projects_every_checkpoint_exactly(checkpoint
     assert "% of variance" in dirs.labels[0]
 
 
+@pytest.mark.slow
 def test_pca_of_a_real_training_run_through_run(ray_cluster, checkpoint, tmp_path):
     spec = make_spec(
         tmp_path / "pca.zarr",
@@ -161,6 +163,7 @@ def test_pca_of_a_real_training_run_through_run(ray_cluster, checkpoint, tmp_pat
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])
+@pytest.mark.slow
 def test_direction_file_reproduces_the_surface_it_came_from(ray_cluster, checkpoint, tmp_path, suffix):
     first = make_spec(tmp_path / "a.zarr", checkpoint, "directions.seed=7", "directions.dir_type=states")
     run(first, log=quiet)
@@ -216,6 +219,7 @@ def test_paper_h5_layout_and_a_file_that_does_not_fit(checkpoint, tmp_path):
     assert float(prepare(fits).directions.vectors[1]["head.bias"][0]) == 0.5
 
 
+@pytest.mark.slow
 def test_directions_command_exports_what_file_kind_imports(ray_cluster, checkpoint, tmp_path, capsys):
     from landscape_ray.cli import main
 

@@ -104,6 +104,7 @@ def test_every_notebook_is_tested_and_committed_without_outputs():
         assert "os.environ" in code[0].source, f"{name}: the first code cell reads the store paths"
 
 
+@pytest.mark.slow
 def test_explore_surface(stores, python_kernel):
     nb = execute("explore_surface.ipynb", {"LANDSCAPE_STORE": str(stores["a"]), "LANDSCAPE_OTHER": str(stores["b"])})
     out = text(nb)
@@ -125,6 +126,7 @@ def test_trajectory(stores, python_kernel):
     assert images(nb) == 1
 
 
+@pytest.mark.slow
 def test_watch_job_sees_a_running_job_through_to_the_end(ray_cluster, checkpoint, python_kernel, tmp_path):
     spec = make_spec(
         tmp_path / "s.zarr",

@@ -90,6 +90,7 @@ def test_report_is_one_self_contained_page(page_file):
     assert "PC1 (62.3%)" in text and "output:" in text and "store: " in text  # axis labels and the spec
 
 
+@pytest.mark.slow
 def test_report_opens_in_chromium_and_every_plot_draws(browser, page_file):
     path, stores = page_file
     page, errors, remote = open_page(browser, path)

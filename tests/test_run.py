@@ -38,6 +38,7 @@ def assert_same(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_store_is_a_complete_xarray_dataset(checkpoint, tmp_path):
     spec = make_spec(tmp_path / "s.zarr", checkpoint, "data.splits=[train, test]")
     summary = run(spec, log=quiet)
@@ -77,12 +78,14 @@ def test_store_is_a_complete_xarray_dataset(checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("actors, tile", [(1, "[2, 3]"), (2, "[1, 7]"), (2, "4"), (2, "[5, 7]")])
+@pytest.mark.slow
 def test_bit_identical_for_any_actor_count_and_tile_shape(checkpoint, tmp_path, actors, tile):
     spec = make_spec(tmp_path / "s.zarr", checkpoint, f"compute.actors={actors}", f"grid.tile={tile}")
     run(spec, log=quiet)
     assert_same(stored(tmp_path / "s.zarr"), reference(spec))
 
 
+@pytest.mark.slow
 def test_1d_run_equals_y0_row_of_2d_run(checkpoint, tmp_path):
     two = make_spec(tmp_path / "2d.zarr", checkpoint, "grid.y={min: -1, max: 1, num: 3}")
     one = make_spec(tmp_path / "1d.zarr", checkpoint, "grid.y=null", "grid.tile=3")
@@ -107,6 +110,7 @@ def slow_spec(tmp_path, checkpoint, *extra):
     )
 
 
+@pytest.mark.slow
 def test_killed_actor_its_tiles_are_recomputed_elsewhere(checkpoint, tmp_path):
     spec = slow_spec(tmp_path, checkpoint)
     lines, result = [], {}
@@ -136,6 +140,7 @@ def test_tile_that_keeps_killing_actors_ends_the_run(checkpoint, tmp_path):
     assert not Store(tmp_path / "s.zarr", mode="r").done().any()
 
 
+@pytest.mark.slow
 def test_killed_driver_resume_recomputes_only_missing_tiles(checkpoint, tmp_path):
     spec = slow_spec(tmp_path, checkpoint)
     spec_file = tmp_path / "job.yaml"
@@ -186,6 +191,7 @@ def test_nan_points_are_stored_and_the_run_goes_on(checkpoint, tmp_path):
     assert len(summary["pictures"]) == 2 and all(os.path.getsize(p) > 1000 for p in summary["pictures"])
 
 
+@pytest.mark.slow
 def test_custom_model_data_and_metric_through_run(tmp_path, capsys):
     """jobs/tiny-lm.yaml — a GRU language model, dict batches, its own metric — on Ray actors, then info and render."""
     from landscape_ray.cli import main

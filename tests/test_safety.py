@@ -127,6 +127,7 @@ def test_overwrite_refuses_what_is_not_a_store_and_deletes_nothing(tmp_path, che
     assert tree_hash(tmp_path) == before  # not even a lock file is left behind
 
 
+@pytest.mark.slow
 def test_a_store_holding_a_stray_file_is_not_deleted(tmp_path, checkpoint, capsys, ray_cluster):
     store = tmp_path / "s.zarr"
     run(make_spec(store, checkpoint), log=quiet)
@@ -137,6 +138,7 @@ def test_a_store_holding_a_stray_file_is_not_deleted(tmp_path, checkpoint, capsy
     assert tree_hash(store) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_store_and_leaves_no_partials(tmp_path, checkpoint, ray_cluster):
     store = tmp_path / "s.zarr"
     run(make_spec(store, checkpoint, "directions.seed=1"), log=quiet)
@@ -235,6 +237,7 @@ def test_live_store_refuses_resume_and_overwrite_and_a_dead_drivers_lock_is_take
 # --- Identity: --resume refuses when an input changed -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_after_the_checkpoint_was_rewritten_is_refused(tmp_path, checkpoint, capsys, ray_cluster):
     ckpt = tmp_path / "final.pt"
     shutil.copy(checkpoint, ckpt)
@@ -271,6 +274,7 @@ DAMAGE = {"truncated": truncate, "deleted": Path.unlink, "flipped byte": flip_a_
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.slow
 def test_damaged_chunk_is_reported_and_resume_repairs_it(tmp_path, checkpoint, capsys, ray_cluster, damage):
     store = tmp_path / "s.zarr"
     spec = make_spec(store, checkpoint)
@@ -394,6 +398,7 @@ def test_bad_input_one_line_and_no_store(tmp_path, checkpoint, capsys, ray_clust
     assert not store.exists()
 
 
+@pytest.mark.slow
 def test_unreachable_cluster_leaves_no_store(tmp_path, checkpoint):
     job = spec_file(tmp_path, tmp_path / "s.zarr", checkpoint)
     done = subprocess.run(
@@ -471,6 +476,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.9, 1.3, 1.7, 2.1, 2.5, 2.9, 3.3, 3.7])
 def test_kill_during_overwrite_leaves_old_or_new_store(tmp_path, delay):
     path = tmp_path / "s.zarr"

@@ -67,6 +67,7 @@ def scan(tmp_path, checkpoint, *extra):
 
 
 @pytest.mark.parametrize("num", [4, 8])  # 2 and 4 tiles: fewer than actors × in_flight
+@pytest.mark.slow
 def test_every_actor_computes_when_tiles_are_few(checkpoint, tmp_path, num):
     spec = scan(
         tmp_path,
@@ -80,6 +81,7 @@ def test_every_actor_computes_when_tiles_are_few(checkpoint, tmp_path, num):
     assert len(points) == 2 and min(points) > 0 and sum(points) == num, summary["actors"]
 
 
+@pytest.mark.slow
 def test_idle_actor_takes_a_tile_a_slow_actor_has_not_started(checkpoint, tmp_path):
     # One actor is 100× slower. Whichever actor is ready first, the slow one ends up computing one tile only:
     # a second tile queued on it is cancelled there and computed by the fast actor when it runs out of work.
@@ -104,6 +106,7 @@ def test_auto_tiles_store_equals_one_fixed_tile_in_process(checkpoint, tmp_path)
         np.testing.assert_array_equal(ds[name].values, values, err_msg=name)
 
 
+@pytest.mark.slow
 def test_actors_started_before_the_payload_exists_compute_the_same_values(checkpoint, tmp_path):
     spec = make_spec(tmp_path / "s.zarr", checkpoint)
     grid = Grid.from_spec(spec.grid)
