@@ -38,6 +38,7 @@ from .draw import (
     values,
 )
 from .errors import SpecError
+from .paths import is_remote
 from .spec import RENDER_KINDS
 
 FORMATS = ("png", "pdf", "html", "vtp")
@@ -136,6 +137,8 @@ def render(
         raise SpecError("out: needed to render a Dataset (it has no folder of its own)")
     if fmt not in FORMATS:
         raise SpecError(f"format: unknown {fmt!r}; choose from {', '.join(FORMATS)}")
+    if out is None and is_remote(store):  # Path("s3://b/x.zarr").parent would be a local folder named "s3:"
+        out = Path("runs") / Path(str(store).rstrip("/")).stem
     out = Path(out if out is not None else Path(store).parent)
     out.mkdir(parents=True, exist_ok=True)
     suffix = f"{'_log' if log else ''}.{fmt}"

@@ -142,6 +142,11 @@ def test_remote_store_round_trip_resume_and_info(ray_cluster, checkpoint, tmp_pa
     np.testing.assert_array_equal(xr.open_zarr(url, consolidated=True).train_loss.values, want["train_loss"])
     with pytest.raises(Exception, match="already exists"):
         run(spec, log=quiet)
+    # render of a remote store without --out: pictures in runs/<store name>/ here (was a local folder "s3:")
+    from landscape_ray.render import render
+
+    assert render(url, kinds=["heatmap"]) == [Path("runs") / "surface" / "train_loss_heatmap.png"]
+    assert (tmp_path / "runs" / "surface" / "train_loss_heatmap.png").exists() and not (tmp_path / "s3:").exists()
 
 
 def done_tiles(path) -> int:
