@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.endtoend
 	$(PY) -m benchmarks.peer
 	$(PY) -m benchmarks.scale
+	$(PY) -m benchmarks.tiles
 
 lint: $(STAMP)
 	$(PY) -m ruff check landscape_ray tests benchmarks jobs

@@ -9,11 +9,12 @@ what is left is the service's own cost.
 Each configuration runs in a fresh process (its own local Ray, 2 actors) and is measured three ways:
 
 - scheduler: `evaluate_tiles` with a callback that drops the values (Ray, actors, the driver loop);
-- store: `Store.write_tile` for every tile of a fresh store, in a loop (values precomputed);
+- store: `Store.write_tile` for every tile of a fresh store, in a loop (values precomputed), and a last `flush`;
 - run: both together, as `landscape-ray run` does (`evaluate_tiles` writing into the store);
 
 and reports the driver's peak RSS (the whole process) and the store's size and file count. Rates count from
-the first actor ready (actor start-up is not the driver's cost); "run s" is that compute time.
+the first actor ready (actor start-up is not the driver's cost); "run s" is that compute time. "tile" is
+grid.tile and the work tile it resolves to, "chunk" the store's chunk (several small tiles share one).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def measure(size: int, tile: str) -> dict:
         [
             "model.arch=benchmarks.scale:tiny",
             "data.subset=1",
+            "data.batch_size=1",  # not auto: that probes the model with an image, which `tiny` cannot take
             "eval.metric=benchmarks.scale:free",
             "eval.device=cpu",
             f"grid.x={{num: {size}}}",
@@ -72,7 +74,7 @@ def measure(size: int, tile: str) -> dict:
     )
     workers = scheduler.preflight(spec)
     grid = Grid.from_spec(spec.grid, workers)
-    spec = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.chunks)})})
+    spec = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.tile)})})
     payload = prepare(spec)
     tiles = grid.tiles()
     quiet = lambda *_: None
@@ -80,21 +82,23 @@ def measure(size: int, tile: str) -> dict:
     sched = scheduler.evaluate_tiles(spec, payload, grid, tiles, lambda *_: None, log=quiet)
 
     store = create(tmp / "write.zarr", spec, grid, payload.variables, payload.directions)
-    values = {name: np.zeros(int(np.prod(grid.chunks))) for name in payload.variables}
+    values = {name: np.zeros(int(np.prod(grid.tile))) for name in payload.variables}
     start = time.perf_counter()
     for t in tiles:
         n = int(np.prod(grid.tile_shape(t)))
         store.write_tile(t, {k: v[:n] for k, v in values.items()}, {"actor": "actor-0", "seconds": 0.0, "retries": 0})
+    store.flush()
     write_s = time.perf_counter() - start
 
     store = create(tmp / "run.zarr", spec, grid, payload.variables, payload.directions)
     run = scheduler.evaluate_tiles(spec, payload, grid, tiles, store.write_tile, log=quiet)
+    store.flush()  # as `landscape-ray run` does at the end
     assert store.done().all()
     nbytes, disk, files = folder_size(tmp / "run.zarr")
     rate = lambda summary: len(tiles) / (summary["wall_s"] - summary["first_actor_ready_s"])
     return {
         "grid": f"{size}²",
-        "tile": tile,
+        "tile": f"{tile} ({'×'.join(map(str, grid.tile))})",
         "chunks": "×".join(map(str, grid.chunks)),
         "tiles": len(tiles),
         "sched_tiles_s": rate(sched),

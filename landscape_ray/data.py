@@ -182,6 +182,10 @@ def tree_map(fn, tree, leaf_type):
     return tree
 
 
+# A custom Dataset is collated once, at load, before the evaluating device is known: `batch_size: auto` means this.
+COLLATE_BATCH = 1024
+
+
 def _factory(split: str, spec: DataSpec, index_of) -> BatchSplit:
     try:
         dataset = import_object(spec.dataset, "data.dataset")(split=split, root=spec.root, **spec.kwargs)
@@ -195,7 +199,7 @@ def _factory(split: str, spec: DataSpec, index_of) -> BatchSplit:
     with torch.no_grad():
         batches = [
             tree_map(torch.Tensor.numpy, b, torch.Tensor)
-            for b in DataLoader(dataset, batch_size=spec.batch_size, shuffle=False)
+            for b in DataLoader(dataset, batch_size=COLLATE_BATCH if spec.batch_size == "auto" else spec.batch_size)
         ]
     return BatchSplit(batches, len(dataset))
 

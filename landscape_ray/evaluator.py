@@ -10,7 +10,9 @@ points before it; at (0, 0) they are θ* bit for bit), then runs the metric over
 A metric is `fn(model, batch) -> (loss_sum, count[, {name: sum}])`; the default, `classification`, gives the
 mean loss and the accuracy, `eval.metric: package.module:fn` any other. Each sum becomes `<split>_<name>` (sum /
 count); `loss_sq` becomes `<split>_loss_se`, the standard error of the mean loss, when `data.subset` samples the
-split. Sums accumulate in float64 on the device, one host sync per split and point. Speed-ups: speedups.py.
+split. Sums accumulate in float64 on the device, one host sync per split and point. Speed-ups: speedups.py;
+`batch_size="auto"` and `fold="auto"` (the defaults) pick the batch that runs fastest on the device and fold BN only
+where the folded forward agrees with the plain one within `FOLD_RTOL` on the first batch.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from .errors import SpecError
 from .models import build
 from .plugins import import_object
 from .spec import Spec
-from .speedups import compiled, fold_bn
+from .speedups import FoldedConv, auto_batch_size, compiled, fold_bn
 
 if TYPE_CHECKING:  # for the annotation only: payload.py imports this module
     from .payload import Payload
+
+FOLD_RTOL = 1e-6  # fold_bn: auto folds only when the loss of the first batch moves less than this, relative
 
 
 def classification(loss: str = "cross_entropy"):
@@ -69,7 +73,6 @@ class Evaluator:
     def __init__(self, model, state, directions, splits, mean, std, metric=None, batch_size=1024, device="cpu",
                  bn_split=None, standard_error=False, precision="fp32", channels_last=False, compile=False, fold=False):
         self.device = torch.device(device)
-        self.batch_size = batch_size
         self.metric = metric or classification()
         self.standard_error = standard_error
         self.precision = precision
@@ -93,10 +96,25 @@ class Evaluator:
         self.bn_saved = [
             (m.running_mean.clone(), m.running_var.clone()) for m in self.bn_modules if m.running_mean is not None
         ]
-        runner = fold_bn(self.model, set(names)) if fold and self.bn_split is None else self.model
+        first = next((s for s in self.splits.values() if not isinstance(s, list)), None)  # an image split
+        sample = None if first is None else self.normalize(first[0][:1]).contiguous(memory_format=self.memory_format)
+        self.batch_size = auto_batch_size(self.model, sample, self.device) if batch_size == "auto" else batch_size
+        runner = self.model
+        if fold and self.bn_split is None:
+            runner = fold_bn(self.model, set(names), quiet=fold == "auto")
+            if fold == "auto" and not self._agrees(runner):
+                runner = self.model
+        self.folded = any(isinstance(m, FoldedConv) for m in runner.modules())
         self.runner = compiled(runner, compile, self.device)
 
     # fmt: on  (one option per line above would double the signature's length)
+
+    @torch.no_grad()
+    def _agrees(self, folded: nn.Module) -> bool:
+        """The folded model's fp32 loss on the first batch of the first split is within FOLD_RTOL of the plain one."""
+        batch = next(self.batches(next(iter(self.splits.values()))))
+        plain, fast = (float(self.metric(m, batch)[0]) for m in (self.model, folded))
+        return abs(fast - plain) <= FOLD_RTOL * abs(plain)
 
     def _resident(self, split):
         resident = on_device(split, self.device)

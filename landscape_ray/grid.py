@@ -1,24 +1,27 @@
-"""The grid of (α, β) coordinates and its tiles.
+"""The grid of (α, β) coordinates, its tiles (units of work) and its chunks (units of storage).
 
 A 1D scan has one axis `x` (α); a surface has `y` (β) and `x` (α) and is laid
 out in arrays as (y, x), rows along β, like an image. The grid is cut into
-rectangular tiles; a tile is both one unit of work for an actor and exactly one
-chunk of every array in the store, so each chunk has a single writer.
+rectangular tiles, each one unit of work for an actor, and the store's arrays
+into chunks, each a block of whole tiles: the tile itself when it has at least
+`MIN_CHUNK_POINTS` points, else neighbouring tiles grouped up to
+`MAX_TILE_POINTS` points (whole rows when a row fits), since a chunk file costs
+about a millisecond to write whatever its size.
 
     grid = Grid.from_spec(spec.grid, workers=2)   # tile: auto sizes tiles for 2 actors
     for tile in grid.tiles():
         coords = grid.coords(tile)     # (points, ndim) array of (α[, β])
         where = grid.slices(tile)      # where its values go in the arrays
+        chunk = grid.chunk_of(tile)    # the chunk holding it (grid.chunk_slices(chunk): where that is)
 
 Tile shape never changes a value (each point is evaluated on its own), only how
 work is spread: `tile: auto` gives every worker at least `MIN_TILES_PER_WORKER`
 tiles (or one point per tile on a grid too small for that), so no actor idles
-while another finishes a big tile, and caps a tile at `MAX_TILE_POINTS` so the
-store's chunks stay small. Within those bounds it aims at the smallest tiles
-whose per-tile cost (driver and store) stays under `OVERHEAD_SHARE` of the
-compute, given an estimate of the seconds one point costs: expensive points get
-small tiles, which balance best at the end of a run. Without an estimate it aims
-at `TILES_PER_WORKER` tiles each.
+while another finishes a big tile, and caps a tile at `MAX_TILE_POINTS`. Within
+those bounds it aims at the smallest tiles whose per-tile cost (driver and
+store) stays under `OVERHEAD_SHARE` of the compute, given an estimate of the
+seconds one point costs: expensive points get small tiles, which balance best
+at the end of a run. Without an estimate it aims at `TILES_PER_WORKER` tiles each.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from .spec import GridSpec
 MIN_TILES_PER_WORKER = 4
 TILES_PER_WORKER = 16  # the aim without a cost estimate: the last tiles then idle an actor for ~3 % of the run
 MAX_TILE_POINTS = 256
-TILE_OVERHEAD_S = 0.005  # the driver's cost per tile, scheduling and store writes: ~4-5 ms (benchmarks/scale.py)
+MIN_CHUNK_POINTS = 32  # a smaller tile shares its chunk with its neighbours (one ~1 ms file write per tile otherwise)
+TILE_OVERHEAD_S = 0.005  # per tile: ~1 ms of Ray call and store (benchmarks/scale.py), more on a driver sharing cores
 OVERHEAD_SHARE = 0.02
 
 
@@ -62,11 +66,29 @@ def auto_chunks(shape: tuple[int, ...], points: int) -> tuple[int, ...]:
     return (math.ceil(shape[0] / math.ceil(shape[0] / rows)), cols)  # equal row blocks, no runt at the end
 
 
+def store_chunks(shape: tuple[int, ...], tile: tuple[int, ...]) -> tuple[int, ...]:
+    """The store's chunk for tiles of shape `tile`: the tile itself, or a block of tiles if it is small.
+
+    A small tile's chunk is `auto_chunks` on the grid of tiles, so at most `MAX_TILE_POINTS` points.
+    """
+    if math.prod(tile) >= MIN_CHUNK_POINTS:
+        return tile
+    counts = tuple(math.ceil(n / t) for n, t in zip(shape, tile))
+    group = auto_chunks(counts, MAX_TILE_POINTS // math.prod(tile))
+    return tuple(min(k * t, n) for k, t, n in zip(group, tile, shape))
+
+
 @dataclass(frozen=True)
 class Grid:
     x: np.ndarray
     y: np.ndarray | None
-    chunks: tuple[int, ...]  # in array order: (cx,) or (cy, cx)
+    tile: tuple[int, ...]  # the work tile, in array order: (tx,) or (ty, tx)
+    chunks: tuple[int, ...]  # the store's chunk, whole tiles along each axis
+
+    def __post_init__(self):
+        # A chunk boundary on a tile boundary: a tile lies in one chunk, which is written once all its tiles are done.
+        if not all(c >= n or (c % t == 0) for n, t, c in zip(self.shape, self.tile, self.chunks)):
+            raise ValueError(f"chunks {self.chunks} are not whole tiles {self.tile} of a {self.shape} grid")
 
     @classmethod
     def from_spec(cls, spec: GridSpec, workers: int = 1, point_seconds: float | None = None) -> Grid:
@@ -75,15 +97,15 @@ class Grid:
         y = None if spec.y is None else np.linspace(spec.y.min, spec.y.max, spec.y.num)
         shape = (len(x),) if y is None else (len(y), len(x))
         if spec.tile == "auto":
-            chunks = auto_chunks(shape, auto_points(math.prod(shape), workers, point_seconds))
+            tile = auto_chunks(shape, auto_points(math.prod(shape), workers, point_seconds))
         elif isinstance(spec.tile, list):
-            chunks = tuple(min(t, n) for t, n in zip(spec.tile, shape))
+            tile = tuple(min(t, n) for t, n in zip(spec.tile, shape))
         elif y is None:
-            chunks = (min(spec.tile, len(x)),)
+            tile = (min(spec.tile, len(x)),)
         else:  # an int on a surface: that many points, as whole rows when a row fits
             cx = min(spec.tile, len(x))
-            chunks = (max(1, min(len(y), spec.tile // cx)), cx)
-        return cls(x, y, chunks)
+            tile = (max(1, min(len(y), spec.tile // cx)), cx)
+        return cls(x, y, tile, store_chunks(shape, tile))
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -98,12 +120,12 @@ class Grid:
         return math.prod(self.shape)
 
     def tiles(self) -> list[tuple[int, ...]]:
-        """Chunk indices of every tile, row-major."""
-        counts = [math.ceil(n / c) for n, c in zip(self.shape, self.chunks)]
+        """Indices of every tile, row-major."""
+        counts = [math.ceil(n / t) for n, t in zip(self.shape, self.tile)]
         return list(itertools.product(*(range(c) for c in counts)))
 
     def slices(self, tile: tuple[int, ...]) -> tuple[slice, ...]:
-        return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(tile, self.chunks, self.shape))
+        return tuple(slice(i * t, min((i + 1) * t, n)) for i, t, n in zip(tile, self.tile, self.shape))
 
     def coords(self, tile: tuple[int, ...]) -> np.ndarray:
         """(α[, β]) of each point of a tile, in the row-major order of its block of the arrays."""
@@ -115,3 +137,20 @@ class Grid:
 
     def tile_shape(self, tile: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(s.stop - s.start for s in self.slices(tile))
+
+    def chunk_indices(self) -> list[tuple[int, ...]]:
+        """Indices of every chunk of the store's arrays, row-major."""
+        counts = [math.ceil(n / c) for n, c in zip(self.shape, self.chunks)]
+        return list(itertools.product(*(range(c) for c in counts)))
+
+    def chunk_of(self, tile: tuple[int, ...]) -> tuple[int, ...]:
+        """Index of the chunk that holds `tile`."""
+        return tuple(i * t // c for i, t, c in zip(tile, self.tile, self.chunks))
+
+    def chunk_slices(self, chunk: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(chunk, self.chunks, self.shape))
+
+    def tiles_of(self, chunk: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The tiles inside a chunk, row-major."""
+        ranges = (range(s.start // t, math.ceil(s.stop / t)) for s, t in zip(self.chunk_slices(chunk), self.tile))
+        return list(itertools.product(*ranges))

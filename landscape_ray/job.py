@@ -15,15 +15,15 @@ Order matters for the promise that a user's data is never lost or mixed:
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import psutil
 
 from . import ownership, scheduler
 from .errors import Interrupted, SpecError
-from .fingerprint import changed, fingerprints
 from .grid import Grid
 from .paths import exists, is_remote
-from .payload import prepare
-from .render import render
 from .spec import Spec
 from .store import Store, consolidate, create
 
@@ -41,7 +41,13 @@ def check_size(spec: Spec, force: bool) -> None:
 
 
 def load(spec: Spec, resume: bool, timings: dict) -> tuple[Store | None, object]:
-    """The existing store to complete (with --resume) and the payload; every input is checked here."""
+    """The existing store to complete (with --resume) and the payload; every input is checked here.
+
+    Runs in a thread while the cluster starts, and imports torch (~1.5 s) there rather than at the top.
+    """
+    from .fingerprint import changed, fingerprints
+    from .payload import prepare
+
     path = spec.output.store
     start = time.perf_counter()
     if not (exists(path) and resume):
@@ -60,10 +66,12 @@ def load(spec: Spec, resume: bool, timings: dict) -> tuple[Store | None, object]
 
 
 def create_store(spec: Spec, payload, overwrite: bool, workers: int, timings: dict) -> Store:
+    from .fingerprint import fingerprints
+
     start = time.perf_counter()
     grid = Grid.from_spec(spec.grid, workers=workers, point_seconds=payload.point_seconds)
     # The store keeps the tile shape it was cut into, so that any later --resume cuts it the same way.
-    resolved = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.chunks)})})
+    resolved = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.tile)})})
     store = create(
         spec.output.store,
         resolved,
@@ -75,6 +83,30 @@ def create_store(spec: Spec, payload, overwrite: bool, workers: int, timings: di
     )
     timings["store_s"] = time.perf_counter() - start
     return store
+
+
+def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple[Store | None, object, int, object]:
+    """The existing store (with --resume), the payload, the number of actors and their pool, started together: the
+    inputs load in a thread while the cluster starts and the actors import torch. A bad input ends the run here,
+    before any store exists, and stops the Ray this call started (an input error is reported before a cluster's)."""
+    fresh = not scheduler.connected()
+    pool = None
+    with ThreadPoolExecutor(1, thread_name_prefix="load") as background:
+        loading = background.submit(load, spec, resume, timings)
+        try:
+            begin = time.perf_counter()
+            workers = scheduler.preflight(spec, address)
+            timings["cluster_s"] = time.perf_counter() - begin
+            pool = scheduler.Pool(spec, workers)
+            store, payload = loading.result()
+        except BaseException as err:  # noqa: BLE001 - cleanup, then re-raised (Ctrl-C included)
+            if pool is not None:
+                pool.close()
+            if fresh:
+                scheduler.disconnect()
+            failed = loading.exception() if not isinstance(err, KeyboardInterrupt) else None
+            raise (failed or err) from None
+    return store, payload, workers, pool
 
 
 def run(
@@ -97,11 +129,8 @@ def run(
                     f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it"
                 )
             ownership.check_ours(path)
-        store, payload = load(spec, resume, timings)  # bad input ends here, before Ray starts
-        start = time.perf_counter()
-        workers = scheduler.preflight(spec, address)
-        timings["cluster_s"] = time.perf_counter() - start
-        with scheduler.Pool(spec, workers) as pool:  # the actors import torch while the store is made
+        store, payload, workers, pool = start(spec, resume, address, timings)
+        with pool:
             if store is None:
                 store = create_store(spec, payload, overwrite, workers, timings)
             tiles = store.pending_tiles()
@@ -109,10 +138,14 @@ def run(
             log(f"store {path}: {total - len(tiles)}/{total} tiles done, {len(tiles)} to compute")
             summary = {"tiles": 0, "points": 0}
             if tiles:
+                started = psutil.Process().create_time()  # the command's start, for the first tile's latency
+
+                def on_tile(tile, values, record):
+                    timings.setdefault("first_tile_s", time.time() - started)
+                    store.write_tile(tile, values, record)
+
                 try:
-                    summary = scheduler.evaluate_tiles(
-                        spec, payload, store.grid, tiles, store.write_tile, log=log, pool=pool
-                    )
+                    summary = scheduler.evaluate_tiles(spec, payload, store.grid, tiles, on_tile, log=log, pool=pool)
                 except KeyboardInterrupt:
                     store.flush()
                     done = store.done()
@@ -133,7 +166,11 @@ def run(
                 f"{summary['retried_tiles']} tile(s) retried, {summary['actor_deaths']} actor death(s); {per_actor}"
             )
             log("startup: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["startup"].items()))
+            first = next(iter(summary["actors"].values()))
+            log(f"evaluated at batch {first['batch_size']}, BN {'folded' if first['bn_folded'] else 'not folded'}")
     if spec.output.render:
+        from .render import render  # matplotlib and xarray: only for runs that draw
+
         # Pictures go next to a local store; for a remote one, into runs/<name>/ here.
         out = Path("runs") / spec.name if is_remote(path) else Path(path).parent
         pictures = render(path, out=out, kinds=spec.output.render)

@@ -117,7 +117,7 @@ def prepare(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) -> P
     bn_split = None
     if spec.eval.bn == "recompute":
         bn_split = splits["train"] if "train" in splits else load_split(spec.data, "train")
-        if spec.eval.fold_bn:  # the evaluator folds only BN whose statistics stay at θ*
+        if spec.eval.fold_bn is True:  # the evaluator folds only BN whose statistics stay at θ*
             warnings.warn(
                 "eval.fold_bn: BN not folded, eval.bn: recompute changes its statistics at every point", stacklevel=2
             )
@@ -130,7 +130,7 @@ def prepare(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) -> P
     payload.variables = probe(evaluator) + (["train_lambda_max", "train_lambda_min"] if spec.eval.curvature else [])
     # One batch per split took this long; a point takes about that many times more (cold first batch: an
     # overestimate, which only makes `tile: auto` cut a little smaller).
-    batches = max(math.ceil(len(s) / spec.data.batch_size) for s in splits.values())
+    batches = max(math.ceil(len(s) / evaluator.batch_size) for s in splits.values())
     payload.point_seconds = (time.perf_counter() - start) * batches
     return payload
 

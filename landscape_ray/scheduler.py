@@ -36,19 +36,17 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from .curvature import Curvature
-from .evaluator import Evaluator
-from .hessian import extremes
-from .payload import Payload
 from .progress import Progress
 from .spec import RunError, Spec
-from .speedups import set_matmul_precision
+
+if TYPE_CHECKING:  # the driver imports torch (for the payload) in a thread while it starts the cluster
+    from .payload import Payload
 
 
 def knock(address: str, timeout: float = 5.0) -> None:
@@ -78,6 +76,15 @@ def connect(address: str | None = None) -> None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
+def connected() -> bool:
+    return ray.is_initialized()
+
+
+def disconnect() -> None:
+    """Leave the cluster (a private one stops)."""
+    ray.shutdown()
+
+
 def run_task(fn, *args, device: str = "auto"):
     """Run `fn(*args)` as one Ray task (on a GPU when the cluster has one and `device` allows) and return its result."""
     gpus = 1 if device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -101,6 +108,10 @@ class EvalActor:
     def load(self, spec: dict, payload: Payload, device: str) -> dict:
         import psutil
 
+        from .curvature import Curvature
+        from .evaluator import Evaluator
+        from .speedups import set_matmul_precision
+
         spec = Spec.model_validate(spec)
         self.evaluator = Evaluator.from_payload(spec, payload, device)
         set_matmul_precision(self.evaluator.device, spec.eval.precision)  # cuDNN/TF32 flags: this process only
@@ -114,10 +125,14 @@ class EvalActor:
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
             "device": str(self.evaluator.device),
+            "batch_size": self.evaluator.batch_size,  # resolved here: `auto` depends on the device
+            "bn_folded": self.evaluator.folded,
             "uss_bytes": psutil.Process().memory_full_info().uss,
         }
 
     def evaluate(self, coords: np.ndarray):
+        from .hessian import extremes
+
         start = time.perf_counter()
         values = self.evaluator.evaluate(coords)
         if self.curvature is not None:
@@ -249,6 +264,8 @@ class Pool:
                 "node": s.info["node"][:12],
                 "pid": s.info["pid"],
                 "uss_mb": round(s.info["uss_bytes"] / 2**20, 1),
+                "batch_size": s.info["batch_size"],
+                "bn_folded": s.info["bn_folded"],
                 "points": s.points,
                 "busy_s": round(s.seconds, 3),
                 "points_per_s": round(s.points / s.seconds, 2) if s.seconds else None,

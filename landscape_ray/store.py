@@ -1,14 +1,22 @@
-"""The Zarr v3 store a job writes: one chunk per tile, the driver its only writer.
+"""The Zarr v3 store a job writes, the driver its only writer.
 
 Layout (readable with `xarray.open_zarr(path)` or `landscape_ray.open(path)`):
 
     x, y                    coordinates (α, β); 1-D arrays named after their dimension
     train_loss, train_acc   (y, x) float64, NaN until computed (test_* when evaluated)
-    done                    (y, x) bool, set after a tile's values are written
+    done                    (y, x) bool, set after a point's values are written
     directions/x/<name>     δ, one array per state_dict entry of the direction space
     directions/y/<name>     η (surfaces only)
     log/tiles               one record per tile: finished time, seconds, retries, actor
-    attrs                   format marker, resolved spec, input fingerprints, versions, creation time
+    attrs                   format marker, resolved spec (its grid.tile: the work tile), input fingerprints,
+                            versions, creation time
+
+Chunks: a chunk of the grid arrays holds one tile or, for small tiles, a block of
+whole tiles (grid.py), since a chunk file costs about a millisecond to write
+however small. `write_tile` gathers tiles in memory per chunk (`ChunkWriter`)
+and writes a chunk as soon as all its points are in; `flush()` (every `FLUSH_S`
+during a run, and at its end or on Ctrl-C) writes the chunks still filling, so a
+crash loses at most the points of its last `FLUSH_S`, which `--resume` recomputes.
 
 Trust: every chunk carries a CRC-32C checksum, so a truncated, deleted or
 flipped chunk is found (`damaged()`, `landscape-ray verify`) instead of read as a
@@ -34,7 +42,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from . import ownership
 from .errors import SpecError
-from .grid import Grid
+from .grid import MAX_TILE_POINTS, Grid, auto_chunks
 from .paths import exists, is_remote, zarr_store
 from .spec import Spec
 
@@ -43,7 +51,7 @@ FORMAT = 2  # 1: no checksums, no input fingerprints, marker written last; 2: to
 # 1 → 2 changed the store, not the spec; a future spec change adds its step here.
 SPEC_MIGRATIONS = {1: lambda raw: raw}
 RECORD = ("finished_unix_s", "seconds", "retries", "actor")  # fields of log/tiles; actor = N of "actor-N"
-RECORD_FLUSH_S = 2.0  # tile records are written in batches: one small chunk write per tile costs as much as a value
+FLUSH_S = 0.5  # chunks still filling and tile records are written this often: what a crash loses, at most
 PACKAGES = ("landscape-ray", "torch", "ray", "zarr", "numpy", "pydantic")
 CODECS = {
     "compressors": (ZstdCodec(level=0), Crc32cCodec()),
@@ -98,12 +106,13 @@ def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, input
         dimension_names=list(grid.dims),
         **CODECS,
     )
-    # One record per tile, for post-mortems and for `info` to tell the speed of a job running elsewhere.
-    counts = tuple(-(-n // c) for n, c in zip(grid.shape, grid.chunks))
+    # One record per tile, for post-mortems and for `info` to tell the speed of a job running elsewhere; records
+    # share chunks (a file per record would cost as much as the values).
+    counts = tuple(-(-n // t) for n, t in zip(grid.shape, grid.tile))
     root.require_group("log").create_array(
         "tiles",
         shape=(*counts, len(RECORD)),
-        chunks=(*(1 for _ in counts), len(RECORD)),
+        chunks=(*auto_chunks(counts, MAX_TILE_POINTS), len(RECORD)),
         dtype="float64",
         fill_value=np.nan,
         attributes={"fields": list(RECORD)},
@@ -124,9 +133,12 @@ def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, input
         group = root.require_group(f"directions/{axis}")
         for name, array in vector.items():
             group.create_array(name, data=array, **CODECS)
+    # The store keeps the tile it was cut into, so that a --resume cuts it the same way (tile: auto depends on the
+    # actors of the run that made it).
+    tiled = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.tile)})})
     root.attrs.update(
         {
-            "spec": spec.model_dump(mode="json"),
+            "spec": tiled.model_dump(mode="json"),
             "inputs": inputs,
             "versions": versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -235,6 +247,55 @@ def differences(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')} (store: {a!r}, now: {b!r})"]
 
 
+class ChunkWriter:
+    """Values on their way into a store's chunks: each chunk is gathered in memory and written whole, its variables
+    first and `done` last (a point counts as done only once all its values are on disk).
+
+    A chunk is written once all its points are in, or as it stands on `flush`. One that has points on disk (`kept`:
+    a resumed store, or one written earlier) starts from them, so a flush never writes NaN over a finished point.
+    """
+
+    def __init__(self, grid: Grid, arrays: dict, kept: set[tuple[int, ...]]):
+        self.grid, self.arrays, self.kept = grid, arrays, kept  # arrays: {name: zarr array}, "done" last
+        self.buffers: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
+        self.dirty: set[tuple[int, ...]] = set()
+
+    def add(self, tile: tuple[int, ...], values: dict[str, np.ndarray]) -> None:
+        chunk = self.grid.chunk_of(tile)
+        buffer = self.buffers.get(chunk) or self.start(chunk)
+        corner = [s.start for s in self.grid.chunk_slices(chunk)]
+        where = tuple(slice(s.start - c, s.stop - c) for s, c in zip(self.grid.slices(tile), corner))
+        shape = self.grid.tile_shape(tile)
+        for name, flat in values.items():
+            buffer[name][where] = np.asarray(flat).reshape(shape)
+        buffer["done"][where] = True
+        self.dirty.add(chunk)
+        if buffer["done"].all():
+            self.write(chunk)
+            del self.buffers[chunk]  # a later tile of it (none is expected) starts from the disk
+
+    def start(self, chunk: tuple[int, ...]) -> dict[str, np.ndarray]:
+        where = self.grid.chunk_slices(chunk)
+        if chunk in self.kept:
+            buffer = {name: array[where] for name, array in self.arrays.items()}
+        else:
+            shape = tuple(s.stop - s.start for s in where)
+            buffer = {name: np.full(shape, array.fill_value, array.dtype) for name, array in self.arrays.items()}
+        self.buffers[chunk] = buffer
+        return buffer
+
+    def write(self, chunk: tuple[int, ...]) -> None:
+        where = self.grid.chunk_slices(chunk)
+        for name, array in self.arrays.items():
+            array[where] = self.buffers[chunk][name]
+        self.kept.add(chunk)
+        self.dirty.discard(chunk)
+
+    def flush(self) -> None:
+        for chunk in sorted(self.dirty):
+            self.write(chunk)
+
+
 class Store:
     def __init__(self, path: str | Path, mode: str = "r+"):
         self.path = path if is_remote(path) else Path(path)
@@ -266,11 +327,18 @@ class Store:
                 f"({err.errors()[0]['loc']}: {err.errors()[0]['msg']})"
             ) from None
         self.inputs = attrs.get("inputs", {})
-        # The chunks were fixed when the store was made (tile: auto depends on the actors of that run).
-        self.grid = dataclasses.replace(Grid.from_spec(self.spec.grid), chunks=tuple(self.root["done"].chunks))
+        # The chunks are the arrays'; the work tile is the one `create` recorded in the spec (a list), or the chunk
+        # itself in a store whose recorded tile does not cut its chunks into whole tiles (none that we wrote).
+        grid, chunks = Grid.from_spec(self.spec.grid), tuple(self.root["done"].chunks)
+        tile = grid.tile if isinstance(self.spec.grid.tile, list) else chunks
+        try:
+            self.grid = dataclasses.replace(grid, tile=tile, chunks=chunks)
+        except ValueError:
+            self.grid = dataclasses.replace(grid, tile=chunks, chunks=chunks)
         self._read: dict[str, np.ndarray] = {}
         self._damaged: dict[tuple[int, ...], str] = {}
         self._arrays: dict = {}
+        self._writer: ChunkWriter | None = None
         self._records: list = []
         self._flushed = time.monotonic()
 
@@ -289,36 +357,43 @@ class Store:
             raise SpecError("--resume: the spec differs from the store's in " + "; ".join(diff))
 
     def read(self, name: str) -> np.ndarray:
-        """A whole grid array; the tiles of chunks that fail to decode read as the fill value and count as damaged."""
+        """A whole grid array as on disk (a writer's values get there on `flush`); the chunks that fail to decode
+        read as the fill value and their tiles count as damaged."""
         if name not in self._read:
             array = self.root[name]
             try:
                 self._read[name] = array[...]
-            except Exception:  # noqa: BLE001 - codecs fail with several types (zstd, checksum); find the tiles
+            except Exception:  # noqa: BLE001 - codecs fail with several types (zstd, checksum); find the chunks
                 out = np.full(array.shape, array.fill_value, dtype=array.dtype)
-                for tile in self.grid.tiles():
+                for chunk in self.grid.chunk_indices():
                     try:
-                        out[self.grid.slices(tile)] = array.blocks[tile]
+                        out[self.grid.chunk_slices(chunk)] = array.blocks[chunk]
                     except Exception as err:  # noqa: BLE001 - as above
-                        self._damaged.setdefault(tile, f"{name}: {type(err).__name__}: {str(err)[:80]}")
+                        self._mark(chunk, f"{name}: {type(err).__name__}: {str(err)[:80]}")
                 self._read[name] = out
         return self._read[name]
+
+    def _mark(self, chunk: tuple[int, ...], why: str) -> None:
+        for tile in self.grid.tiles_of(chunk):
+            self._damaged.setdefault(tile, why)
 
     def done(self) -> np.ndarray:
         return self.read("done")
 
     def damaged(self) -> dict[tuple[int, ...], str]:
-        """Tiles marked done whose chunks are missing or fail their checksum: {tile: what is wrong}."""
+        """Tiles in chunks that fail their checksum, or are missing though points of theirs are marked done:
+        {tile: what is wrong}. Damage is found per chunk; every tile of a damaged chunk is listed."""
         for name in [*self.variables, "done"]:
             self.read(name)
         done, keys = self.done(), set(ownership._listing(self.path))
-        for tile in self.grid.tiles():
-            if tile in self._damaged or not done[self.grid.slices(tile)].all():
+        bad = {self.grid.chunk_of(tile) for tile in self._damaged}
+        for chunk in self.grid.chunk_indices():
+            if chunk in bad or not done[self.grid.chunk_slices(chunk)].any():
                 continue
-            for name in self.variables:
-                if f"{name}/c/{'/'.join(map(str, tile))}" not in keys:
-                    self._damaged[tile] = f"{name}: chunk missing"
-                    break
+            key = "/".join(map(str, chunk))
+            missing = [name for name in self.variables if f"{name}/c/{key}" not in keys]
+            if missing:
+                self._mark(chunk, f"{missing[0]}: chunk missing")
         return dict(sorted(self._damaged.items()))
 
     def pending_tiles(self) -> list[tuple[int, ...]]:
@@ -327,18 +402,26 @@ class Store:
         return [t for t in self.grid.tiles() if t in bad or not done[self.grid.slices(t)].all()]
 
     def write_tile(self, tile: tuple[int, ...], values: dict[str, np.ndarray], record: dict | None = None) -> None:
-        where = self.grid.slices(tile)
-        shape = self.grid.tile_shape(tile)
+        """Take a finished tile's values (flat, in `grid.coords` order). Its chunk is written once all its points are
+        in; what is left is written by `flush()`, which the writer calls before it lets go of the store."""
+        if self._writer is None:
+            self._writer = self._open_writer()
         self._read.clear()
-        self._damaged.pop(tile, None)
-        for name, flat in values.items():
-            self.array(name)[where] = np.asarray(flat).reshape(shape)
-        self.array("done")[where] = True  # a tile counts only once all its values are on disk
+        self._damaged.clear()
+        self._writer.add(tile, values)
         if record is not None:
             actor = int(record["actor"].rpartition("-")[2])
             self._records.append((tile, [time.time(), record["seconds"], record["retries"], actor]))
-            if time.monotonic() - self._flushed > RECORD_FLUSH_S:
+            if time.monotonic() - self._flushed > FLUSH_S:
                 self.flush()
+
+    def _open_writer(self) -> ChunkWriter:
+        done = self.done()
+        kept = set()
+        if done.any():  # a resumed store: its chunks with points done, whose values a flush must keep
+            bad = {self.grid.chunk_of(tile) for tile in self.damaged()}  # recomputed whole: they start empty
+            kept = {c for c in self.grid.chunk_indices() if c not in bad and done[self.grid.chunk_slices(c)].any()}
+        return ChunkWriter(self.grid, {name: self.array(name) for name in [*self.variables, "done"]}, kept)
 
     def array(self, name: str):
         """The open array `name`: looked up once, as a lookup costs as much as a small chunk write."""
@@ -347,10 +430,27 @@ class Store:
         return self._arrays[name]
 
     def flush(self) -> None:
-        """Write the buffered tile records (a few seconds' worth; they serve post-mortems and `info`'s speed)."""
+        """Write the chunks still filling, then the buffered tile records (they serve post-mortems and `info`)."""
+        if self._writer is not None:
+            self._writer.flush()
+            self._read.clear()
+            self._damaged.clear()
         log = self.array("log/tiles")
+        per = log.chunks[:-1]  # tiles per chunk of records: each is read and written once
+        groups: dict[tuple[int, ...], list] = {}
         for tile, record in self._records:
-            log[tile] = record
+            groups.setdefault(tuple(i // c for i, c in zip(tile, per)), []).append((tile, record))
+        for key, records in groups.items():
+            where = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, per, log.shape))
+            block = np.full((*(s.stop - s.start for s in where), len(RECORD)), np.nan)
+            if len({tile for tile, _ in records}) < block.size // len(RECORD):  # other tiles' records: keep them
+                try:
+                    block = log[where]
+                except Exception:  # noqa: BLE001 - a damaged chunk of records costs only their speed estimate
+                    pass
+            for tile, record in records:
+                block[tuple(i - s.start for i, s in zip(tile, where))] = record
+            log[where] = block
         self._records.clear()
         self._flushed = time.monotonic()
 

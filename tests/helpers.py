@@ -3,7 +3,16 @@
 import os
 import time
 
+import torch
+
 from landscape_ray.models import DigitsCNN
+
+
+@torch.fx.wrap
+def pause(x, seconds: float):
+    """Sleep, then pass `x` on. Wrapped, so that a model traced by torch.fx (to fold BN) still calls it."""
+    time.sleep(seconds)
+    return x
 
 
 class SlowCNN(DigitsCNN):
@@ -14,20 +23,25 @@ class SlowCNN(DigitsCNN):
         self.delay = delay
 
     def forward(self, x):
-        time.sleep(self.delay)
-        return super().forward(x)
+        return super().forward(pause(x, self.delay))
 
 
 class CrashingCNN(DigitsCNN):
-    """Inside a Ray actor, kills its process on every forward pass: a tile that takes down every actor it meets.
+    """Inside a Ray actor, kills its process on every forward pass away from θ*: a tile that takes down every actor
+    it meets.
 
-    In the driver (which runs one batch at θ* to check model, data and metric) it behaves.
+    At θ* it behaves: in the driver (which runs one batch to check model, data and metric) and while an actor's
+    evaluator sizes its batches and checks BN folding.
     """
 
     def forward(self, x):
         import ray
 
-        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        weight = next(self.parameters())
+        if not hasattr(self, "theta"):
+            self.theta = weight.detach().clone()
+        in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+        if in_actor and not torch.equal(weight, self.theta):
             os._exit(1)
         return super().forward(x)
 
@@ -60,8 +74,7 @@ class OneSlowCNN(DigitsCNN):
                 pass
 
     def forward(self, x):
-        time.sleep(self.delay)
-        return super().forward(x)
+        return super().forward(pause(x, self.delay))
 
 
 def one_slow_cnn(marker: str, delay: float = 0.2):

@@ -27,8 +27,9 @@ def evaluator(spec):
     return Evaluator.from_payload(spec, prepare(spec), "cpu")
 
 
-def plain_loss(spec):
+def plain_loss(spec, batch_size=None):
     """The checkpoint evaluated the obvious way (in the spec's memory layout): eval mode, batches, float64 sums."""
+    batch_size = batch_size or spec.data.batch_size
     fmt = torch.channels_last if spec.eval.channels_last else torch.contiguous_format
     model = load_model(spec).to(memory_format=fmt)
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in normalization(spec.data))
@@ -37,28 +38,35 @@ def plain_loss(spec):
         images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)
         total, correct, losses = torch.zeros((), dtype=torch.float64), 0, []
         with torch.no_grad():
-            for i in range(0, len(labels), spec.data.batch_size):
-                x = images[i : i + spec.data.batch_size].float().div(255).sub(mean).div(std)
+            for i in range(0, len(labels), batch_size):
+                x = images[i : i + batch_size].float().div(255).sub(mean).div(std)
                 x = x.contiguous(memory_format=fmt)
                 logits = model(x)
-                per = F.cross_entropy(logits, labels[i : i + spec.data.batch_size], reduction="none")
+                per = F.cross_entropy(logits, labels[i : i + batch_size], reduction="none")
                 total += per.double().sum()
                 losses.append(per.double())
-                correct += (logits.argmax(1) == labels[i : i + spec.data.batch_size]).sum().item()
+                correct += (logits.argmax(1) == labels[i : i + batch_size]).sum().item()
         out[f"{name}_loss"], out[f"{name}_acc"] = total.item() / len(labels), correct / len(labels)
         out[f"{name}_loss_se"] = torch.cat(losses).std().item() / len(labels) ** 0.5
     return out
 
 
+@pytest.mark.parametrize("fold_bn", [False, "auto"])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_origin_reproduces_the_checkpoint_exactly(spec, channels_last):
-    spec = spec.model_copy(update={"eval": spec.eval.model_copy(update={"channels_last": channels_last})})
-    got = Evaluator.from_payload(spec, prepare(spec), "cpu").evaluate(np.array([[0.0, 0.0]]))
-    want = plain_loss(spec)
+def test_origin_reproduces_the_checkpoint_exactly(spec, channels_last, fold_bn):
+    """Bit for bit unfolded; with the default `fold_bn: auto` (BN folded here) within its promised 1e-6 relative."""
+    update = {"channels_last": channels_last, "fold_bn": fold_bn}
+    spec = spec.model_copy(update={"eval": spec.eval.model_copy(update=update)})
+    evaluator = Evaluator.from_payload(spec, prepare(spec), "cpu")
+    assert evaluator.folded == (fold_bn == "auto")
+    got = evaluator.evaluate(np.array([[0.0, 0.0]]))
+    want = plain_loss(spec, evaluator.batch_size)
     assert set(got) == set(want) == {f"{s}_{v}" for s in ("train", "test") for v in ("loss", "acc", "loss_se")}
     for k, v in want.items():
         if k.endswith("_se"):  # a spread: summed as Σl² − n·mean², so equal to rounding
-            assert got[k][0] == pytest.approx(v, rel=1e-9) and v > 0, k
+            assert got[k][0] == pytest.approx(v, rel=1e-9 if not fold_bn else 1e-6) and v > 0, k
+        elif fold_bn and k.endswith("_loss"):
+            assert got[k][0] == pytest.approx(v, rel=1e-6, abs=0), k
         else:
             assert got[k][0] == v, k
     assert 0.0 <= got["train_acc"][0] <= 1.0 and got["train_acc"][0] > 0.5
@@ -274,3 +282,56 @@ def test_folding_requested_with_recomputed_bn_warns(checkpoint, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # folding that happens says nothing
         prepare(make_spec(tmp_path / "f.zarr", checkpoint, "eval.fold_bn=true"))
+
+
+def offset_net() -> nn.Module:
+    """conv with a bias of 1000 → BN subtracting it again: unfolded, the BN sees 1000 + x rounded to fp32 (an error
+    of ~3e-5 in x); folded, the offset cancels exactly. The two disagree far beyond `fold_bn: auto`'s 1e-6."""
+    net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.fill_(1000.0)
+        net[1].running_mean.fill_(1000.0)
+        torch.manual_seed(0)
+        net[3].weight.normal_(0, 3)
+    return net.eval()
+
+
+@pytest.mark.parametrize(
+    "make, fold, folded", [(conv_bn_net, "auto", True), (offset_net, "auto", False), (offset_net, True, True)]
+)
+def test_fold_auto_folds_only_where_it_agrees_with_the_plain_forward(make, fold, folded):
+    rng = np.random.default_rng(0)
+    split = ImageSplit(rng.integers(0, 256, (64, 1, 8, 8), dtype=np.uint8), rng.integers(0, 10, 64))
+    net = make(True) if make is conv_bn_net else make()
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    # conv and linear weights only: a direction that moves a BN keeps that BN unfolded
+    direction = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in state.items() if v.ndim > 1}
+
+    def evaluator(fold):
+        fresh = make(True) if make is conv_bn_net else make()
+        return Evaluator(fresh, state, [direction], {"train": split}, [0.5], [0.25], batch_size=16, fold=fold)
+
+    ev, plain = evaluator(fold), evaluator(False)
+    assert ev.folded is folded and not plain.folded
+    coords = np.array([[0.0], [0.01]])
+    got, want = ev.evaluate(coords), plain.evaluate(coords)
+    if not folded:  # declined: the plain forward, bit for bit
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    else:
+        np.testing.assert_allclose(got["train_loss"], want["train_loss"], rtol=1e-3 if fold is True else 1e-6)
+
+
+@pytest.mark.parametrize(
+    "channels, size, device, want",
+    [(16, 32, "cpu", 32), (16, 8, "cpu", 512), (64, 32, "cpu", 16), (1, 2, "cpu", 1024), (16, 32, "cuda", 1024)],
+)
+def test_auto_batch_size_fits_the_largest_activation_into_2_mib(channels, size, device, want):
+    """The largest activation of one sample is channels × size² × 4 bytes: the batch is the power of two that fits
+    2 MiB (CPU, clamped to 16..1024); a GPU gets 1024."""
+    from landscape_ray.speedups import auto_batch_size
+
+    net = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(channels * size**2, 2))
+    got = auto_batch_size(net, torch.zeros(1, 3, size, size), torch.device(device))
+    assert got == want  # e.g. 16 × 32² × 4 B = 64 KiB per sample: 32 of them fill 2 MiB

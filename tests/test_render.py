@@ -39,6 +39,7 @@ def make_store(path, grid=SURFACE_GRID, tile="[3, 3]", fill=None, skip_last=Fals
     s = create(path, spec, g, list(fill(*split(g.coords(g.tiles()[0])))), [{}, {}][: len(g.dims)])
     for tile in g.tiles()[: -1 if skip_last else None]:
         s.write_tile(tile, fill(*split(g.coords(tile))))
+    s.flush()  # as a job does at its end: small tiles share a chunk, written whole or on flush
     if pca:
         root = zarr.open_group(str(path), mode="r+")
         root["x"].attrs.update(long_name="PC1", explained_variance_ratio=0.623)

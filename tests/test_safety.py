@@ -277,21 +277,23 @@ DAMAGE = {"truncated": truncate, "deleted": Path.unlink, "flipped byte": flip_a_
 @pytest.mark.slow
 def test_damaged_chunk_is_reported_and_resume_repairs_it(tmp_path, checkpoint, capsys, ray_cluster, damage):
     store = tmp_path / "s.zarr"
-    spec = make_spec(store, checkpoint)
+    # Tiles of 2 × 3 points are small: a chunk holds 10 × 3 of them (20 of the 40 rows), and its damage is theirs.
+    spec = make_spec(store, checkpoint, "grid.y={min: -0.5, max: 1, num: 40}")
     run(spec, log=quiet)
     good = Store(store, mode="r").read("train_loss").copy()
-    DAMAGE[damage](store / "train_loss" / "c" / "1" / "1")
+    DAMAGE[damage](store / "train_loss" / "c" / "1" / "0")
     code, out = cli(capsys, "verify", store)
     assert code == 1
     capsys.readouterr()
     code = main(["verify", str(store)])
-    assert code == 1 and "tile (1, 1)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert code == 1 and "tile (10, 0)" in out and "tile (19, 2)" in out and "tile (9, 2)" not in out
     assert main(["info", str(store)]) == 0
-    assert "1 damaged tiles (run verify)" in capsys.readouterr().out
+    assert "30 damaged tiles (run verify)" in capsys.readouterr().out
     assert main(["render", str(store), "--out", str(tmp_path / "pictures"), "--kind", "heatmap"]) == 0
-    assert "1 damaged tiles (run verify); drawn as missing" in capsys.readouterr().err
+    assert "30 damaged tiles (run verify); drawn as missing" in capsys.readouterr().err
     summary = run(spec, resume=True, log=quiet)
-    assert summary["tiles"] == 1
+    assert summary["tiles"] == 30
     assert main(["verify", str(store)]) == 0
     np.testing.assert_array_equal(Store(store, mode="r").read("train_loss"), good)
 

@@ -62,6 +62,7 @@ def scan(tmp_path, checkpoint, *extra):
         "grid.tile=2",
         "data.batch_size=100",
         "compute.in_flight=2",
+        "eval.fold_bn=false",  # no test forwards at load: an actor's pauses begin with its first tile
         *extra,
     )
 
@@ -99,7 +100,7 @@ def test_auto_tiles_store_equals_one_fixed_tile_in_process(checkpoint, tmp_path)
     spec = make_spec(tmp_path / "s.zarr", checkpoint, "grid.tile=auto", "grid.x.num=9", "grid.y.num=9")
     run(spec, log=quiet)
     ds = xr.open_zarr(tmp_path / "s.zarr")
-    assert ds.train_loss.encoding["chunks"] != (9, 9)  # really cut into several tiles
+    assert ds.attrs["spec"]["grid"]["tile"] != [9, 9]  # really cut into several tiles (small ones share a chunk)
     # The same points as one 9 × 9 tile, evaluated here without Ray.
     want = reference(spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": [9, 9]})}))
     for name, values in want.items():
