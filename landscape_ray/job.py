@@ -14,6 +14,7 @@ Order matters for the promise that a user's data is never lost or mixed:
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,20 +41,22 @@ def check_size(spec: Spec, force: bool) -> None:
         )
 
 
-def load(spec: Spec, resume: bool, timings: dict) -> tuple[Store | None, object]:
-    """The existing store to complete (with --resume) and the payload; every input is checked here.
+def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool) -> tuple[Store | None, object, object]:
+    """The existing store to complete (with --resume), the payload, and for a new store the driver's warmup (or None);
+    every input is checked here.
 
     Runs in a thread while the cluster starts, and imports torch (~1.5 s) there rather than at the top.
     """
     from .fingerprint import changed, fingerprints
     from .payload import prepare
+    from .warmup import Warmup
 
     path = spec.output.store
     start = time.perf_counter()
     if not (exists(path) and resume):
         payload = prepare(spec)
         timings["load_s"] = time.perf_counter() - start
-        return None, payload
+        return None, payload, Warmup.start(spec, payload, local_cluster)
     store = Store(path)
     store.check_resumable(spec)
     payload = prepare(spec, vectors=store.directions())  # exactly the ones the finished tiles used
@@ -62,7 +65,7 @@ def load(spec: Spec, resume: bool, timings: dict) -> tuple[Store | None, object]
         diff = changed(store.inputs, fingerprints(spec, payload.splits))
         if diff:
             raise SpecError("--resume: " + "; ".join(diff) + "; --overwrite starts the store over")
-    return store, payload
+    return store, payload, None
 
 
 def create_store(spec: Spec, payload, overwrite: bool, workers: int, timings: dict) -> Store:
@@ -85,28 +88,32 @@ def create_store(spec: Spec, payload, overwrite: bool, workers: int, timings: di
     return store
 
 
-def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple[Store | None, object, int, object]:
-    """The existing store (with --resume), the payload, the number of actors and their pool, started together: the
-    inputs load in a thread while the cluster starts and the actors import torch. A bad input ends the run here,
-    before any store exists, and stops the Ray this call started (an input error is reported before a cluster's)."""
+def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple:
+    """The existing store (with --resume), the payload, the driver's warmup (or None), the number of actors and their
+    pool, started together: the inputs load in a thread while the cluster starts and the actors import torch, and on
+    a private cluster the driver starts computing as soon as it has them. A bad input ends the run here, before any
+    store exists, and stops the Ray this call started (an input error is reported before a cluster's)."""
     fresh = not scheduler.connected()
+    local = address is None and not os.environ.get("RAY_ADDRESS")
     pool = None
     with ThreadPoolExecutor(1, thread_name_prefix="load") as background:
-        loading = background.submit(load, spec, resume, timings)
+        loading = background.submit(load, spec, resume, timings, local)
         try:
             begin = time.perf_counter()
             workers = scheduler.preflight(spec, address)
             timings["cluster_s"] = time.perf_counter() - begin
             pool = scheduler.Pool(spec, workers)
-            store, payload = loading.result()
+            store, payload, warmup = loading.result()
         except BaseException as err:  # noqa: BLE001 - cleanup, then re-raised (Ctrl-C included)
             if pool is not None:
                 pool.close()
+            failed = loading.exception() if not isinstance(err, KeyboardInterrupt) else None
+            if loading.done() and failed is None and loading.result()[2] is not None:
+                loading.result()[2].stop()
             if fresh:
                 scheduler.disconnect()
-            failed = loading.exception() if not isinstance(err, KeyboardInterrupt) else None
             raise (failed or err) from None
-    return store, payload, workers, pool
+    return store, payload, warmup, workers, pool
 
 
 def run(
@@ -129,31 +136,37 @@ def run(
                     f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it"
                 )
             ownership.check_ours(path)
-        store, payload, workers, pool = start(spec, resume, address, timings)
-        with pool:
-            if store is None:
-                store = create_store(spec, payload, overwrite, workers, timings)
-            tiles = store.pending_tiles()
-            total = len(store.grid.tiles())
-            log(f"store {path}: {total - len(tiles)}/{total} tiles done, {len(tiles)} to compute")
-            summary = {"tiles": 0, "points": 0}
-            if tiles:
-                started = psutil.Process().create_time()  # the command's start, for the first tile's latency
+        store, payload, warmup, workers, pool = start(spec, resume, address, timings)
+        try:
+            with pool:
+                if store is None:
+                    store = create_store(spec, payload, overwrite, workers, timings)
+                tiles = store.pending_tiles()
+                total = len(store.grid.tiles())
+                log(f"store {path}: {total - len(tiles)}/{total} tiles done, {len(tiles)} to compute")
+                summary = {"tiles": 0, "points": 0}
+                if tiles:
+                    started = psutil.Process().create_time()  # the command's start, for the first tile's latency
 
-                def on_tile(tile, values, record):
-                    timings.setdefault("first_tile_s", time.time() - started)
-                    store.write_tile(tile, values, record)
+                    def on_tile(tile, values, record):
+                        timings.setdefault("first_tile_s", time.time() - started)
+                        store.write_tile(tile, values, record)
 
-                try:
-                    summary = scheduler.evaluate_tiles(spec, payload, store.grid, tiles, on_tile, log=log, pool=pool)
-                except KeyboardInterrupt:
-                    store.flush()
-                    done = store.done()
-                    raise Interrupted(
-                        f"interrupted: {int(done.sum())}/{done.size} points are kept; --resume completes the store"
-                    ) from None
-                finally:
-                    store.flush()
+                    try:
+                        summary = scheduler.evaluate_tiles(
+                            spec, payload, store.grid, tiles, on_tile, log=log, pool=pool, warmup=warmup
+                        )
+                    except KeyboardInterrupt:
+                        store.flush()
+                        done = store.done()
+                        raise Interrupted(
+                            f"interrupted: {int(done.sum())}/{done.size} points are kept; --resume completes the store"
+                        ) from None
+                    finally:
+                        store.flush()
+        finally:
+            if warmup is not None:  # stopped by the scheduler once an actor is up; here on any early exit
+                warmup.stop()
         if tiles:
             summary["startup"] = {k: round(v, 3) for k, v in timings.items()}
             store.root.attrs["runs"] = store.root.attrs.get("runs", []) + [summary]

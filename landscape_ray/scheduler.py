@@ -276,10 +276,11 @@ class Pool:
 
 
 def evaluate_tiles(
-    spec: Spec, payload: Payload, grid, tiles: list, on_tile, log=print, pool: Pool | None = None
+    spec: Spec, payload: Payload, grid, tiles: list, on_tile, log=print, pool: Pool | None = None, warmup=None
 ) -> dict:
     """Evaluate `tiles` on the actors of `pool` (started now if None), calling `on_tile(tile, values, record)`
-    as each finishes. The pool is closed when this returns."""
+    as each finishes. The pool is closed when this returns. A `warmup` (warmup.py: points the driver computes until
+    the first actor is ready) supplies the queued tiles whose points it has all done."""
     pool = pool or Pool(spec)
     pool.load(payload, len(tiles))
     queue = deque(tiles)
@@ -290,6 +291,7 @@ def evaluate_tiles(
     progress = Progress(sum(math.prod(grid.tile_shape(t)) for t in tiles))
     start = time.perf_counter()
     first_ready = None  # seconds until the first actor could take a tile (its start-up: torch, model, data)
+    warmup_summary = None
 
     def lose(slot: Slot, why: str) -> None:
         """An actor died: requeue its tiles, blame the one it was running, start a replacement."""
@@ -332,8 +334,24 @@ def evaluate_tiles(
             ray.cancel(ref)  # skipped if still queued there; if it just started, its late result is ignored
             submit(slot, running.pop(ref)[0])
 
+    def harvest() -> None:
+        """Queued tiles the driver's warmup has finished (from the back of the queue, where it works)."""
+        while queue and (values := warmup.take(grid.coords(queue[-1]))) is not None:
+            tile = queue.pop()
+            on_tile(tile, values, {"actor": "driver", "node": "driver", "seconds": 0.0, "retries": 0})
+            progress.update(len(next(iter(values.values()))))
+
     try:
         while queue or running:
+            if warmup is not None:
+                if any(s.info for s in pool.slots):  # an actor is up: the driver stops, its finished tiles go in
+                    warmup.stop()
+                    harvest()
+                    warmup_summary, warmup = warmup.summary(), None
+                else:
+                    harvest()
+                    if not queue and not running:
+                        break
             dispatch()
             starting = {s.starting: s for s in pool.slots if s.starting is not None}
             ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=progress.interval)
@@ -377,10 +395,16 @@ def evaluate_tiles(
             if progress.tick() and spec.compute.actors == "auto":
                 pool.grow(len(queue) + len(running))  # nodes may have joined
     finally:
+        if warmup is not None:
+            warmup.stop()
+            warmup_summary = warmup.summary()
         progress.close()
         pool.close()
     wall = time.perf_counter() - start
-    points = sum(s.points for s in pool.retired)
+    actors = pool.summary()
+    if warmup_summary and warmup_summary["points"]:
+        actors["driver"] = warmup_summary
+    points = sum(a["points"] for a in actors.values())
     return {
         "tiles": len(tiles),
         "points": points,
@@ -389,5 +413,5 @@ def evaluate_tiles(
         "points_per_s": round(points / wall, 2) if wall else None,
         "retried_tiles": len(retries),
         "actor_deaths": deaths,
-        "actors": pool.summary(),
+        "actors": actors,
     }

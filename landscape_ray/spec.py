@@ -213,6 +213,11 @@ class ComputeSpec(Strict):
     gpus_per_actor: float = Field(1.0, gt=0, description="GPUs per actor when GPUs are used (fractional packs actors)")
     cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per actor")
     in_flight: int = Field(2, ge=1, description="tiles queued per actor so it never waits for the driver")
+    warmup: bool = Field(
+        True,
+        description="on a private local cluster with CPU actors, the driver computes points while the cluster and "
+        "the actors start (same evaluator, same values)",
+    )
     max_tile_failures: int = Field(3, ge=1, description="actor deaths one tile may cause before the run fails")
 
     @model_validator(mode="after")

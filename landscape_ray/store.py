@@ -410,7 +410,8 @@ class Store:
         self._damaged.clear()
         self._writer.add(tile, values)
         if record is not None:
-            actor = int(record["actor"].rpartition("-")[2])
+            name = record["actor"]  # actor-N, or the driver (warmup.py): -1
+            actor = int(name.rpartition("-")[2]) if name.startswith("actor-") else -1
             self._records.append((tile, [time.time(), record["seconds"], record["retries"], actor]))
             if time.monotonic() - self._flushed > FLUSH_S:
                 self.flush()

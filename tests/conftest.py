@@ -48,7 +48,10 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def make_spec(store: Path, checkpoint: Path | None, *overrides: str) -> Spec:
-    """A small 2D job on digits (7 × 5, train subset of 300) with the given `a.b=v` overrides."""
+    """A small 2D job on digits (7 × 5, train subset of 300) with the given `a.b=v` overrides.
+
+    The driver's warmup is off: these tests time, kill or slow down actors, and on a grid this small the driver
+    would compute every tile before an actor is up. test_scheduling.py tests the warmup itself."""
     base = [
         f"model.checkpoint={checkpoint}" if checkpoint else "model.checkpoint=null",
         "data.subset=300",
@@ -58,6 +61,7 @@ def make_spec(store: Path, checkpoint: Path | None, *overrides: str) -> Spec:
         "grid.tile=[2, 3]",
         "eval.device=cpu",
         "compute.actors=2",
+        "compute.warmup=false",
         f"output.store={store}",
         "output.render=[]",
     ]

@@ -46,6 +46,21 @@ class CrashingCNN(DigitsCNN):
         return super().forward(x)
 
 
+class SlowStartCNN(DigitsCNN):
+    """Inside a Ray actor it takes `delay` seconds to build, so the driver's warmup has time to compute points."""
+
+    def __init__(self, delay: float):
+        super().__init__()
+        import ray
+
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            time.sleep(delay)
+
+
+def slow_start_cnn(delay: float = 4.0):
+    return SlowStartCNN(delay)
+
+
 def slow_cnn(delay: float = 0.05):
     return SlowCNN(delay)
 

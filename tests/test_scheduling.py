@@ -18,6 +18,7 @@ from landscape_ray.models import DigitsCNN
 from landscape_ray.payload import prepare
 from landscape_ray.scheduler import Pool, evaluate_tiles, preflight
 from landscape_ray.spec import RunError
+from landscape_ray.store import Store
 
 from .conftest import ROOT, make_spec, quiet, reference
 
@@ -176,3 +177,24 @@ def test_preflight_on_a_fresh_process_unreachable_cluster_and_gpu_placement():
         "the largest has 1 CPUs and 1 GPUs"
     )
     assert lines[2] == "ok 2"
+
+
+def test_the_driver_computes_while_the_actors_start(checkpoint, tmp_path):
+    """Actors that take 4 s to build: the driver's warmup (warmup.py) computes tiles meanwhile. Its values are the
+    in-process evaluator's, bit for bit, and its tiles are recorded as the driver's (-1) in log/tiles."""
+    spec = make_spec(
+        tmp_path / "s.zarr",
+        checkpoint,
+        "model.arch=tests.helpers:slow_start_cnn",
+        "grid.tile=[1, 1]",
+        "compute.warmup=true",
+    )
+    summary = run(spec, log=quiet)
+    driver = summary["actors"]["driver"]["points"]
+    assert 0 < driver and summary["points"] == 35, summary["actors"]
+    assert sum(a["points"] for a in summary["actors"].values()) == 35
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    for name, values in reference(spec).items():
+        np.testing.assert_array_equal(ds[name].values, values, err_msg=name)
+    records = Store(tmp_path / "s.zarr", mode="r").records()
+    assert len(records) == 35 and (records[:, 3] == -1).sum() == driver

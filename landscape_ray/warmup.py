@@ -1,0 +1,91 @@
+"""The driver's own evaluator: grid points computed while the cluster starts and the actors load.
+
+On a private local cluster the driver runs on the machine that computes, and for the first seconds of a run (Ray
+starting, actors importing torch) it has the payload and nothing to do. A `Warmup` evaluates grid points in a
+thread, last point first (the actors take tiles from the front), until the first actor is ready; the scheduler then
+writes every queued tile whose points are all done here, as if an actor had returned it, and sends the rest to the
+actors. The evaluator is the actors' (same spec, payload, device and thread count), so the values are the same.
+
+    warmup = Warmup.start(spec, payload)      # None where it does not apply
+    ...                                       # cluster, store, actors
+    values = warmup.take(tile_coords)         # a tile's values when all its points are done here, else None
+    warmup.stop()                             # when the first actor is ready
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import torch
+
+from .evaluator import Evaluator
+from .grid import Grid
+from .spec import Spec
+
+
+class Warmup:
+    def __init__(self, evaluator: Evaluator, coords: np.ndarray):
+        self.evaluator = evaluator
+        self.coords = coords  # every grid point, in the order they are computed
+        self.values: dict[tuple[float, ...], dict[str, float]] = {}
+        self.seconds = 0.0
+        self.taken = 0  # points handed to the scheduler
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="warmup", daemon=True)
+
+    @classmethod
+    def start(cls, spec: Spec, payload, local_cluster: bool) -> Warmup | None:
+        """A running warmup for a fresh run on CPU actors of a private local cluster, else None."""
+        e = spec.eval
+        cpu = e.device == "cpu" or (e.device == "auto" and not torch.cuda.is_available())
+        if not (spec.compute.warmup and local_cluster and cpu) or e.compile or e.curvature:
+            return None
+        # An actor runs `cpus_per_actor` torch threads; the driver evaluates as one does (a process-wide setting, made
+        # here because only a run that warms up evaluates in the driver).
+        torch.set_num_threads(spec.compute.cpus_per_actor)
+        grid = Grid.from_spec(spec.grid)
+        coords = np.concatenate([grid.coords(t) for t in grid.tiles()])[::-1]
+        warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), coords)
+        warmup.thread.start()
+        return warmup
+
+    def _run(self) -> None:
+        for coord in self.coords:
+            if self.halt.is_set():
+                return
+            begin = time.perf_counter()
+            out = self.evaluator.evaluate(coord[None])
+            with self.lock:
+                self.values[tuple(coord)] = {k: v[0] for k, v in out.items()}
+                self.seconds += time.perf_counter() - begin
+
+    def take(self, coords: np.ndarray) -> dict[str, np.ndarray] | None:
+        """The values at `coords` (a tile's points) when every one of them is done here, else None."""
+        with self.lock:
+            rows = [self.values.get(tuple(c)) for c in coords]
+        if any(r is None for r in rows):
+            return None
+        self.taken += len(rows)
+        return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+
+    def stop(self) -> None:
+        """No new points; the one under way finishes (its value may still complete a queued tile)."""
+        self.halt.set()
+        self.thread.join()
+
+    def summary(self) -> dict:
+        n = len(self.values)
+        return {
+            "node": "driver",
+            "pid": os.getpid(),
+            "uss_mb": None,
+            "batch_size": self.evaluator.batch_size,
+            "bn_folded": self.evaluator.folded,
+            "points": self.taken,
+            "busy_s": round(self.seconds, 3),
+            "points_per_s": round(n / self.seconds, 2) if self.seconds else None,
+        }
