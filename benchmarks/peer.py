@@ -58,36 +58,43 @@ def timed(cmd: list[str]) -> tuple[float, str]:
     return seconds, out.stdout
 
 
+def demo_checkpoint(folder: Path) -> Path:
+    """The demo's digits CNN, trained with jobs/quickstart-train.yaml into `folder`."""
+    from landscape_ray.spec import load_spec
+    from landscape_ray.train import TrainSpec, train
+
+    spec = load_spec(ROOT / "jobs" / "quickstart-train.yaml", [f"out={folder}"], model=TrainSpec)
+    return train(spec, log=lambda *_: None)
+
+
+def quickstart(checkpoint: Path, num: int, store: Path, *overrides: str) -> list[str]:
+    """`landscape-ray run jobs/quickstart.yaml` on `checkpoint`: train split, num × num, no pictures."""
+    sets = [
+        f"model.checkpoint={checkpoint}",
+        "data.splits=[train]",
+        f"grid.x={{min: -1, max: 1, num: {num}}}",
+        f"grid.y={{min: -1, max: 1, num: {num}}}",
+        f"output.store={store}",
+        "output.render=[]",
+        *overrides,
+    ]
+    return [sys.executable, "-m", "landscape_ray", "run", "jobs/quickstart.yaml", *(f"--set={s}" for s in sets)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num", type=int, default=21, help="grid points per axis (default: 21)")
     args = p.parse_args()
-    from landscape_ray.spec import load_spec
-    from landscape_ray.train import TrainSpec, train
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        spec = load_spec(ROOT / "jobs" / "quickstart-train.yaml", [f"out={tmp / 'ckpt'}"], model=TrainSpec)
-        checkpoint = train(spec, log=lambda *_: None)
+        checkpoint = demo_checkpoint(tmp / "ckpt")
         peer_s, peer_out = timed([sys.executable, "-c", PEER, str(checkpoint), str(args.num)])
         peer_call_s = float(peer_out.split()[0])
         rows = []
         for actors in (2, 1):
-            cmd = [
-                sys.executable,
-                "-m",
-                "landscape_ray",
-                "run",
-                "jobs/quickstart.yaml",
-                f"--set=model.checkpoint={checkpoint}",
-                "--set=data.splits=[train]",
-                f"--set=grid.x={{min: -1, max: 1, num: {args.num}}}",
-                f"--set=grid.y={{min: -1, max: 1, num: {args.num}}}",
-                f"--set=compute.actors={actors}",
-                f"--set=output.store={tmp / f'a{actors}' / 'surface.zarr'}",
-                "--set=output.render=[]",
-            ]
-            seconds, out = timed(cmd)
+            store = tmp / f"a{actors}" / "surface.zarr"
+            seconds, out = timed(quickstart(checkpoint, args.num, store, f"compute.actors={actors}"))
             startup = next((line for line in out.splitlines() if line.startswith("startup")), "")
             rows.append((actors, seconds, startup))
 

@@ -14,37 +14,20 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from .peer import demo_checkpoint, quickstart, timed
 
 
 def run(checkpoint: Path, store: Path, num: int, tile: str) -> tuple[float, str]:
     """Compute seconds of `landscape-ray run` (from its summary) and its summary lines."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "landscape_ray",
-        "run",
-        "jobs/quickstart.yaml",
-        f"--set=model.checkpoint={checkpoint}",
-        "--set=data.splits=[train]",
-        f"--set=grid.x={{min: -1, max: 1, num: {num}}}",
-        f"--set=grid.y={{min: -1, max: 1, num: {num}}}",
-        f"--set=grid.tile={tile}",
-        f"--set=output.store={store}",
-        "--set=output.render=[]",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
-    if out.returncode:
-        sys.exit(f"tile {tile}: landscape-ray run failed:\n{out.stderr[-3000:]}")
-    lines = [line for line in out.stdout.splitlines() if line.startswith(("done:", "startup:", "store "))]
-    seconds = float(re.search(r"points in ([\d.]+) s", out.stdout).group(1))
+    # No driver warmup: it would take over the tiles of a small grid, and the question is the cost of a tile to an actor
+    _, out = timed(quickstart(checkpoint, num, store, f"grid.tile={tile}", "compute.warmup=false"))
+    lines = [line for line in out.splitlines() if line.startswith(("done:", "startup:", "store "))]
+    seconds = float(re.search(r"points in ([\d.]+) s", out).group(1))
     return seconds, "\n    ".join(lines)
 
 
@@ -52,14 +35,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num", type=int, default=41, help="grid points per axis (default: 41)")
     args = p.parse_args()
-    from landscape_ray.spec import load_spec
     from landscape_ray.store import Store
-    from landscape_ray.train import TrainSpec, train
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        spec = load_spec(ROOT / "jobs" / "quickstart-train.yaml", [f"out={tmp / 'ckpt'}"], model=TrainSpec)
-        checkpoint = train(spec, log=lambda *_: None)
+        checkpoint = demo_checkpoint(tmp / "ckpt")
         rows = {tile: run(checkpoint, tmp / f"t{tile}" / "s.zarr", args.num, tile) for tile in ("1", "auto")}
         stores = {tile: Store(tmp / f"t{tile}" / "s.zarr", mode="r") for tile in rows}
         equal = np.array_equal(stores["1"].read("train_loss"), stores["auto"].read("train_loss"))
