@@ -14,7 +14,6 @@ Order matters for the promise that a user's data is never lost or mixed:
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -94,7 +93,7 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
     a private cluster the driver starts computing as soon as it has them. A bad input ends the run here, before any
     store exists, and stops the Ray this call started (an input error is reported before a cluster's)."""
     fresh = not scheduler.connected()
-    local = address is None and not os.environ.get("RAY_ADDRESS")
+    local = scheduler.private(address)
     pool = None
     with ThreadPoolExecutor(1, thread_name_prefix="load") as background:
         loading = background.submit(load, spec, resume, timings, local)

@@ -56,11 +56,16 @@ def knock(address: str, timeout: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout).close()
 
 
+def private(address: str | None) -> bool:
+    """Whether `connect(address)` starts a private cluster on this machine (no address, no RAY_ADDRESS)."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
+
+
 def connect(address: str | None = None) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS, as under `ray job submit`), else start a private one."""
     if ray.is_initialized():
         return
-    if address or os.environ.get("RAY_ADDRESS"):
+    if not private(address):
         where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
         try:
             knock(address or os.environ["RAY_ADDRESS"])
