@@ -39,15 +39,21 @@ def private_ray_on_loopback(address) -> None:
 def cmd_run(args) -> None:
     private_ray_on_loopback(args.address)
     from .job import run
+    from .scheduler import connected, disconnect
 
     overrides = list(args.set) + (["model.trust_checkpoint=true"] if args.trust_checkpoint else [])
-    run(
-        load_spec(args.spec, overrides),
-        resume=args.resume,
-        overwrite=args.overwrite,
-        address=args.address,
-        force=args.force,
-    )
+    joined = connected()  # a caller's Ray (main() called in a process that has one) stays up
+    try:
+        run(
+            load_spec(args.spec, overrides),
+            resume=args.resume,
+            overwrite=args.overwrite,
+            address=args.address,
+            force=args.force,
+        )
+    finally:  # the command is done with Ray (a private cluster stops here rather than in Ray's slower exit hook)
+        if not joined:
+            disconnect()
 
 
 def cmd_train(args) -> None:
