@@ -14,6 +14,7 @@ Order matters for the promise that a user's data is never lost or mixed:
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ from .errors import Interrupted, SpecError
 from .grid import Grid
 from .paths import exists, is_remote
 from .spec import Spec
-from .store import Store, consolidate, create
+from .store import Store, build_beside, consolidate, create, install
 
 MAX_POINTS = 10_000_000  # beyond this a grid is more likely a typo than a plan; --force allows it
 
@@ -40,9 +41,9 @@ def check_size(spec: Spec, force: bool) -> None:
         )
 
 
-def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool) -> tuple[Store | None, object, object]:
-    """The existing store to complete (with --resume), the payload, and for a new store the driver's warmup (or None);
-    every input is checked here.
+def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool) -> tuple:
+    """The existing store to complete (with --resume) or else None, the payload, the driver's warmup (or None),
+    and the new store it writes into while the cluster starts (or None); every input is checked here.
 
     Runs in a thread while the cluster starts, and imports torch (~1.5 s) there rather than at the top.
     """
@@ -55,7 +56,14 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool) -> tuple[
     if not (exists(path) and resume):
         payload = prepare(spec)
         timings["load_s"] = time.perf_counter() - start
-        return None, payload, Warmup.start(spec, payload, local_cluster)
+        warmup = Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
+        if warmup is None or is_remote(path):
+            return None, payload, warmup, None
+        # Every input is checked: the new store is built beside the old one now, and the driver's first tiles go in
+        # while the cluster starts; `start` puts it in place once the cluster is checked, or removes it.
+        partial = new_store(spec, payload, warmup.grid, timings, beside=True)
+        warmup.write_into(Store(partial))
+        return None, payload, warmup, partial
     store = Store(path)
     store.check_resumable(spec)
     payload = prepare(spec, vectors=store.directions())  # exactly the ones the finished tiles used
@@ -64,34 +72,44 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool) -> tuple[
         diff = changed(store.inputs, fingerprints(spec, payload.splits))
         if diff:
             raise SpecError("--resume: " + "; ".join(diff) + "; --overwrite starts the store over")
-    return store, payload, None
+    return store, payload, None, None
 
 
-def create_store(spec: Spec, payload, overwrite: bool, workers: int, timings: dict) -> Store:
+def local_actors(spec: Spec) -> int:
+    """The actors a private cluster on this machine makes room for (`scheduler.plan_actors` says once Ray is up);
+    an estimate is enough, as only the balance of the tiles depends on it, never a value."""
+    if spec.compute.actors != "auto":
+        return spec.compute.actors
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // spec.compute.cpus_per_actor)
+
+
+def cut(spec: Spec, payload, workers: int) -> Grid:
+    """The grid cut into tiles for `workers` actors (`tile: auto` sizes them from the payload's cost estimate)."""
+    return Grid.from_spec(spec.grid, workers=workers, point_seconds=payload.point_seconds)
+
+
+def new_store(spec: Spec, payload, grid: Grid, timings: dict, overwrite: bool = False, beside: bool = False):
+    """A new empty store for `spec` cut as `grid`: in place (replacing an old one with `overwrite`), or with
+    `beside` built at a hidden sibling whose path is returned, for `store.install` to swap in."""
     from .fingerprint import fingerprints
 
     start = time.perf_counter()
-    grid = Grid.from_spec(spec.grid, workers=workers, point_seconds=payload.point_seconds)
     # The store keeps the tile shape it was cut into, so that any later --resume cuts it the same way.
     resolved = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.tile)})})
-    store = create(
-        spec.output.store,
-        resolved,
-        grid,
-        payload.variables,
-        payload.directions,
-        overwrite=overwrite,
-        inputs=fingerprints(spec, payload.splits),
-    )
+    args = (spec.output.store, resolved, grid, payload.variables, payload.directions)
+    inputs = fingerprints(spec, payload.splits)
+    store = build_beside(*args, inputs) if beside else create(*args, overwrite=overwrite, inputs=inputs)
     timings["store_s"] = time.perf_counter() - start
     return store
 
 
 def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple:
-    """The existing store (with --resume), the payload, the driver's warmup (or None), the number of actors and their
-    pool, started together: the inputs load in a thread while the cluster starts and the actors import torch, and on
-    a private cluster the driver starts computing as soon as it has them. A bad input ends the run here, before any
-    store exists, and stops the Ray this call started (an input error is reported before a cluster's)."""
+    """The store (existing with --resume, else new where the driver warms up, else None), the payload, the
+    driver's warmup (or None), the number of actors and their pool, started together: the inputs load in a
+    thread while the cluster starts and the actors import torch, and on a private cluster the driver starts
+    computing into a new store as soon as it has them. A bad input ends the run here, before any store is in
+    place, and stops the Ray this call started (an input error is reported before a cluster's)."""
     fresh = not scheduler.connected()
     local = scheduler.private(address)
     pool = None
@@ -102,17 +120,34 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
             workers = scheduler.preflight(spec, address)
             timings["cluster_s"] = time.perf_counter() - begin
             pool = scheduler.Pool(spec, workers)
-            store, payload, warmup = loading.result()
+            store, payload, warmup, partial = loading.result()
+            if partial is not None:
+                warmup.detach()
+                store = install(partial, spec.output.store)
         except BaseException as err:  # noqa: BLE001 - cleanup, then re-raised (Ctrl-C included)
             if pool is not None:
                 pool.close()
-            failed = loading.exception() if not isinstance(err, KeyboardInterrupt) else None
-            if loading.done() and failed is None and loading.result()[2] is not None:
-                loading.result()[2].stop()
+            failed = loading.exception()  # waits for the load (a second or two), so nothing it made outlives us
+            if failed is None:
+                _, _, warmup, partial = loading.result()
+                if warmup is not None:
+                    warmup.stop()
+                if partial is not None and partial.exists():
+                    ownership.remove(partial)
             if fresh:
                 scheduler.disconnect()
-            raise (failed or err) from None
+            raise (err if failed is None or isinstance(err, KeyboardInterrupt) else failed) from None
     return store, payload, warmup, workers, pool
+
+
+def process_start() -> float:
+    """When this process started (epoch seconds). psutil's `create_time` adds the boot time, which Linux gives in
+    whole seconds, so it reads up to a second early; Linux's /proc has the process's age to a clock tick."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, AttributeError, ValueError, IndexError):  # not Linux
+        return psutil.Process().create_time()
 
 
 def run(
@@ -139,13 +174,15 @@ def run(
         try:
             with pool:
                 if store is None:
-                    store = create_store(spec, payload, overwrite, workers, timings)
+                    store = new_store(spec, payload, cut(spec, payload, workers), timings, overwrite=overwrite)
                 tiles = store.pending_tiles()
                 total = len(store.grid.tiles())
                 log(f"store {path}: {total - len(tiles)}/{total} tiles done, {len(tiles)} to compute")
                 summary = {"tiles": 0, "points": 0}
                 if tiles:
-                    started = psutil.Process().create_time()  # the command's start, for the first tile's latency
+                    started = process_start()  # the command's, for the first tile's latency
+                    if warmup is not None and warmup.first_written:
+                        timings["first_tile_s"] = warmup.first_written - started
 
                     def on_tile(tile, values, record):
                         timings.setdefault("first_tile_s", time.time() - started)

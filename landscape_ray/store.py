@@ -183,13 +183,34 @@ def create(
                 ownership.remove(path)
             raise
         return Store(path)
-    path = Path(path)
-    partial = ownership.partial_path(path)
-    try:
-        _build(partial, spec, grid, variables, directions, inputs or {})
-        if fill:
+    partial = build_beside(path, spec, grid, variables, directions, inputs)
+    if fill:
+        try:
             fill(zarr.open_group(str(partial), mode="r+"))
             consolidate(partial)
+        except BaseException:
+            ownership.remove(partial)
+            raise
+    return install(partial, path)
+
+
+def build_beside(path: str | Path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict | None):
+    """A complete empty store at a hidden sibling of the local `path` (the caller holds its claim), to be filled
+    and then put in place by `install`; the old store at `path`, if any, is untouched until then."""
+    partial = ownership.partial_path(Path(path))
+    try:
+        _build(partial, spec, grid, variables, directions, inputs or {})
+    except BaseException:
+        if partial.exists():
+            ownership.remove(partial)
+        raise
+    return partial
+
+
+def install(partial: Path, path: str | Path) -> "Store":
+    """Swap the store built by `build_beside` in at `path` in one step, and remove the old one."""
+    path = Path(path)
+    try:
         ownership.swap(partial, path)  # now the old store (if any) is at `partial`
     finally:
         if partial.exists():

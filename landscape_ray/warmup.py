@@ -2,14 +2,17 @@
 
 On a private local cluster the driver runs on the machine that computes, and for the first seconds of a run (Ray
 starting, actors importing torch) it has the payload and nothing to do. A `Warmup` evaluates grid points in a
-thread, last point first (the actors take tiles from the front), until the first actor is ready; the scheduler then
-writes every queued tile whose points are all done here, as if an actor had returned it, and sends the rest to the
-actors. The evaluator is the actors' (same spec, payload, device and thread count), so the values are the same.
+thread, last tile first (the actors take tiles from the front), until every actor is ready. While the cluster
+starts it writes each tile it completes into the new store, still being built beside the old one (job.py); once
+the store is in place the scheduler takes over: it writes every queued tile whose points are all done here, as if
+an actor had returned it, and sends the rest to the actors. The evaluator is the actors' (same spec, payload,
+device and thread count), so the values are the same.
 
-    warmup = Warmup.start(spec, payload)      # None where it does not apply
-    ...                                       # cluster, store, actors
-    values = warmup.take(tile_coords)         # a tile's values when all its points are done here, else None
-    warmup.stop()                             # when the first actor is ready
+    warmup = Warmup.start(spec, payload, grid)  # None where it does not apply
+    warmup.write_into(store)                    # tiles completed from now on go into `store` ...
+    warmup.detach()                             # ... until the caller takes the store over
+    values = warmup.take(tile_coords)           # a tile's values when all its points are done here, else None
+    warmup.stop()                               # when the actors are ready
 """
 
 from __future__ import annotations
@@ -27,18 +30,24 @@ from .spec import Spec
 
 
 class Warmup:
-    def __init__(self, evaluator: Evaluator, coords: np.ndarray):
+    def __init__(self, evaluator: Evaluator, grid: Grid):
         self.evaluator = evaluator
-        self.coords = coords  # every grid point, in the order they are computed
+        self.grid = grid
+        self.tiles = grid.tiles()  # still to write into the store, taken from the back
+        self.coords = np.concatenate([grid.coords(t) for t in self.tiles])[::-1]  # in the order they are computed
         self.values: dict[tuple[float, ...], dict[str, float]] = {}
+        self.began = time.perf_counter()  # the run's first computation starts here
         self.seconds = 0.0
-        self.taken = 0  # points handed to the scheduler
+        self.taken = 0  # points handed to the store or the scheduler
+        self.store = None
+        self.written = 0  # tiles written into the store
+        self.first_written = None  # when the first one was (epoch seconds)
         self.halt = threading.Event()
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="warmup", daemon=True)
 
     @classmethod
-    def start(cls, spec: Spec, payload, local_cluster: bool) -> Warmup | None:
+    def start(cls, spec: Spec, payload, grid: Grid, local_cluster: bool) -> Warmup | None:
         """A running warmup for a fresh run on CPU actors of a private local cluster, else None."""
         e = spec.eval
         cpu = e.device == "cpu" or (e.device == "auto" and not torch.cuda.is_available())
@@ -47,9 +56,7 @@ class Warmup:
         # An actor runs `cpus_per_actor` torch threads; the driver evaluates as one does (a process-wide setting, made
         # here because only a run that warms up evaluates in the driver).
         torch.set_num_threads(spec.compute.cpus_per_actor)
-        grid = Grid.from_spec(spec.grid)
-        coords = np.concatenate([grid.coords(t) for t in grid.tiles()])[::-1]
-        warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), coords)
+        warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), grid)
         warmup.thread.start()
         return warmup
 
@@ -62,15 +69,38 @@ class Warmup:
             with self.lock:
                 self.values[tuple(coord)] = {k: v[0] for k, v in out.items()}
                 self.seconds += time.perf_counter() - begin
+                while self.store is not None and self.tiles:
+                    values = self._complete(self.grid.coords(self.tiles[-1]))
+                    if values is None:
+                        break
+                    tile = self.tiles.pop()
+                    self.store.write_tile(tile, values, {"actor": "driver", "seconds": 0.0, "retries": 0})
+                    self.written += 1
+                    self.first_written = self.first_written or time.time()
 
-    def take(self, coords: np.ndarray) -> dict[str, np.ndarray] | None:
-        """The values at `coords` (a tile's points) when every one of them is done here, else None."""
+    def write_into(self, store) -> None:
+        """Write each tile completed from now on into `store` (cut as this warmup's grid), from this thread."""
         with self.lock:
-            rows = [self.values.get(tuple(c)) for c in coords]
+            self.store = store
+
+    def detach(self) -> None:
+        """Stop writing into the store, with everything written so far flushed: the caller owns it from now on."""
+        with self.lock:
+            if self.store is not None:
+                self.store.flush()
+            self.store = None
+
+    def _complete(self, coords: np.ndarray) -> dict[str, np.ndarray] | None:
+        rows = [self.values.get(tuple(c)) for c in coords]
         if any(r is None for r in rows):
             return None
         self.taken += len(rows)
         return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+
+    def take(self, coords: np.ndarray) -> dict[str, np.ndarray] | None:
+        """The values at `coords` (a tile's points) when every one of them is done here, else None."""
+        with self.lock:
+            return self._complete(coords)
 
     def stop(self) -> None:
         """No new points; the one under way finishes (its value may still complete a queued tile)."""

@@ -456,6 +456,45 @@ def test_spec_from_stdin_and_ctrl_c_keeps_finished_tiles(tmp_path, checkpoint, c
     assert code == 0 and Store(store, mode="r").done().all()
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_the_cluster_starts_keeps_the_old_store(tmp_path, checkpoint, capsys, ray_cluster):
+    """With the driver's warmup the new store is built beside the old one and the driver's first tiles are on disk
+    there while the private cluster starts (job.py); Ctrl-C in that window leaves the old store as it was and no
+    partial store behind."""
+    store = tmp_path / "s.zarr"
+    run(make_spec(store, checkpoint, "directions.seed=1"), log=quiet)
+    before = tree_hash(store)
+    job = spec_file(tmp_path, store, checkpoint, "directions.seed=2", "grid.tile=[1, 1]", "compute.warmup=true")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a private cluster, started by the run
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "landscape_ray", "run", str(job), "--overwrite"],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while True:  # the driver's points in the store being built, before the cluster is up
+        partials = list(tmp_path.glob(".s.zarr.partial-*"))
+        if partials and (partials[0] / "zarr.json").exists():
+            try:
+                if Store(partials[0], mode="r").done().any():
+                    break
+            except Exception:  # noqa: BLE001 - built or written this instant
+                pass
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "tiles done" not in out, (out, err)  # interrupted before the store moved in
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
+    assert tree_hash(store) == before
+    assert not list(tmp_path.glob(".s.zarr.partial-*"))
+
+
 # --- A kill at any instant of an overwrite leaves the old or the new store, whole ---------------------------
 
 REPLACER = """
