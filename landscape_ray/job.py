@@ -4,10 +4,13 @@
 
 Order matters for the promise that a user's data is never lost or mixed:
 1. the store's lock is taken (ownership.claim), so a second driver is refused;
-2. everything that can be checked is checked before anything is written: the grid
-   size, that an existing store is ours, the cluster and room for an actor, every
-   input loaded and fitted, and for `--resume` that no input file changed;
-3. a new store is built whole beside the old one and swapped in;
+2. everything that can be checked is checked before anything at the store's path
+   changes: the grid size, that an existing store is ours, the cluster and room for
+   an actor, every input loaded and fitted, and for `--resume` that no input file
+   changed;
+3. a new store is built whole beside the old one and swapped in (where the driver
+   warms up, it is built as soon as the inputs are checked and the driver's first
+   tiles go in while the cluster starts; a failure or Ctrl-C removes it);
 4. only tiles not done (or damaged) are computed, with the store's own directions,
    so the result equals an uninterrupted run; Ctrl-C keeps every finished tile.
 """

@@ -61,22 +61,29 @@ class Warmup:
         return warmup
 
     def _run(self) -> None:
-        for coord in self.coords:
-            if self.halt.is_set():
-                return
-            begin = time.perf_counter()
-            out = self.evaluator.evaluate(coord[None])
-            with self.lock:
-                self.values[tuple(coord)] = {k: v[0] for k, v in out.items()}
-                self.seconds += time.perf_counter() - begin
-                while self.store is not None and self.tiles:
-                    values = self._complete(self.grid.coords(self.tiles[-1]))
-                    if values is None:
-                        break
-                    tile = self.tiles.pop()
-                    self.store.write_tile(tile, values, {"actor": "driver", "seconds": 0.0, "retries": 0})
-                    self.written += 1
-                    self.first_written = self.first_written or time.time()
+        try:
+            for coord in self.coords:
+                if self.halt.is_set():
+                    return
+                self._point(coord)
+        except Exception:  # noqa: BLE001 - the driver just stops helping: a point that fails here fails on an actor
+            return  # too and is reported there, once; a tile it did not write stays pending
+
+    def _point(self, coord: np.ndarray) -> None:
+        """Evaluate one point, then write every tile (from the back) it completes while a store is attached."""
+        begin = time.perf_counter()
+        out = self.evaluator.evaluate(coord[None])
+        with self.lock:
+            self.values[tuple(coord)] = {k: v[0] for k, v in out.items()}
+            self.seconds += time.perf_counter() - begin
+            while self.store is not None and self.tiles:
+                values = self._complete(self.grid.coords(self.tiles[-1]))
+                if values is None:
+                    break
+                tile = self.tiles.pop()
+                self.store.write_tile(tile, values, {"actor": "driver", "seconds": 0.0, "retries": 0})
+                self.written += 1
+                self.first_written = self.first_written or time.time()
 
     def write_into(self, store) -> None:
         """Write each tile completed from now on into `store` (cut as this warmup's grid), from this thread."""
