@@ -98,9 +98,7 @@ def new_store(spec: Spec, payload, grid: Grid, timings: dict, overwrite: bool = 
     from .fingerprint import fingerprints
 
     start = time.perf_counter()
-    # The store keeps the tile shape it was cut into, so that any later --resume cuts it the same way.
-    resolved = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.tile)})})
-    args = (spec.output.store, resolved, grid, payload.variables, payload.directions)
+    args = (spec.output.store, spec, grid, payload.variables, payload.directions)  # the store records grid.tile
     inputs = fingerprints(spec, payload.splits)
     store = build_beside(*args, inputs) if beside else create(*args, overwrite=overwrite, inputs=inputs)
     timings["store_s"] = time.perf_counter() - start
@@ -182,7 +180,7 @@ def run(
                 total = len(store.grid.tiles())
                 log(f"store {path}: {total - len(tiles)}/{total} tiles done, {len(tiles)} to compute")
                 summary = {"tiles": 0, "points": 0}
-                if tiles:
+                if tiles or (warmup is not None and warmup.written):  # the driver may have done them all already
                     started = process_start()  # the command's, for the first tile's latency
                     if warmup is not None and warmup.first_written:
                         timings["first_tile_s"] = warmup.first_written - started
@@ -206,7 +204,7 @@ def run(
         finally:
             if warmup is not None:  # stopped by the scheduler once an actor is up; here on any early exit
                 warmup.stop()
-        if tiles:
+        if summary["tiles"]:
             summary["startup"] = {k: round(v, 3) for k, v in timings.items()}
             store.root.attrs["runs"] = store.root.attrs.get("runs", []) + [summary]
             consolidate(path)

@@ -18,10 +18,12 @@ def fmt_seconds(s: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, interval: float = 10.0, stream=None):
+    def __init__(self, total: int, interval: float = 10.0, stream=None, start: float | None = None):
+        """`start` (perf_counter): when the counted work began, if before now (the rate counts from there)."""
         self.total, self.done, self.interval = total, 0, interval
         self.stream = stream or sys.stdout
-        self.start = self.last = time.perf_counter()
+        self.last = time.perf_counter()
+        self.start = self.last if start is None else start
         self.bar = tqdm(total=total, unit="pt", file=self.stream, dynamic_ncols=True) if self.stream.isatty() else None
 
     def update(self, n: int) -> None:

@@ -112,8 +112,11 @@ class EvalActor:
     def __init__(self, threads: int):
         import torch
 
-        # The actor's process-wide settings, made at its start-up: threads, and where Inductor caches kernels.
+        from .speedups import keep_freed_memory
+
+        # The actor's process-wide settings, made at its start-up: threads, malloc, and where Inductor caches kernels.
         torch.set_num_threads(threads)
+        keep_freed_memory()
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "landscape_ray" / "inductor"))
         self.evaluator = None
 
@@ -300,10 +303,11 @@ def evaluate_tiles(
     blamed: Counter = Counter()
     retries: Counter = Counter()
     deaths = 0
-    progress = Progress(sum(math.prod(grid.tile_shape(t)) for t in tiles))
-    # The run's wall clock starts with its first computation: the warmup's, which may have written tiles already.
+    # The run's clock and count start with its first computation: the warmup's, which may have written tiles already.
     start = warmup.began if warmup is not None else time.perf_counter()
-    early = warmup.written if warmup is not None else 0
+    early, early_points = (warmup.written, warmup.taken) if warmup is not None else (0, 0)
+    progress = Progress(early_points + sum(math.prod(grid.tile_shape(t)) for t in tiles), start=start)
+    progress.update(early_points)
     begin = time.perf_counter()
     first_ready = None  # seconds from here until the first actor could take a tile (its start-up: torch, model, data)
     warmup_summary = None
@@ -351,9 +355,9 @@ def evaluate_tiles(
 
     def harvest() -> None:
         """Queued tiles the driver's warmup has finished (from the back of the queue, where it works)."""
-        while queue and (values := warmup.take(grid.coords(queue[-1]))) is not None:
-            tile = queue.pop()
-            on_tile(tile, values, {"actor": "driver", "node": "driver", "seconds": 0.0, "retries": 0})
+        while queue and (done := warmup.take(grid.coords(queue[-1]))) is not None:
+            tile, (values, seconds) = queue.pop(), done
+            on_tile(tile, values, {"actor": "driver", "node": "driver", "seconds": seconds, "retries": 0})
             progress.update(len(next(iter(values.values()))))
 
     try:

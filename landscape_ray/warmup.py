@@ -11,7 +11,7 @@ device and thread count), so the values are the same.
     warmup = Warmup.start(spec, payload, grid)  # None where it does not apply
     warmup.write_into(store)                    # tiles completed from now on go into `store` ...
     warmup.detach()                             # ... until the caller takes the store over
-    values = warmup.take(tile_coords)           # a tile's values when all its points are done here, else None
+    values, seconds = warmup.take(coords)       # a tile's values when all its points are done here, else None
     warmup.stop()                               # when the actors are ready
 """
 
@@ -27,6 +27,7 @@ import torch
 from .evaluator import Evaluator
 from .grid import Grid
 from .spec import Spec
+from .speedups import keep_freed_memory
 
 
 class Warmup:
@@ -36,6 +37,7 @@ class Warmup:
         self.tiles = grid.tiles()  # still to write into the store, taken from the back
         self.coords = np.concatenate([grid.coords(t) for t in self.tiles])[::-1]  # in the order they are computed
         self.values: dict[tuple[float, ...], dict[str, float]] = {}
+        self.took: dict[tuple[float, ...], float] = {}  # seconds per point, for the tile records
         self.began = time.perf_counter()  # the run's first computation starts here
         self.seconds = 0.0
         self.taken = 0  # points handed to the store or the scheduler
@@ -53,9 +55,10 @@ class Warmup:
         cpu = e.device == "cpu" or (e.device == "auto" and not torch.cuda.is_available())
         if not (spec.compute.warmup and local_cluster and cpu) or e.compile or e.curvature:
             return None
-        # An actor runs `cpus_per_actor` torch threads; the driver evaluates as one does (a process-wide setting, made
-        # here because only a run that warms up evaluates in the driver).
+        # An actor runs `cpus_per_actor` torch threads and keeps freed memory; the driver evaluates as one does
+        # (process-wide settings, made here because only a run that warms up evaluates in the driver).
         torch.set_num_threads(spec.compute.cpus_per_actor)
+        keep_freed_memory()
         warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), grid)
         warmup.thread.start()
         return warmup
@@ -75,13 +78,14 @@ class Warmup:
         out = self.evaluator.evaluate(coord[None])
         with self.lock:
             self.values[tuple(coord)] = {k: v[0] for k, v in out.items()}
-            self.seconds += time.perf_counter() - begin
+            self.took[tuple(coord)] = time.perf_counter() - begin
+            self.seconds += self.took[tuple(coord)]
             while self.store is not None and self.tiles:
-                values = self._complete(self.grid.coords(self.tiles[-1]))
-                if values is None:
+                done = self._complete(self.grid.coords(self.tiles[-1]))
+                if done is None:
                     break
                 tile = self.tiles.pop()
-                self.store.write_tile(tile, values, {"actor": "driver", "seconds": 0.0, "retries": 0})
+                self.store.write_tile(tile, done[0], {"actor": "driver", "seconds": done[1], "retries": 0})
                 self.written += 1
                 self.first_written = self.first_written or time.time()
 
@@ -97,15 +101,17 @@ class Warmup:
                 self.store.flush()
             self.store = None
 
-    def _complete(self, coords: np.ndarray) -> dict[str, np.ndarray] | None:
+    def _complete(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], float] | None:
         rows = [self.values.get(tuple(c)) for c in coords]
         if any(r is None for r in rows):
             return None
         self.taken += len(rows)
-        return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+        values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+        return values, sum(self.took[tuple(c)] for c in coords)
 
-    def take(self, coords: np.ndarray) -> dict[str, np.ndarray] | None:
-        """The values at `coords` (a tile's points) when every one of them is done here, else None."""
+    def take(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], float] | None:
+        """The values at `coords` (a tile's points) and the seconds they took, when every one is done here, else
+        None."""
         with self.lock:
             return self._complete(coords)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+import yaml
 
 from landscape_ray.grid import Grid
 from landscape_ray.job import run
@@ -198,3 +199,34 @@ def test_the_driver_computes_while_the_actors_start(checkpoint, tmp_path):
         np.testing.assert_array_equal(ds[name].values, values, err_msg=name)
     records = Store(tmp_path / "s.zarr", mode="r").records()
     assert len(records) == 35 and (records[:, 3] == -1).sum() == driver
+
+
+@pytest.mark.slow
+def test_the_driver_writes_tiles_while_its_private_cluster_starts(checkpoint, tmp_path):
+    """`landscape-ray run` in a fresh process, on its own private cluster: the driver's tiles go into the store
+    built beside while Ray starts (on a grid this small it may do them all), and the store that is swapped in holds
+    the in-process evaluator's values bit for bit, every point counted once, and no partial store is left."""
+    store = tmp_path / "s.zarr"
+    spec = make_spec(store, checkpoint, "grid.tile=[1, 1]", "compute.warmup=true")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "landscape_ray", "run", str(job)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    ds = xr.open_zarr(store)
+    for name, values in reference(spec).items():
+        np.testing.assert_array_equal(ds[name].values, values, err_msg=name)
+    summary = Store(store, mode="r").root.attrs["runs"][-1]
+    assert summary["points"] == 35 and summary["tiles"] == 35, summary
+    assert summary["actors"]["driver"]["points"] > 0 and summary["startup"]["first_tile_s"] > 0, summary
+    records = Store(store, mode="r").records()
+    assert len(records) == 35 and (records[:, 3] == -1).sum() == summary["actors"]["driver"]["points"]
+    assert (records[records[:, 3] == -1, 1] > 0).all()  # the driver's tiles record the seconds they took
+    assert not list(tmp_path.glob(".s.zarr.partial-*"))
