@@ -60,11 +60,14 @@ def auto_batch_size(model: nn.Module, sample: torch.Tensor | None, device: torch
 def keep_freed_memory() -> None:
     """Make glibc's malloc keep the blocks a forward pass frees (up to 32 MiB) mapped, for the next batch to reuse.
 
-    In a Ray actor (whose tasks run on a thread of their own, with a malloc arena of its own) glibc hands freed
-    activations back to the kernel, so every batch faults them in again and the kernel zeroes the pages: ResNet-20 ran
-    at 1.0-1.4 s per 1,000-image point in two CPU actors against 0.87 s in plain processes, and at 0.88-0.93 s with
-    this setting (benchmarks/RESULTS.md). A process-wide setting, made where a process starts evaluating (the actor,
-    the driver's warmup); values are unchanged. Without glibc (macOS, musl) it does nothing.
+    glibc gives freed memory back to the kernel: a block above its mmap threshold is unmapped when freed, and free
+    memory at the top of a heap beyond its trim threshold is trimmed. Both start low (128 KiB) and rise only with the
+    largest blocks a process has freed, so a process that receives its payload ready-made (a Ray actor, a spawned
+    process) hands each batch's activations back, and the kernel faults in and zeroes their pages again: ResNet-20
+    on 1,000 images took 1.1-1.5 s per point with 0.4-1.2 million page faults in 4 points, against 0.90-0.93 s and
+    6-8 thousand with this setting (`python -m benchmarks.ceiling`). A process-wide setting, made where a process
+    starts evaluating (the actor, the driver's warmup); values are unchanged. Without glibc (macOS, musl) it does
+    nothing.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
