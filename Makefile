@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.peer
 	$(PY) -m benchmarks.scale
 	$(PY) -m benchmarks.tiles
+	$(PY) -m benchmarks.ceiling
 
 lint: $(STAMP)
 	$(PY) -m ruff check landscape_ray tests benchmarks jobs
