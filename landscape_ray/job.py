@@ -18,6 +18,7 @@ Order matters for the promise that a user's data is never lost or mixed:
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,11 +45,12 @@ def check_size(spec: Spec, force: bool) -> None:
         )
 
 
-def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool) -> tuple:
+def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: threading.Event) -> tuple:
     """The existing store to complete (with --resume) or else None, the payload, the driver's warmup (or None),
     and the new store it writes into while the cluster starts (or None); every input is checked here.
 
-    Runs in a thread while the cluster starts, and imports torch (~1.5 s) there rather than at the top.
+    Runs in a thread while the cluster starts, and imports torch (~1.5 s) there rather than at the top. Once
+    `cancel` is set (the run failed meanwhile) it starts no warmup and builds no store.
     """
     from .fingerprint import changed, fingerprints
     from .payload import prepare
@@ -62,10 +64,20 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool) -> tuple:
         warmup = Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
         if warmup is None or is_remote(path):
             return None, payload, warmup, None
+        if cancel.is_set():  # the run failed meanwhile
+            warmup.stop()
+            return None, payload, None, None
         # Every input is checked: the new store is built beside the old one now, and the driver's first tiles go in
         # while the cluster starts; `start` puts it in place once the cluster is checked, or removes it.
-        partial = new_store(spec, payload, warmup.grid, timings, beside=True)
-        warmup.write_into(Store(partial))
+        partial = None
+        try:
+            partial = new_store(spec, payload, warmup.grid, timings, beside=True)
+            warmup.write_into(Store(partial))
+        except BaseException:
+            warmup.stop()
+            if partial is not None and partial.exists():
+                ownership.remove(partial)
+            raise
         return None, payload, warmup, partial
     store = Store(path)
     store.check_resumable(spec)
@@ -114,8 +126,9 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
     fresh = not scheduler.connected()
     local = scheduler.private(address)
     pool = None
+    cancel = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="load") as background:
-        loading = background.submit(load, spec, resume, timings, local)
+        loading = background.submit(load, spec, resume, timings, local, cancel)
         try:
             begin = time.perf_counter()
             workers = scheduler.preflight(spec, address)
@@ -126,9 +139,10 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
                 warmup.detach()
                 store = install(partial, spec.output.store)
         except BaseException as err:  # noqa: BLE001 - cleanup, then re-raised (Ctrl-C included)
+            cancel.set()
             if pool is not None:
                 pool.close()
-            failed = loading.exception()  # waits for the load (a second or two), so nothing it made outlives us
+            failed = loading.exception()  # waits for the load to end, so that nothing it made outlives the run
             if failed is None:
                 _, _, warmup, partial = loading.result()
                 if warmup is not None:
@@ -178,11 +192,12 @@ def run(
                     store = new_store(spec, payload, cut(spec, payload, workers), timings, overwrite=overwrite)
                 tiles = store.pending_tiles()
                 total = len(store.grid.tiles())
-                log(f"store {path}: {total - len(tiles)}/{total} tiles done, {len(tiles)} to compute")
+                early = f" ({warmup.written} by the driver as the cluster started)" if warmup and warmup.written else ""
+                log(f"store {path}: {total - len(tiles)}/{total} tiles done{early}, {len(tiles)} to compute")
                 summary = {"tiles": 0, "points": 0}
                 if tiles or (warmup is not None and warmup.written):  # the driver may have done them all already
                     started = process_start()  # the command's, for the first tile's latency
-                    if warmup is not None and warmup.first_written:
+                    if warmup is not None and warmup.first_written:  # into the store while it was built beside
                         timings["first_tile_s"] = warmup.first_written - started
 
                     def on_tile(tile, values, record):
@@ -205,6 +220,8 @@ def run(
             if warmup is not None:  # stopped by the scheduler once an actor is up; here on any early exit
                 warmup.stop()
         if summary["tiles"]:
+            if warmup is not None and warmup.first_point:  # the driver's first point (it has stopped by now)
+                timings["first_point_s"] = warmup.first_point - process_start()
             summary["startup"] = {k: round(v, 3) for k, v in timings.items()}
             store.root.attrs["runs"] = store.root.attrs.get("runs", []) + [summary]
             consolidate(path)

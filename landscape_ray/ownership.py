@@ -220,7 +220,11 @@ def remove(path: str | Path) -> None:
 
 
 def clean_partials(path: Path) -> None:
-    """Delete the partial stores of dead runs on `path` (the caller holds its lock, so every one is dead)."""
+    """Delete the partial stores of dead runs on `path` (the caller holds its lock, so every one is dead). An old
+    store that a two-rename `swap` had moved aside when its run died goes back to `path` instead."""
+    olds = sorted(path.parent.glob(f".{path.name}.partial-old-*"))
+    if olds and not os.path.lexists(path):
+        os.rename(olds[0], path)
     for partial in path.parent.glob(f".{path.name}.partial-*"):
         try:
             if partial.is_dir() and not partial.is_symlink() and not _listing(partial):
@@ -241,7 +245,9 @@ def swap(new: Path, path: Path) -> None:
 
     Linux renameat2(RENAME_EXCHANGE) swaps the two names in one step, so a kill at
     any instant leaves a complete store at `path`. Elsewhere two renames are used,
-    with an instant in which `path` is empty (the old store is then at `new`).
+    with an instant in which `path` is empty: the old store is then at a
+    `partial-old` sibling, which an exception puts back at once and the next
+    claim (clean_partials) after a kill.
     """
     if not path.exists():
         os.rename(new, path)
@@ -256,7 +262,11 @@ def swap(new: Path, path: Path) -> None:
             raise OSError(code, os.strerror(code), str(path))
     except AttributeError:  # no renameat2 in this libc
         pass
-    old = sibling(path, f"partial-old-{os.getpid()}")  # cleaned like any partial if we die here
+    old = sibling(path, f"partial-old-{os.getpid()}")  # put back at `path` by the next claim if we die here
     os.rename(path, old)
-    os.rename(new, path)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
     os.rename(old, new)

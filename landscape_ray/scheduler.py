@@ -428,7 +428,7 @@ def evaluate_tiles(
         "tiles": early + len(tiles),
         "points": points,
         "wall_s": round(wall, 3),
-        "first_actor_ready_s": round(first_ready or wall, 3),
+        "first_actor_ready_s": None if first_ready is None else round(first_ready, 3),  # None: the driver did all
         "points_per_s": round(points / wall, 2) if wall else None,
         "retried_tiles": len(retries),
         "actor_deaths": deaths,

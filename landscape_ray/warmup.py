@@ -2,17 +2,17 @@
 
 On a private local cluster the driver runs on the machine that computes, and for the first seconds of a run (Ray
 starting, actors importing torch) it has the payload and nothing to do. A `Warmup` evaluates grid points in a
-thread, last tile first (the actors take tiles from the front), until every actor is ready. While the cluster
+thread, last tile first (the actors take tiles from the front), until the first actor is ready. While the cluster
 starts it writes each tile it completes into the new store, still being built beside the old one (job.py); once
 the store is in place the scheduler takes over: it writes every queued tile whose points are all done here, as if
 an actor had returned it, and sends the rest to the actors. The evaluator is the actors' (same spec, payload,
 device and thread count), so the values are the same.
 
-    warmup = Warmup.start(spec, payload, grid)  # None where it does not apply
+    warmup = Warmup.start(spec, payload, grid, local_cluster=True)  # None where it does not apply
     warmup.write_into(store)                    # tiles completed from now on go into `store` ...
     warmup.detach()                             # ... until the caller takes the store over
     values, seconds = warmup.take(coords)       # a tile's values when all its points are done here, else None
-    warmup.stop()                               # when the actors are ready
+    warmup.stop()                               # when the first actor is ready
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Warmup:
         self.store = None
         self.written = 0  # tiles written into the store
         self.first_written = None  # when the first one was (epoch seconds)
+        self.first_point = None  # when the first point was computed (epoch seconds)
         self.halt = threading.Event()
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="warmup", daemon=True)
@@ -80,13 +81,16 @@ class Warmup:
             self.values[tuple(coord)] = {k: v[0] for k, v in out.items()}
             self.took[tuple(coord)] = time.perf_counter() - begin
             self.seconds += self.took[tuple(coord)]
+            self.first_point = self.first_point or time.time()
             while self.store is not None and self.tiles:
-                done = self._complete(self.grid.coords(self.tiles[-1]))
+                coords = self.grid.coords(self.tiles[-1])
+                done = self._complete(coords)
                 if done is None:
                     break
-                tile = self.tiles.pop()
-                self.store.write_tile(tile, done[0], {"actor": "driver", "seconds": done[1], "retries": 0})
+                self.store.write_tile(self.tiles[-1], done[0], {"actor": "driver", "seconds": done[1], "retries": 0})
+                self.tiles.pop()  # counted only once written: a write that fails leaves the tile to the actors
                 self.written += 1
+                self.taken += len(coords)
                 self.first_written = self.first_written or time.time()
 
     def write_into(self, store) -> None:
@@ -105,7 +109,6 @@ class Warmup:
         rows = [self.values.get(tuple(c)) for c in coords]
         if any(r is None for r in rows):
             return None
-        self.taken += len(rows)
         values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
         return values, sum(self.took[tuple(c)] for c in coords)
 
@@ -113,7 +116,9 @@ class Warmup:
         """The values at `coords` (a tile's points) and the seconds they took, when every one is done here, else
         None."""
         with self.lock:
-            return self._complete(coords)
+            done = self._complete(coords)
+            self.taken += 0 if done is None else len(coords)
+            return done
 
     def stop(self) -> None:
         """No new points; the one under way finishes (its value may still complete a queued tile)."""

@@ -150,6 +150,24 @@ def test_overwrite_replaces_a_store_and_leaves_no_partials(tmp_path, checkpoint,
     assert not list(tmp_path.glob(".s.zarr.partial-*"))
 
 
+def test_an_old_store_moved_aside_by_an_interrupted_swap_is_put_back(tmp_path, checkpoint, ray_cluster):
+    """Without renameat2 (macOS) `swap` renames the old store aside, then the new one in: a run killed between the
+    two leaves `path` empty and the old store at `.NAME.partial-old-PID`, which the next claim puts back (it used to
+    delete it with the other partials)."""
+    from landscape_ray.ownership import claim
+
+    store = tmp_path / "s.zarr"
+    spec = make_spec(store, checkpoint)
+    run(spec, log=quiet)
+    before = tree_hash(store)
+    store.rename(tmp_path / ".s.zarr.partial-old-4242")  # the instant between the two renames
+    (tmp_path / ".s.zarr.partial-deadhost-4242").mkdir()  # the new store, not yet moved in
+    with claim(store, "test"):
+        pass
+    assert tree_hash(store) == before
+    assert not list(tmp_path.glob(".s.zarr.partial-*"))
+
+
 # --- One writer ------------------------------------------------------------------------------------------
 
 
