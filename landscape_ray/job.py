@@ -65,7 +65,7 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: t
         if warmup is None or is_remote(path):
             return None, payload, warmup, None
         if cancel.is_set():  # the run failed meanwhile
-            warmup.stop()
+            abandon(warmup, None)
             return None, payload, None, None
         # Every input is checked: the new store is built beside the old one now, and the driver's first tiles go in
         # while the cluster starts; `start` puts it in place once the cluster is checked, or removes it.
@@ -74,9 +74,7 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: t
             partial = new_store(spec, payload, warmup.grid, timings, beside=True)
             warmup.write_into(Store(partial))
         except BaseException:
-            warmup.stop()
-            if partial is not None and partial.exists():
-                ownership.remove(partial)
+            abandon(warmup, partial)
             raise
         return None, payload, warmup, partial
     store = Store(path)
@@ -90,13 +88,19 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: t
     return store, payload, None, None
 
 
+def abandon(warmup, partial: Path | None) -> None:
+    """Stop the driver's warmup and remove the store it wrote into, built beside and never put in place."""
+    if warmup is not None:
+        warmup.stop()
+    if partial is not None and partial.exists():
+        ownership.remove(partial)
+
+
 def local_actors(spec: Spec) -> int:
     """The actors a private cluster on this machine makes room for (`scheduler.plan_actors` says once Ray is up);
     an estimate is enough, as only the balance of the tiles depends on it, never a value."""
-    if spec.compute.actors != "auto":
-        return spec.compute.actors
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cpus // spec.compute.cpus_per_actor)
+    return scheduler.cpu_actors(spec, cpus)
 
 
 def cut(spec: Spec, payload, workers: int) -> Grid:
@@ -145,10 +149,7 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
             failed = loading.exception()  # waits for the load to end, so that nothing it made outlives the run
             if failed is None:
                 _, _, warmup, partial = loading.result()
-                if warmup is not None:
-                    warmup.stop()
-                if partial is not None and partial.exists():
-                    ownership.remove(partial)
+                abandon(warmup, partial)
             if fresh:
                 scheduler.disconnect()
             raise (err if failed is None or isinstance(err, KeyboardInterrupt) else failed) from None

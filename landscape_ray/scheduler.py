@@ -180,11 +180,16 @@ def plan_actors(spec: Spec) -> tuple[int, dict]:
     if spec.eval.device == "cuda" and gpus == 0:
         raise RunError("eval.device: cuda requested but the Ray cluster has no GPUs")
     options = {"num_cpus": spec.compute.cpus_per_actor, "num_gpus": spec.compute.gpus_per_actor if gpus else 0}
-    if spec.compute.actors != "auto":
-        return spec.compute.actors, options
-    if gpus:
+    if gpus and spec.compute.actors == "auto":
         return max(1, int(gpus / spec.compute.gpus_per_actor)), options
-    return max(1, int(resources.get("CPU", 1) // spec.compute.cpus_per_actor)), options
+    return cpu_actors(spec, resources.get("CPU", 1)), options
+
+
+def cpu_actors(spec: Spec, cpus: float) -> int:
+    """CPU actors for `cpus` CPUs: the spec's count, or with `actors: auto` one per `cpus_per_actor` CPUs."""
+    if spec.compute.actors != "auto":
+        return spec.compute.actors
+    return max(1, int(cpus // spec.compute.cpus_per_actor))
 
 
 def preflight(spec: Spec, address: str | None = None) -> int:

@@ -39,7 +39,6 @@ class Warmup:
         self.values: dict[tuple[float, ...], dict[str, float]] = {}
         self.took: dict[tuple[float, ...], float] = {}  # seconds per point, for the tile records
         self.began = time.perf_counter()  # the run's first computation starts here
-        self.seconds = 0.0
         self.taken = 0  # points handed to the store or the scheduler
         self.store = None
         self.written = 0  # tiles written into the store
@@ -80,7 +79,6 @@ class Warmup:
         with self.lock:
             self.values[tuple(coord)] = {k: v[0] for k, v in out.items()}
             self.took[tuple(coord)] = time.perf_counter() - begin
-            self.seconds += self.took[tuple(coord)]
             self.first_point = self.first_point or time.time()
             while self.store is not None and self.tiles:
                 coords = self.grid.coords(self.tiles[-1])
@@ -126,7 +124,7 @@ class Warmup:
         self.thread.join()
 
     def summary(self) -> dict:
-        n = len(self.values)
+        n, seconds = len(self.took), sum(self.took.values())
         return {
             "node": "driver",
             "pid": os.getpid(),
@@ -134,6 +132,6 @@ class Warmup:
             "batch_size": self.evaluator.batch_size,
             "bn_folded": self.evaluator.folded,
             "points": self.taken,
-            "busy_s": round(self.seconds, 3),
-            "points_per_s": round(n / self.seconds, 2) if self.seconds else None,
+            "busy_s": round(seconds, 3),
+            "points_per_s": round(n / seconds, 2) if seconds else None,
         }
