@@ -392,17 +392,17 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (SpecError, RunError, Interrupted) as err:
+    except (SpecError, RunError) as err:
         if args.debug:
             raise
         code = next(code for kind, code in EXIT_CODES if isinstance(err, kind))
         print(f"run failed: {err}" if code == 1 else str(err), file=sys.stderr)
         return code
-    except KeyboardInterrupt:  # outside a run (a run reports what it kept)
+    except (Interrupted, KeyboardInterrupt) as err:  # a run reports what it kept; elsewhere, just that
         if args.debug:
             raise
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(str(err) if isinstance(err, Interrupted) else "interrupted", file=sys.stderr)
+        return 128 + Interrupted.by
     except BrokenPipeError:  # `landscape-ray info … | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

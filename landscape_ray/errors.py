@@ -6,10 +6,12 @@ fault; the CLI prints it without a traceback (`--debug` shows one) and exits:
     SpecError    2    bad input: a spec field, a file, a store that is not ours
     StoreBusy    2    another live driver holds the store (the line names it)
     RunError     1    a run that cannot finish (no room for an actor, a tile that kills actors)
-    Interrupted  130  Ctrl-C / SIGTERM: what is kept and how to complete it
+    Interrupted  130  Ctrl-C: what is kept and how to complete it (143 for SIGTERM, as a shell reports it)
 
-Kept free of imports so that every module, light or heavy, can raise them.
+Kept free of the package's imports so that every module, light or heavy, can raise them.
 """
+
+import signal
 
 
 class SpecError(ValueError):
@@ -25,7 +27,25 @@ class RunError(RuntimeError):
 
 
 class Interrupted(Exception):
-    """The user stopped a run; the message says what is kept."""
+    """The user stopped a run (Ctrl-C, or SIGTERM from `ray job stop` or a batch scheduler); the message says what is
+    kept. The exit status is 128 + `by`, the signal's number."""
+
+    by = signal.SIGINT  # set once per process by the SIGTERM handler, read by the CLI when it exits
 
 
-EXIT_CODES = ((SpecError, 2), (RunError, 1), (Interrupted, 130))
+def unwind_on_sigterm() -> None:
+    """SIGTERM unwinds a run as Ctrl-C does: actors stopped, finished tiles on disk, --resume completes the store.
+
+    The handler raises KeyboardInterrupt because inside Ray's blocking calls (`ray.wait`, `ray.get`) an exception
+    raised by a signal handler reaches Python only as KeyboardInterrupt, or as a bare SystemExit(1) whatever it was;
+    the signal's number is kept aside for the exit status.
+    """
+
+    def handler(signum, frame):
+        Interrupted.by = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+EXIT_CODES = ((SpecError, 2), (RunError, 1))

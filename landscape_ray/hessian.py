@@ -31,9 +31,10 @@ import time
 import numpy as np
 
 from . import spectrum
+from .errors import RunError, SpecError
 from .ownership import check_ours, claim
 from .paths import exists
-from .spec import RunError, Spec, SpecError
+from .spec import Spec
 
 
 class ShardWorker:

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import socket
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -42,8 +40,9 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from .errors import RunError, unwind_on_sigterm
 from .progress import Progress
-from .spec import RunError, Spec
+from .spec import Spec
 
 if TYPE_CHECKING:  # the driver imports torch (for the payload) in a thread while it starts the cluster
     from .payload import Payload
@@ -78,7 +77,7 @@ def connect(address: str | None = None) -> None:
         # ray.init has just installed its own process-wide SIGTERM handler, which aborts the process at exit;
         # replaced at once (the one global setting outside an entry point, because ray.init makes it) by one that
         # unwinds: actors are stopped, every finished tile is on disk, and --resume completes the store.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        unwind_on_sigterm()
 
 
 def connected() -> bool:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from .errors import RunError, SpecError  # noqa: F401 - RunError re-exported until every module imports errors
+from .errors import SpecError
 
 
 class Strict(BaseModel):

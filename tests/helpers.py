@@ -9,21 +9,28 @@ from landscape_ray.models import DigitsCNN
 
 
 @torch.fx.wrap
-def pause(x, seconds: float):
-    """Sleep, then pass `x` on. Wrapped, so that a model traced by torch.fx (to fold BN) still calls it."""
+def pause(x, seconds: float, hold: str | None):
+    """Sleep, wait while the file `hold` exists, then pass `x` on. Wrapped, so that a model traced by torch.fx (to
+    fold BN) still calls it."""
     time.sleep(seconds)
+    while hold is not None and os.path.exists(hold):
+        time.sleep(0.02)
     return x
 
 
 class SlowCNN(DigitsCNN):
-    """The digits CNN (same state_dict, same values) made slow, so a test can act mid-run."""
+    """The digits CNN (same state_dict, same values) made slow, so a test can act mid-run.
 
-    def __init__(self, delay: float = 0.05, **kwargs):
+    `hold` names a file: while it exists every forward pass waits, so a test that creates it freezes the run where it
+    is, without a race against the points still to compute.
+    """
+
+    def __init__(self, delay: float = 0.05, hold: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.delay = delay
+        self.delay, self.hold = delay, hold
 
     def forward(self, x):
-        return super().forward(pause(x, self.delay))
+        return super().forward(pause(x, self.delay, self.hold))
 
 
 class CrashingCNN(DigitsCNN):
@@ -61,8 +68,8 @@ def slow_start_cnn(delay: float = 4.0):
     return SlowStartCNN(delay)
 
 
-def slow_cnn(delay: float = 0.05):
-    return SlowCNN(delay)
+def slow_cnn(delay: float = 0.05, hold: str | None = None):
+    return SlowCNN(delay, hold)
 
 
 def crashing_cnn():

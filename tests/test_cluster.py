@@ -177,11 +177,14 @@ def test_sigterm_unwinds_and_resume_completes(ray_cluster, checkpoint, tmp_path)
         text=True,
     )
     wait_for_tiles(tmp_path / "s.zarr", 3, proc)
+    (tmp_path / "hold").touch()  # the run stays mid-way until the SIGTERM
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, out
+    assert out.strip().splitlines()[-1].startswith("interrupted: ") and "Traceback" not in out, out
     left = 27 - done_tiles(tmp_path / "s.zarr")
     assert 0 < left < 27
+    (tmp_path / "hold").unlink()
     assert run(spec, resume=True, log=quiet)["tiles"] == left
     np.testing.assert_array_equal(
         xr.open_zarr(tmp_path / "s.zarr").train_loss.values, reference(as_digits(spec))["train_loss"]
@@ -261,7 +264,7 @@ def output(done: subprocess.CompletedProcess) -> str:
 def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
     """`ray job submit` of a shipped spec, `ray job stop` mid-run (SIGTERM, then SIGKILL), resubmitted with --resume."""
     env, address = head
-    store = tmp_path / "s.zarr"
+    store, hold = tmp_path / "s.zarr", tmp_path / "hold"
     entry = [
         "python",
         "-m",
@@ -273,7 +276,7 @@ def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
         "--set",
         "model.arch=tests.helpers:slow_cnn",
         "--set",
-        "model.kwargs={delay: 0.03}",
+        "model.kwargs={delay: 0.03, hold: %s}" % hold,
         "--set",
         "data.splits=[train]",
         "--set",
@@ -302,6 +305,7 @@ def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
     wait_for_tiles(store, 3)
+    hold.touch()  # every forward now waits: the stop lands mid-run however fast the machine is
     job_cli(env, address, "stop", job_id)
     deadline = time.time() + 60
     while "stopped" not in (status := output(job_cli(env, address, "status", job_id, check=False))).lower():
@@ -311,6 +315,7 @@ def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
     assert 0 < left < 27
     logs = output(job_cli(env, address, "logs", job_id))
     assert "actor-0 ready" in logs and "27 to compute" in logs, logs
+    hold.unlink()
     out = output(job_cli(env, address, "submit", "--working-dir", ".", "--", *entry, "--resume"))
     assert f"{left} to compute" in out and "done:" in out, out
     want = reference(as_digits(slow_spec(tmp_path, checkpoint)))

@@ -97,11 +97,12 @@ def test_1d_run_equals_y0_row_of_2d_run(checkpoint, tmp_path):
 
 
 def slow_spec(tmp_path, checkpoint, *extra):
+    """A slow run whose forward passes wait while `tmp_path/hold` exists (tests.helpers.SlowCNN)."""
     return make_spec(
         tmp_path / "s.zarr",
         checkpoint,
         "model.arch=tests.helpers:slow_cnn",
-        "model.kwargs={delay: 0.03}",
+        f"model.kwargs={{delay: 0.03, hold: {tmp_path / 'hold'}}}",
         "data.batch_size=300",
         "grid.x={min: -1, max: 1, num: 9}",
         "grid.y={min: -1, max: 1, num: 9}",
@@ -123,7 +124,9 @@ def test_killed_actor_its_tiles_are_recomputed_elsewhere(checkpoint, tmp_path):
     pid = int(re.search(r"pid (\d+)", next(line for line in lines if line.startswith("actor-0 ready"))).group(1))
     while Store(tmp_path / "s.zarr", mode="r").done().sum() == 0:
         time.sleep(0.05)
+    (tmp_path / "hold").touch()  # every actor waits mid-tile: the one killed has work to hand on
     os.kill(pid, signal.SIGKILL)
+    (tmp_path / "hold").unlink()
     worker.join(120)
     assert result["actor_deaths"] == 1 and result["retried_tiles"] >= 1, result
     assert any("died" in line for line in lines)
@@ -164,11 +167,13 @@ def test_killed_driver_resume_recomputes_only_missing_tiles(checkpoint, tmp_path
             time.sleep(0.1)
             if (tmp_path / "s.zarr").exists():
                 done = Store(tmp_path / "s.zarr", mode="r").done().sum() // 3
+        (tmp_path / "hold").touch()  # the run stays mid-way until the kill
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, mid-run
         proc.wait()
     before = Store(tmp_path / "s.zarr", mode="r").done().reshape(-1, 3).all(axis=1).sum()
     assert 0 < before < 27
+    (tmp_path / "hold").unlink()
     summary = run(spec, resume=True, log=quiet)
     assert summary["tiles"] == 27 - before
     assert_same(stored(tmp_path / "s.zarr"), reference(as_digits(spec)))

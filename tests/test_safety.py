@@ -203,12 +203,13 @@ def test_two_drivers_on_one_new_store_one_is_refused(tmp_path, checkpoint):
 
 
 def slow_job(tmp_path, checkpoint, store):
+    """A slow job whose forward passes wait while `tmp_path/hold` exists (tests.helpers.SlowCNN)."""
     return spec_file(
         tmp_path,
         store,
         checkpoint,
         "model.arch=tests.helpers:slow_cnn",
-        "model.kwargs={delay: 0.05}",
+        f"model.kwargs={{delay: 0.05, hold: {tmp_path / 'hold'}}}",
         "data.batch_size=300",
         "grid.x={min: -1, max: 1, num: 9}",
         "grid.y={min: -1, max: 1, num: 9}",
@@ -234,6 +235,7 @@ def test_live_store_refuses_resume_and_overwrite_and_a_dead_drivers_lock_is_take
     proc = start(job)
     try:
         wait_for_points(store, proc)
+        (tmp_path / "hold").touch()  # the run stays mid-way while the second driver is refused
         for mode in ("--resume", "--overwrite"):
             before = tree_hash(store)
             code, err = cli(capsys, "run", job, mode)
@@ -244,6 +246,7 @@ def test_live_store_refuses_resume_and_overwrite_and_a_dead_drivers_lock_is_take
         os.killpg(proc.pid, signal.SIGKILL)  # the driver dies holding the lock
         proc.wait()
     assert 0 < Store(store, mode="r").done().sum() < 81 and before
+    (tmp_path / "hold").unlink()
     code, err = cli(capsys, "run", job, "--resume")
     assert code == 0, err
     spec = make_spec(
@@ -462,6 +465,7 @@ def test_spec_from_stdin_and_ctrl_c_keeps_finished_tiles(tmp_path, checkpoint, c
         start_new_session=True,
     )
     wait_for_points(store, proc)
+    (tmp_path / "hold").touch()  # the run stays mid-way until the Ctrl-C
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -470,6 +474,7 @@ def test_spec_from_stdin_and_ctrl_c_keeps_finished_tiles(tmp_path, checkpoint, c
     assert "Traceback" not in err
     kept = int(line.split()[1].split("/")[0])
     assert kept == Store(store, mode="r").done().sum() > 0
+    (tmp_path / "hold").unlink()
     code, err = cli(capsys, "run", job, "--resume")
     assert code == 0 and Store(store, mode="r").done().all()
 

@@ -13,12 +13,12 @@ import pytest
 import xarray as xr
 import yaml
 
+from landscape_ray.errors import RunError
 from landscape_ray.grid import Grid
 from landscape_ray.job import run
 from landscape_ray.models import DigitsCNN
 from landscape_ray.payload import prepare
 from landscape_ray.scheduler import Pool, evaluate_tiles, preflight
-from landscape_ray.spec import RunError
 from landscape_ray.store import Store
 
 from .conftest import ROOT, make_spec, quiet, reference
