@@ -4,7 +4,9 @@
 
 Two worker nodes of one CPU each (the head has none, so actors live on workers). Mid-run one
 worker is removed — its actor dies with tiles queued — and a new worker joins; the run must finish
-with values identical to a plain evaluation, and the new node must get work.
+with values identical to a plain evaluation, and the new node must get work. The run is held still
+(tests.helpers.SlowCNN `hold`) from the removal until the driver has seen the death and has
+placed an actor on the newcomer, so the scenario does not race the points left to compute.
 """
 
 import json
@@ -20,6 +22,7 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import xarray as xr  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.state import list_actors  # noqa: E402
 
 from landscape_ray.job import run  # noqa: E402
 from landscape_ray.store import Store  # noqa: E402
@@ -31,12 +34,12 @@ def main(checkpoint: str, workdir: str) -> None:
     cluster.add_node(num_cpus=1)
     doomed = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, logging_level="ERROR")
-    store = Path(workdir) / "nodes.zarr"
+    store, hold = Path(workdir) / "nodes.zarr", Path(workdir) / "hold"
     spec = make_spec(
         store,
         Path(checkpoint),
         "model.arch=tests.helpers:slow_cnn",
-        "model.kwargs={delay: 0.15}",
+        f"model.kwargs={{delay: 0.15, hold: {hold}}}",
         "data.batch_size=300",
         "grid.x={min: -1, max: 1, num: 9}",
         "grid.y={min: -1, max: 1, num: 9}",
@@ -48,10 +51,17 @@ def main(checkpoint: str, workdir: str) -> None:
     worker.start()
     while not store.exists() or Store(store, mode="r").done().sum() < 12:  # 4 tiles of 3
         time.sleep(0.1)
+    hold.touch()
     cluster.remove_node(doomed)
     newcomer = cluster.add_node(num_cpus=1)
-    worker.join(300)
     new_node = newcomer.node_id[:12]
+    deadline = time.time() + 120
+    while not any(" died " in line for line in lines) and time.time() < deadline:
+        time.sleep(0.1)
+    while not list_actors(filters=[("node_id", "=", newcomer.node_id)]) and time.time() < deadline:
+        time.sleep(0.3)  # the driver has placed an actor on the newcomer
+    hold.unlink()  # an actor starting up runs forward passes too: the newcomer's could not start while held
+    worker.join(300)
     points_on_new = sum(a["points"] for a in result["actors"].values() if a["node"] == new_node)
     identical = np.array_equal(xr.open_zarr(store).train_loss.values, reference(as_digits(spec))["train_loss"])
     ray.shutdown()
