@@ -9,7 +9,7 @@ from landscape_ray.models import DigitsCNN
 
 
 @torch.fx.wrap
-def pause(x, seconds: float, hold: str | None):
+def pause(x, seconds: float, hold: str | None = None):
     """Sleep, wait while the file `hold` exists, then pass `x` on. Wrapped, so that a model traced by torch.fx (to
     fold BN) still calls it."""
     time.sleep(seconds)
