@@ -187,8 +187,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_upgrade(args) -> None:
+    from .layout import upgrade
     from .ownership import claim
-    from .store import upgrade
 
     with claim(args.store, "landscape-ray upgrade"):
         store = upgrade(args.store)

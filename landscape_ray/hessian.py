@@ -258,7 +258,8 @@ def write(store_path, result: dict, spec: Spec) -> None:
     """
     import zarr
 
-    from .store import consolidate, versions, zarr_store
+    from .layout import consolidate, versions
+    from .paths import zarr_store
 
     root = zarr.open_group(zarr_store(store_path, "a"), mode="a", zarr_format=3)
     attrs = {k: result[k] for k in ("split", "samples", "parameters", "at", "seed", "actors", "products", "wall_s")}

@@ -28,9 +28,10 @@ import psutil
 from . import ownership, scheduler
 from .errors import Interrupted, SpecError
 from .grid import Grid
+from .layout import build_beside, consolidate, create, install
 from .paths import exists, is_remote
 from .spec import Spec
-from .store import Store, build_beside, consolidate, create, install
+from .store import Store
 
 MAX_POINTS = 10_000_000  # beyond this a grid is more likely a typo than a plan; --force allows it
 
@@ -110,7 +111,7 @@ def cut(spec: Spec, payload, workers: int) -> Grid:
 
 def new_store(spec: Spec, payload, grid: Grid, timings: dict, overwrite: bool = False, beside: bool = False):
     """A new empty store for `spec` cut as `grid`: in place (replacing an old one with `overwrite`), or with
-    `beside` built at a hidden sibling whose path is returned, for `store.install` to swap in."""
+    `beside` built at a hidden sibling whose path is returned, for `layout.install` to swap in."""
     from .fingerprint import fingerprints
 
     start = time.perf_counter()

@@ -128,7 +128,8 @@ class Plan:
     def store(self, name: str, run: Path, directions: dict, x=(-1, 1), y=(-1, 1)) -> Path:
         """A store around `run`'s final weights (2D unless `y` is None), computed once."""
         from .job import run as run_job
-        from .store import Store, exists
+        from .paths import exists
+        from .store import Store
 
         path = self.out / "stores" / f"{name}.zarr"
         ckpt = torch.load(run / "final.pt", map_location="cpu", weights_only=True, mmap=True)

@@ -16,9 +16,10 @@ import pytest
 import zarr
 
 from landscape_ray.grid import MAX_TILE_POINTS, MIN_CHUNK_POINTS, Grid
+from landscape_ray.layout import create
 from landscape_ray.ownership import claim
 from landscape_ray.spec import GridSpec, load_spec
-from landscape_ray.store import Store, create
+from landscape_ray.store import Store
 
 from .conftest import ROOT
 

@@ -12,9 +12,9 @@ from landscape_ray import figures
 from landscape_ray.directions import Directions, make_directions
 from landscape_ray.errors import SpecError
 from landscape_ray.grid import Grid
+from landscape_ray.layout import create
 from landscape_ray.models import DigitsCNN, load_model
 from landscape_ray.spec import load_spec
-from landscape_ray.store import create
 from landscape_ray.train import TrainSpec, train
 from landscape_ray.trajectory import pca_directions
 

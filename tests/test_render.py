@@ -12,9 +12,9 @@ from matplotlib.image import imread
 
 from landscape_ray.cli import main
 from landscape_ray.grid import Grid
+from landscape_ray.layout import consolidate, create
 from landscape_ray.render import compare, figure, open_store, plot, render
 from landscape_ray.spec import RENDER_KINDS, SpecError, load_spec
-from landscape_ray.store import consolidate, create
 
 SURFACE_GRID = ("{min: -1, max: 2, num: 9}", "{min: 0, max: 1, num: 5}")  # non-square, and x has no centre point
 EPOCHS = np.arange(11) * 30

@@ -525,7 +525,7 @@ import sys
 from landscape_ray.grid import Grid
 from landscape_ray.ownership import claim
 from landscape_ray.spec import load_spec
-from landscape_ray.store import create
+from landscape_ray.layout import create
 import numpy as np
 path = sys.argv[1]
 seed = 0
@@ -609,9 +609,9 @@ def test_a_store_of_a_newer_format_is_refused_in_one_line(tmp_path, capsys):
 def test_info_of_a_1d_store_lists_only_evaluated_variables(tmp_path, capsys):
     """Bug on 62ad528: the coordinate `x` of a 1D store was listed among its variables."""
     from landscape_ray.grid import Grid
+    from landscape_ray.layout import create
     from landscape_ray.ownership import claim
     from landscape_ray.spec import load_spec
-    from landscape_ray.store import create
 
     path = tmp_path / "1d.zarr"
     spec = load_spec(None, [f"output.store={path}", "grid.y=null", "grid.x.num=5", "grid.tile=[5]"])
