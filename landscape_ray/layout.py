@@ -35,7 +35,7 @@ from .errors import SpecError
 from .grid import MAX_TILE_POINTS, Grid, auto_chunks
 from .paths import exists, is_remote, zarr_store
 from .spec import Spec
-from .store import CODECS, FORMAT, RECORD, Store
+from .store import CODECS, FORMAT, RECORD, Store, naming
 
 PACKAGES = ("landscape-ray", "torch", "ray", "zarr", "numpy", "pydantic")
 
@@ -52,7 +52,7 @@ def versions() -> dict[str, str]:
 
 def consolidate(path: str | Path) -> None:
     """Consolidated metadata lets plain `xarray.open_zarr` open the store without warnings."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), naming(path):
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(zarr_store(path, "w"))
 
@@ -156,7 +156,8 @@ def create(
         if present:
             ownership.remove(path)
         try:
-            _build(path, spec, grid, variables, directions, inputs or {})
+            with naming(path):
+                _build(path, spec, grid, variables, directions, inputs or {})
             if fill:
                 fill(zarr.open_group(zarr_store(path, "w"), mode="r+"))
         except BaseException:
@@ -180,7 +181,8 @@ def build_beside(path: str | Path, spec: Spec, grid: Grid, variables: list[str],
     and then put in place by `install`; the old store at `path`, if any, is untouched until then."""
     partial = ownership.partial_path(Path(path))
     try:
-        _build(partial, spec, grid, variables, directions, inputs or {})
+        with naming(path):  # the store the user named, not its hidden sibling
+            _build(partial, spec, grid, variables, directions, inputs or {})
     except BaseException:
         if partial.exists():
             ownership.remove(partial)

@@ -15,6 +15,7 @@ validated (pydantic) after the format's migrations, its arrays are plain numbers
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -40,6 +41,18 @@ CODECS = {
     "compressors": (ZstdCodec(level=0), Crc32cCodec()),
     "config": {"write_empty_chunks": True},
 }  # an all-NaN tile is a chunk too, so a missing one means damage
+
+
+@contextlib.contextmanager
+def naming(path):
+    """zarr's writes raise OSError without a file name (a full disk says only "No space left on device"): the
+    store's path is put in, so that the CLI's one line says which store could not be written."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def differences(a, b, prefix: str = "") -> list[str]:
@@ -209,17 +222,18 @@ class Store:
     def write_tile(self, tile: tuple[int, ...], values: dict[str, np.ndarray], record: dict | None = None) -> None:
         """Take a finished tile's values (flat, in `grid.coords` order). Its chunk is written once all its points are
         in; what is left is written by `flush()`, which the writer calls before it lets go of the store."""
-        if self._writer is None:
-            self._writer = self._open_writer()
-        self._read.clear()
-        self._damaged.clear()
-        self._writer.add(tile, values)
-        if record is not None:
-            name = record["actor"]  # actor-N, or the driver (warmup.py): -1
-            actor = int(name.rpartition("-")[2]) if name.startswith("actor-") else -1
-            self._records.append((tile, [time.time(), record["seconds"], record["retries"], actor]))
-            if time.monotonic() - self._flushed > FLUSH_S:
-                self.flush()
+        with naming(self.path):
+            if self._writer is None:
+                self._writer = self._open_writer()
+            self._read.clear()
+            self._damaged.clear()
+            self._writer.add(tile, values)
+            if record is not None:
+                name = record["actor"]  # actor-N, or the driver (warmup.py): -1
+                actor = int(name.rpartition("-")[2]) if name.startswith("actor-") else -1
+                self._records.append((tile, [time.time(), record["seconds"], record["retries"], actor]))
+                if time.monotonic() - self._flushed > FLUSH_S:
+                    self.flush()
 
     def _open_writer(self) -> ChunkWriter:
         done = self.done()
@@ -237,28 +251,29 @@ class Store:
 
     def flush(self) -> None:
         """Write the chunks still filling, then the buffered tile records (they serve post-mortems and `info`)."""
-        if self._writer is not None:
-            self._writer.flush()
-            self._read.clear()
-            self._damaged.clear()
-        log = self.array("log/tiles")
-        per = log.chunks[:-1]  # tiles per chunk of records: each is read and written once
-        groups: dict[tuple[int, ...], list] = {}
-        for tile, record in self._records:
-            groups.setdefault(tuple(i // c for i, c in zip(tile, per)), []).append((tile, record))
-        for key, records in groups.items():
-            where = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, per, log.shape))
-            block = np.full((*(s.stop - s.start for s in where), len(RECORD)), np.nan)
-            if len({tile for tile, _ in records}) < block.size // len(RECORD):  # other tiles' records: keep them
-                try:
-                    block = log[where]
-                except Exception:  # noqa: BLE001 - a damaged chunk of records costs only their speed estimate
-                    pass
-            for tile, record in records:
-                block[tuple(i - s.start for i, s in zip(tile, where))] = record
-            log[where] = block
-        self._records.clear()
-        self._flushed = time.monotonic()
+        with naming(self.path):
+            if self._writer is not None:
+                self._writer.flush()
+                self._read.clear()
+                self._damaged.clear()
+            log = self.array("log/tiles")
+            per = log.chunks[:-1]  # tiles per chunk of records: each is read and written once
+            groups: dict[tuple[int, ...], list] = {}
+            for tile, record in self._records:
+                groups.setdefault(tuple(i // c for i, c in zip(tile, per)), []).append((tile, record))
+            for key, records in groups.items():
+                where = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, per, log.shape))
+                block = np.full((*(s.stop - s.start for s in where), len(RECORD)), np.nan)
+                if len({tile for tile, _ in records}) < block.size // len(RECORD):  # other tiles' records: keep them
+                    try:
+                        block = log[where]
+                    except Exception:  # noqa: BLE001 - a damaged chunk of records costs only their speed estimate
+                        pass
+                for tile, record in records:
+                    block[tuple(i - s.start for i, s in zip(tile, where))] = record
+                log[where] = block
+            self._records.clear()
+            self._flushed = time.monotonic()
 
     def records(self) -> np.ndarray:
         """(tiles, 4) records of finished tiles: finished time, seconds, retries, actor number."""

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import resource
 import shutil
 import signal
 import struct
@@ -477,6 +478,38 @@ def test_spec_from_stdin_and_ctrl_c_keeps_finished_tiles(tmp_path, checkpoint, c
     (tmp_path / "hold").unlink()
     code, err = cli(capsys, "run", job, "--resume")
     assert code == 0 and Store(store, mode="r").done().all()
+
+
+@pytest.mark.slow
+def test_a_new_store_that_cannot_be_written_leaves_the_old_one(tmp_path, checkpoint, ray_cluster):
+    """A write that fails while the new store is built, as on a full disk (here the driver's file size limit,
+    RLIMIT_FSIZE, set below one direction array of the digits CNN): one line naming the store, exit status 1,
+    the old store as it was, no partial store left."""
+    store = tmp_path / "s.zarr"
+    run(make_spec(store, checkpoint, "directions.seed=1"), log=quiet)
+    before = tree_hash(store)
+    job = spec_file(tmp_path, store, checkpoint, "directions.seed=2")
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (24_000, 24_000))
+
+    # The driver joins this session's cluster, whose processes have no such limit.
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    done = subprocess.run(
+        [sys.executable, "-m", "landscape_ray", "run", str(job), "--overwrite"],
+        cwd=ROOT,
+        env=env,
+        preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    one_line(done.stderr.strip())
+    assert done.stderr.strip() == f"run failed: {store}: File too large"
+    assert tree_hash(store) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if ".s.zarr" in p.name) == []
 
 
 @pytest.mark.slow
