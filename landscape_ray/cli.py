@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -30,9 +31,13 @@ from .spec import RENDER_KINDS, load_spec, schema_json
 
 def private_ray_on_loopback(address) -> None:
     """Process-wide settings for a private local Ray cluster, made here at the entry point before Ray is imported:
-    it listens on 127.0.0.1 only, and its workers import the user's modules from the working directory."""
+    it listens on 127.0.0.1 only, and its workers import the user's modules from the working directory. Ray's
+    notice that such a cluster uses token authentication (its default) is not logged into every run's output
+    and a bad input's one line. (Setting RAY_AUTH_MODE=token would say it too, but only before Ray is imported:
+    Ray reads it once per process.)"""
     if not (address or os.environ.get("RAY_ADDRESS")):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
 
 

@@ -145,8 +145,8 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
                 store = install(partial, spec.output.store)
         except BaseException as err:  # noqa: BLE001 - cleanup, then re-raised (Ctrl-C included)
             cancel.set()
-            if pool is not None:
-                pool.close()
+            if pool is not None and not fresh:  # a caller's cluster: its actors are killed here; on the cluster
+                pool.close()  # this call joined, they go with it (killed mid-start, Ray logs a stray error line)
             failed = loading.exception()  # waits for the load to end, so that nothing it made outlives the run
             if failed is None:
                 _, _, warmup, partial = loading.result()

@@ -314,7 +314,7 @@ def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
     left = 27 - done_tiles(store)
     assert 0 < left < 27
     logs = output(job_cli(env, address, "logs", job_id))
-    assert "actor-0 ready" in logs and "27 to compute" in logs, logs
+    assert re.search(r"actor-\d ready", logs) and "27 to compute" in logs, logs  # one may still be starting, held
     hold.unlink()
     out = output(job_cli(env, address, "submit", "--working-dir", ".", "--", *entry, "--resume"))
     assert f"{left} to compute" in out and "done:" in out, out
