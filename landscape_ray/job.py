@@ -31,7 +31,7 @@ from .grid import Grid
 from .layout import build_beside, consolidate, create, install
 from .paths import exists, is_remote
 from .spec import Spec
-from .store import Store
+from .store import Store, naming
 
 MAX_POINTS = 10_000_000  # beyond this a grid is more likely a typo than a plan; --force allows it
 
@@ -225,8 +225,9 @@ def run(
             if warmup is not None and warmup.first_point:  # the driver's first point (it has stopped by now)
                 timings["first_point_s"] = warmup.first_point - process_start()
             summary["startup"] = {k: round(v, 3) for k, v in timings.items()}
-            store.root.attrs["runs"] = store.root.attrs.get("runs", []) + [summary]
-            consolidate(path)
+            with naming(path):  # a full disk now: the values are all written, the line says which store
+                store.root.attrs["runs"] = store.root.attrs.get("runs", []) + [summary]
+                consolidate(path)
             per_actor = ", ".join(
                 f"{name} {a['points']} pts at {a['points_per_s']}/s" for name, a in summary["actors"].items()
             )

@@ -480,36 +480,60 @@ def test_spec_from_stdin_and_ctrl_c_keeps_finished_tiles(tmp_path, checkpoint, c
     assert code == 0 and Store(store, mode="r").done().all()
 
 
-@pytest.mark.slow
-def test_a_new_store_that_cannot_be_written_leaves_the_old_one(tmp_path, checkpoint, ray_cluster):
-    """A write that fails while the new store is built, as on a full disk (here the driver's file size limit,
-    RLIMIT_FSIZE, set below one direction array of the digits CNN): one line naming the store, exit status 1,
-    the old store as it was, no partial store left."""
-    store = tmp_path / "s.zarr"
-    run(make_spec(store, checkpoint, "directions.seed=1"), log=quiet)
-    before = tree_hash(store)
-    job = spec_file(tmp_path, store, checkpoint, "directions.seed=2")
+def run_with_small_files(job: Path, limit: int, ray_cluster) -> subprocess.CompletedProcess:
+    """`landscape-ray run JOB --overwrite` with its driver's file size limit (RLIMIT_FSIZE) at `limit` bytes: a write
+    past it fails as on a full disk (EFBIG instead of ENOSPC). The driver joins this session's cluster, whose
+    processes have no such limit."""
 
     def small_files():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG) instead of killing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (24_000, 24_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the process being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    # The driver joins this session's cluster, whose processes have no such limit.
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "landscape_ray", "run", str(job), "--overwrite"],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address},
         preexec_fn=small_files,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.slow
+def test_a_new_store_that_cannot_be_written_leaves_the_old_one(tmp_path, checkpoint, ray_cluster):
+    """The disk is full while the new store is built (24 kB: less than one direction array of the digits CNN): one
+    line naming the store, exit status 1, the old store as it was, no partial store left."""
+    store = tmp_path / "s.zarr"
+    run(make_spec(store, checkpoint, "directions.seed=1"), log=quiet)
+    before = tree_hash(store)
+    done = run_with_small_files(spec_file(tmp_path, store, checkpoint, "directions.seed=2"), 24_000, ray_cluster)
     assert done.returncode == 1, done.stderr
-    one_line(done.stderr.strip())
     assert done.stderr.strip() == f"run failed: {store}: File too large"
     assert tree_hash(store) == before
-    assert sorted(p.name for p in tmp_path.iterdir() if ".s.zarr" in p.name) == []
+    assert [p.name for p in tmp_path.iterdir() if ".s.zarr" in p.name] == []
+
+
+@pytest.mark.slow
+def test_a_run_whose_summary_cannot_be_written_keeps_every_value(tmp_path, checkpoint, ray_cluster):
+    """The disk fills up at the very end, when the run's summary goes into the root metadata: one line naming the
+    store, exit status 1, and the store whole, every point done with the values of a plain evaluation.
+
+    A linear model keeps every other file small. The limit sits between the new store's root metadata without a
+    run summary and with one (about 560 bytes): the old store's, which holds one summary, less 250 bytes."""
+    store = tmp_path / "s.zarr"
+    tiny = ["model.arch=tests.helpers:linear", "model.kwargs={inputs: 64}"]
+    run(make_spec(store, None, *tiny, "directions.seed=1"), log=quiet)
+    limit = (store / "zarr.json").stat().st_size - 250
+    assert max(p.stat().st_size for p in store.rglob("*") if p.is_file() and p.name != "zarr.json") < limit - 1000
+    spec = make_spec(store, None, *tiny, "directions.seed=2")
+    done = run_with_small_files(spec_file(tmp_path, store, None, *tiny, "directions.seed=2"), limit, ray_cluster)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"run failed: {store}: File too large", done.stderr
+    s = Store(store, mode="r")  # the root metadata is the one written when the store was made (zarr writes atomically)
+    assert s.spec.directions.seed == 2 and s.done().all() and not s.damaged()
+    assert "runs" not in s.root.attrs
+    np.testing.assert_array_equal(s.read("train_loss"), reference(spec)["train_loss"])
 
 
 @pytest.mark.slow
