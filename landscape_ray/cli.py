@@ -9,8 +9,9 @@
     landscape-ray train jobs/quickstart-train.yaml
 
 Bad input prints one `field: message` line per problem and exits with status 2;
-a run that cannot finish exits with status 1, Ctrl-C with 130. None prints a
-traceback unless `--debug` comes before the command. A spec file `-` is stdin.
+a run that cannot finish exits with status 1, Ctrl-C with 130 and SIGTERM with
+143 (what was computed is kept). None prints a traceback unless `--debug` comes
+before the command. A spec file `-` is stdin.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 import numpy as np
 import yaml
 
-from .errors import EXIT_CODES, Interrupted, RunError, SpecError
+from .errors import EXIT_CODES, Interrupted, RunError, SpecError, unwind_on_sigterm
 from .hessian import add_parser as add_hessian_parser  # numpy/scipy only; Ray and torch load when it runs
 from .spec import RENDER_KINDS, load_spec, schema_json
 
@@ -43,6 +45,7 @@ def private_ray_on_loopback(address) -> None:
 
 def cmd_run(args) -> None:
     private_ray_on_loopback(args.address)
+    unwind_on_sigterm()  # from the start: a SIGTERM while the inputs load cleans up too (ray.init sets it again)
     from .job import run
     from .scheduler import connected, disconnect
 
@@ -395,6 +398,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    Interrupted.by = signal.SIGINT  # until a SIGTERM says otherwise (main may be called again in one process)
     try:
         return args.func(args) or 0
     except (SpecError, RunError) as err:
@@ -408,6 +412,11 @@ def main(argv=None) -> int:
             raise
         print(str(err) if isinstance(err, Interrupted) else "interrupted", file=sys.stderr)
         return 128 + Interrupted.by
+    except SystemExit as err:  # while ray.init starts a cluster its own SIGTERM handler is in place: sys.exit(15)
+        if err.code != signal.SIGTERM or args.debug:
+            raise
+        print("interrupted", file=sys.stderr)  # the run had not begun: the store it was building is removed
+        return 128 + signal.SIGTERM
     except BrokenPipeError:  # `landscape-ray info … | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

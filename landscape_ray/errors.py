@@ -40,12 +40,18 @@ def unwind_on_sigterm() -> None:
     raised by a signal handler reaches Python only as KeyboardInterrupt, or as a bare SystemExit(1) whatever it was;
     the signal's number is kept aside for the exit status.
     """
+    signal.signal(signal.SIGTERM, _unwind)
 
-    def handler(signum, frame):
-        Interrupted.by = signum
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+def default_sigterm() -> None:
+    """SIGTERM ends the process again (Python's default) once the run has let go of Ray, if it unwinds it now."""
+    if signal.getsignal(signal.SIGTERM) is _unwind:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _unwind(signum, frame):
+    Interrupted.by = signum
+    raise KeyboardInterrupt
 
 
 EXIT_CODES = ((SpecError, 2), (RunError, 1))

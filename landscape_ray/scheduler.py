@@ -40,7 +40,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from .errors import RunError, unwind_on_sigterm
+from .errors import RunError, default_sigterm, unwind_on_sigterm
 from .progress import Progress
 from .spec import Spec
 
@@ -94,6 +94,8 @@ def disconnect() -> None:
     if kill_monitor is not None:
         kill_monitor(check_alive=False)
     ray.shutdown()
+    if threading.current_thread() is threading.main_thread():
+        default_sigterm()  # the handler `connect` put in place
 
 
 def run_task(fn, *args, device: str = "auto"):
