@@ -371,6 +371,7 @@ def add_parser(subparsers, spec_args) -> None:
 def main(args) -> None:
     from .cli import private_ray_on_loopback
     from .spec import load_spec
+    from .store import naming
 
     private_ray_on_loopback(args.address)  # before anything imports Ray
 
@@ -396,7 +397,7 @@ def main(args) -> None:
     if not exists(path):
         print(f"output.store {path} does not exist: the results are printed, not stored (run the surface first)")
         return
-    with claim(path, "landscape-ray hessian"):  # one writer, and only into a store of ours
+    with claim(path, "landscape-ray hessian"), naming(path):  # one writer, only into a store of ours
         check_ours(path)
         write(path, result, spec)
     print(f"written to {path} (group hessian)")

@@ -145,14 +145,16 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
                 store = install(partial, spec.output.store)
         except BaseException as err:  # noqa: BLE001 - cleanup, then re-raised (Ctrl-C included)
             cancel.set()
-            if pool is not None and not fresh:  # a caller's cluster: its actors are killed here; on the cluster
-                pool.close()  # this call joined, they go with it (killed mid-start, Ray logs a stray error line)
+            # The actors go at once, before the wait for the load: on a cluster this call joined or started, with
+            # the disconnect (killed one by one mid-start, Ray logs a stray error line); on a caller's, here.
+            if fresh:
+                scheduler.disconnect()
+            elif pool is not None:
+                pool.close()
             failed = loading.exception()  # waits for the load to end, so that nothing it made outlives the run
             if failed is None:
                 _, _, warmup, partial = loading.result()
                 abandon(warmup, partial)
-            if fresh:
-                scheduler.disconnect()
             raise (err if failed is None or isinstance(err, KeyboardInterrupt) else failed) from None
     return store, payload, warmup, workers, pool
 

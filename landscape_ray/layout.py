@@ -52,7 +52,7 @@ def versions() -> dict[str, str]:
 
 def consolidate(path: str | Path) -> None:
     """Consolidated metadata lets plain `xarray.open_zarr` open the store without warnings."""
-    with warnings.catch_warnings(), naming(path):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(zarr_store(path, "w"))
 
@@ -158,8 +158,8 @@ def create(
         try:
             with naming(path):
                 _build(path, spec, grid, variables, directions, inputs or {})
-            if fill:
-                fill(zarr.open_group(zarr_store(path, "w"), mode="r+"))
+                if fill:
+                    fill(zarr.open_group(zarr_store(path, "w"), mode="r+"))
         except BaseException:
             if exists(path):
                 ownership.remove(path)
@@ -168,8 +168,9 @@ def create(
     partial = build_beside(path, spec, grid, variables, directions, inputs)
     if fill:
         try:
-            fill(zarr.open_group(str(partial), mode="r+"))
-            consolidate(partial)
+            with naming(path):  # the store the user named, not its hidden sibling
+                fill(zarr.open_group(str(partial), mode="r+"))
+                consolidate(partial)
         except BaseException:
             ownership.remove(partial)
             raise
