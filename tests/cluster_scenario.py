@@ -5,8 +5,8 @@
 Two worker nodes of one CPU each (the head has none, so actors live on workers). Mid-run one
 worker is removed — its actor dies with tiles queued — and a new worker joins; the run must finish
 with values identical to a plain evaluation, and the new node must get work. The run is held still
-(tests.helpers.SlowCNN `hold`) from the removal until the driver has seen the death and has
-placed an actor on the newcomer, so the scenario does not race the points left to compute.
+(tests.helpers.SlowCNN `hold`) from the removal until the driver has seen the death and the
+newcomer's actor is up, so the scenario does not race the points left to compute.
 """
 
 import json
@@ -52,15 +52,18 @@ def main(checkpoint: str, workdir: str) -> None:
     while not store.exists() or Store(store, mode="r").done().sum() < 12:  # 4 tiles of 3
         time.sleep(0.1)
     hold.touch()
-    cluster.remove_node(doomed)
-    newcomer = cluster.add_node(num_cpus=1)
-    new_node = newcomer.node_id[:12]
-    deadline = time.time() + 120
-    while not any(" died " in line for line in lines) and time.time() < deadline:
-        time.sleep(0.1)
-    while not list_actors(filters=[("node_id", "=", newcomer.node_id)]) and time.time() < deadline:
-        time.sleep(0.3)  # the driver has placed an actor on the newcomer
-    hold.unlink()  # an actor starting up runs forward passes too: the newcomer's could not start while held
+    try:
+        cluster.remove_node(doomed)
+        newcomer = cluster.add_node(num_cpus=1)
+        new_node = newcomer.node_id[:12]
+        deadline = time.time() + 120
+        while not any(" died " in line for line in lines) and time.time() < deadline:
+            time.sleep(0.1)
+        alive = [("node_id", "=", newcomer.node_id), ("state", "=", "ALIVE")]
+        while not list_actors(filters=alive) and time.time() < deadline:
+            time.sleep(0.3)  # the newcomer's actor is up (torch imported); loading the payload runs forwards
+    finally:
+        hold.unlink()
     worker.join(300)
     points_on_new = sum(a["points"] for a in result["actors"].values() if a["node"] == new_node)
     identical = np.array_equal(xr.open_zarr(store).train_loss.values, reference(as_digits(spec))["train_loss"])

@@ -178,8 +178,11 @@ def test_sigterm_unwinds_and_resume_completes(ray_cluster, checkpoint, tmp_path)
     )
     wait_for_tiles(tmp_path / "s.zarr", 3, proc)
     (tmp_path / "hold").touch()  # the run stays mid-way until the SIGTERM
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a driver that did not unwind
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert out.strip().splitlines()[-1].startswith("interrupted: ") and "Traceback" not in out, out
     left = 27 - done_tiles(tmp_path / "s.zarr")
@@ -315,6 +318,7 @@ def test_ray_job_submit_then_stop_then_resume(head, checkpoint, tmp_path):
     assert 0 < left < 27
     logs = output(job_cli(env, address, "logs", job_id))
     assert re.search(r"actor-\d ready", logs) and "27 to compute" in logs, logs  # one may still be starting, held
+    assert f"interrupted: {81 - 3 * left}/81 points are kept" in logs, logs  # SIGTERM unwound the run
     hold.unlink()
     out = output(job_cli(env, address, "submit", "--working-dir", ".", "--", *entry, "--resume"))
     assert f"{left} to compute" in out and "done:" in out, out

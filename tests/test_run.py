@@ -125,8 +125,10 @@ def test_killed_actor_its_tiles_are_recomputed_elsewhere(checkpoint, tmp_path):
     while Store(tmp_path / "s.zarr", mode="r").done().sum() == 0:
         time.sleep(0.05)
     (tmp_path / "hold").touch()  # every actor waits mid-tile: the one killed has work to hand on
-    os.kill(pid, signal.SIGKILL)
-    (tmp_path / "hold").unlink()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        (tmp_path / "hold").unlink()
     worker.join(120)
     assert result["actor_deaths"] == 1 and result["retried_tiles"] >= 1, result
     assert any("died" in line for line in lines)
