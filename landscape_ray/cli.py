@@ -412,11 +412,6 @@ def main(argv=None) -> int:
             raise
         print(str(err) if isinstance(err, Interrupted) else "interrupted", file=sys.stderr)
         return 128 + Interrupted.by
-    except SystemExit as err:  # while ray.init starts a cluster its own SIGTERM handler is in place: sys.exit(15)
-        if err.code != signal.SIGTERM or args.debug:
-            raise
-        print("interrupted", file=sys.stderr)  # the run had not begun: the store it was building is removed
-        return 128 + signal.SIGTERM
     except BrokenPipeError:  # `landscape-ray info … | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

@@ -40,16 +40,17 @@ def unwind_on_sigterm() -> None:
     raised by a signal handler reaches Python only as KeyboardInterrupt, or as a bare SystemExit(1) whatever it was;
     the signal's number is kept aside for the exit status.
     """
-    signal.signal(signal.SIGTERM, _unwind)
+    signal.signal(signal.SIGTERM, unwind)
 
 
 def default_sigterm() -> None:
     """SIGTERM ends the process again (Python's default) once the run has let go of Ray, if it unwinds it now."""
-    if signal.getsignal(signal.SIGTERM) is _unwind:
+    if signal.getsignal(signal.SIGTERM) is unwind:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _unwind(signum, frame):
+def unwind(signum: int, frame=None):
+    """Stop the run as Ctrl-C does, the signal `signum` kept for the exit status."""
     Interrupted.by = signum
     raise KeyboardInterrupt
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -40,7 +41,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from .errors import RunError, default_sigterm, unwind_on_sigterm
+from .errors import RunError, default_sigterm, unwind, unwind_on_sigterm
 from .progress import Progress
 from .spec import Spec
 
@@ -64,15 +65,20 @@ def connect(address: str | None = None) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS, as under `ray job submit`), else start a private one."""
     if ray.is_initialized():
         return
-    if not private(address):
-        where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
-        try:
-            knock(address or os.environ["RAY_ADDRESS"])
-            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-        except (ValueError, ConnectionError, OSError) as err:
-            raise RunError(f"{where}: cannot join that Ray cluster ({str(err).splitlines()[0]})") from None
-    else:  # the entry point (cli.py) has made it loopback-only and importable from the working directory
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    try:
+        if not private(address):
+            where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+            try:
+                knock(address or os.environ["RAY_ADDRESS"])
+                ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+            except (ValueError, ConnectionError, OSError) as err:
+                raise RunError(f"{where}: cannot join that Ray cluster ({str(err).splitlines()[0]})") from None
+        else:  # the entry point (cli.py) has made it loopback-only and importable from the working directory
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    except SystemExit as err:  # ray.init's own SIGTERM handler is in place while it starts, and exits with 15
+        if err.code != signal.SIGTERM:
+            raise
+        unwind(err.code)  # the run unwinds from here as from the handler below
     if threading.current_thread() is threading.main_thread():
         # ray.init has just installed its own process-wide SIGTERM handler, which aborts the process at exit;
         # replaced at once (the one global setting outside an entry point, because ray.init makes it) by one that
