@@ -111,7 +111,13 @@ def test_auto_tiles_store_equals_one_fixed_tile_in_process(checkpoint, tmp_path)
 
 @pytest.mark.slow
 def test_actors_started_before_the_payload_exists_compute_the_same_values(checkpoint, tmp_path):
-    spec = make_spec(tmp_path / "s.zarr", checkpoint)
+    # The rendezvous: on a loaded machine one actor could otherwise do all 35 points before the other has loaded.
+    spec = make_spec(
+        tmp_path / "s.zarr",
+        checkpoint,
+        "model.arch=tests.test_scheduling:rendezvous_cnn",
+        f"model.kwargs={{folder: {tmp_path / 'up'}, delay: 0.01}}",
+    )
     grid = Grid.from_spec(spec.grid)
     values = {}
 
