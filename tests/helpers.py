@@ -2,10 +2,18 @@
 
 import os
 import time
+from pathlib import Path
 
 import torch
 
 from landscape_ray.models import DigitsCNN
+
+
+def in_actor() -> bool:
+    """Whether this code runs inside a Ray actor (and not in the driver, which runs a probe batch)."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 @torch.fx.wrap
@@ -42,13 +50,10 @@ class CrashingCNN(DigitsCNN):
     """
 
     def forward(self, x):
-        import ray
-
         weight = next(self.parameters())
         if not hasattr(self, "theta"):
             self.theta = weight.detach().clone()
-        in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
-        if in_actor and not torch.equal(weight, self.theta):
+        if in_actor() and not torch.equal(weight, self.theta):
             os._exit(1)
         return super().forward(x)
 
@@ -58,9 +63,7 @@ class SlowStartCNN(DigitsCNN):
 
     def __init__(self, delay: float):
         super().__init__()
-        import ray
-
-        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        if in_actor():
             time.sleep(delay)
 
 
@@ -80,27 +83,35 @@ def not_a_module():
     return 42
 
 
-class OneSlowCNN(DigitsCNN):
-    """The first Ray actor to build it (it claims `marker`) is slow; every other copy is fast."""
+class RendezvousCNN(DigitsCNN):
+    """Inside a Ray actor, its first forward pass waits (up to a minute) until `actors` copies have been built, then
+    every pass sleeps `delay`, or `slow` in the first copy built when `slow` is given. No actor can finish the job
+    before the others are up, however loaded the machine. In the driver (its probe batch) it behaves."""
 
-    def __init__(self, marker: str, delay: float):
+    def __init__(self, folder: str, actors: int = 2, delay: float = 0.1, slow: float | None = None):
         super().__init__()
-        import ray
-
-        self.delay = 0.0
-        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-                self.delay = delay
-            except FileExistsError:
-                pass
+        self.folder, self.actors, self.delay, self.met = Path(folder), actors, 0.0, True
+        if in_actor():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.delay, self.met = delay, False
+            if slow is not None:
+                try:  # the first copy claims the marker
+                    os.close(os.open(self.folder / "slow", os.O_CREAT | os.O_EXCL))
+                    self.delay = slow
+                except FileExistsError:
+                    pass
+            (self.folder / f"{os.getpid()}.up").touch()
 
     def forward(self, x):
+        deadline = time.time() + 60
+        while not self.met and len(list(self.folder.glob("*.up"))) < self.actors and time.time() < deadline:
+            time.sleep(0.05)
+        self.met = True
         return super().forward(pause(x, self.delay))
 
 
-def one_slow_cnn(marker: str, delay: float = 0.2):
-    return OneSlowCNN(marker, delay)
+def rendezvous_cnn(folder: str, actors: int = 2, delay: float = 0.1, slow: float | None = None):
+    return RendezvousCNN(folder, actors, delay, slow)
 
 
 def linear(inputs: int = 3 * 32 * 32, classes: int = 10):

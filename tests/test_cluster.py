@@ -38,8 +38,8 @@ def test_a_slow_actor_does_not_hold_the_job_back(ray_cluster, checkpoint, tmp_pa
     spec = make_spec(
         tmp_path / "s.zarr",
         checkpoint,
-        "model.arch=tests.helpers:one_slow_cnn",
-        f"model.kwargs={{marker: {tmp_path / 'slow'}, delay: 0.3}}",
+        "model.arch=tests.helpers:rendezvous_cnn",
+        f"model.kwargs={{folder: {tmp_path / 'up'}, delay: 0, slow: 0.3}}",
         "grid.tile=[1, 1]",
         "data.batch_size=300",
         "eval.fold_bn=false",  # no test forwards at load: the slow actor is ready about when the fast one is

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +14,6 @@ import yaml
 from landscape_ray.errors import RunError
 from landscape_ray.grid import Grid
 from landscape_ray.job import run
-from landscape_ray.models import DigitsCNN
 from landscape_ray.payload import prepare
 from landscape_ray.scheduler import Pool, evaluate_tiles, preflight
 from landscape_ray.store import Store
@@ -24,34 +21,6 @@ from landscape_ray.store import Store
 from .conftest import ROOT, make_spec, quiet, reference
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-class RendezvousCNN(DigitsCNN):
-    """Inside a Ray actor, its first forward pass waits (up to a minute) until `actors` copies have been built,
-    then every pass sleeps `delay`: no actor can finish the job before the others are up, however loaded the
-    machine. In the driver (its probe batch) it behaves."""
-
-    def __init__(self, folder: str, actors: int = 2, delay: float = 0.1):
-        super().__init__()
-        import ray
-
-        self.folder, self.actors, self.delay = Path(folder), actors, 0.0
-        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / str(os.getpid())).touch()
-            self.delay = delay
-
-    def forward(self, x):
-        if self.delay:
-            deadline = time.time() + 60
-            while len(list(self.folder.iterdir())) < self.actors and time.time() < deadline:
-                time.sleep(0.05)
-            time.sleep(self.delay)
-        return super().forward(x)
-
-
-def rendezvous_cnn(folder: str, actors: int = 2, delay: float = 0.1):
-    return RendezvousCNN(folder, actors, delay)
 
 
 def scan(tmp_path, checkpoint, *extra):
@@ -75,7 +44,7 @@ def test_every_actor_computes_when_tiles_are_few(checkpoint, tmp_path, num):
     spec = scan(
         tmp_path,
         checkpoint,
-        "model.arch=tests.test_scheduling:rendezvous_cnn",
+        "model.arch=tests.helpers:rendezvous_cnn",
         f"model.kwargs={{folder: {tmp_path / 'up'}}}",
         f"grid.x.num={num}",
     )
@@ -86,13 +55,13 @@ def test_every_actor_computes_when_tiles_are_few(checkpoint, tmp_path, num):
 
 @pytest.mark.slow
 def test_idle_actor_takes_a_tile_a_slow_actor_has_not_started(checkpoint, tmp_path):
-    # One actor is 100× slower. Whichever actor is ready first, the slow one ends up computing one tile only:
+    # One actor is 10× slower. Whichever actor is ready first, the slow one ends up computing one tile only:
     # a second tile queued on it is cancelled there and computed by the fast actor when it runs out of work.
     spec = scan(
         tmp_path,
         checkpoint,
-        "model.arch=tests.helpers:one_slow_cnn",
-        f"model.kwargs={{marker: {tmp_path / 'slow'}, delay: 0.5}}",
+        "model.arch=tests.helpers:rendezvous_cnn",
+        f"model.kwargs={{folder: {tmp_path / 'up'}, delay: 0.05, slow: 0.5}}",
     )
     summary = run(spec, log=quiet)
     assert sorted(a["points"] for a in summary["actors"].values()) == [2, 6], summary["actors"]
@@ -115,7 +84,7 @@ def test_actors_started_before_the_payload_exists_compute_the_same_values(checkp
     spec = make_spec(
         tmp_path / "s.zarr",
         checkpoint,
-        "model.arch=tests.test_scheduling:rendezvous_cnn",
+        "model.arch=tests.helpers:rendezvous_cnn",
         f"model.kwargs={{folder: {tmp_path / 'up'}, delay: 0.01}}",
     )
     grid = Grid.from_spec(spec.grid)
