@@ -8,6 +8,7 @@ parameters and a digits subset of two batches.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -274,9 +275,12 @@ def test_an_actor_killed_mid_product_is_replaced(ray_cluster):
     payload = prepare(spec, vectors=[])
     v = np.random.default_rng(0).standard_normal(313)
     with ShardedOperator(spec, payload, "train", actors=2, log=lambda *_: None) as op:
+        op.matvec(v)  # the actors start
+        start = time.perf_counter()
         undisturbed = op.matvec(v)
+        took = time.perf_counter() - start  # the kill lands a third of the way into the next product, on any machine
         victim = op.actors[0]
-        killer = threading.Timer(0.3, lambda: ray_cluster.kill(victim, no_restart=True))
+        killer = threading.Timer(took / 3, lambda: ray_cluster.kill(victim, no_restart=True))
         killer.start()
         disturbed = op.matvec(v)
         killer.join()
