@@ -525,7 +525,8 @@ def test_a_run_whose_summary_cannot_be_written_keeps_every_value(tmp_path, check
 
     A linear model keeps every other file small. The limit sits between the new store's root metadata without a
     run summary and with one (about 560 bytes): the old store's, which holds one summary, less 250 bytes. One actor
-    in both runs: the summary has an entry per actor, and on a busy cluster a second one may not start at all."""
+    in both runs: the summary has an entry per actor, and with points this quick a second actor may load only after
+    the first has done them all."""
     store = tmp_path / "s.zarr"
     tiny = ["model.arch=tests.helpers:linear", "model.kwargs={inputs: 64}", "compute.actors=1"]
     run(make_spec(store, None, *tiny, "directions.seed=1"), log=quiet)
