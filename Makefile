@@ -49,6 +49,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check landscape_ray tests benchmarks jobs
 	$(PY) -m ruff format --check landscape_ray tests benchmarks jobs
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf runs .pytest_cache

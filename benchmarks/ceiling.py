@@ -41,7 +41,7 @@ def gemm(dtype: torch.dtype) -> float:
 def forward(dtype: torch.dtype) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from landscape_ray.models import build
+    from landscape_ray.inputs.models import build
 
     model = build("resnet20").eval().to(memory_format=torch.channels_last)
     x = torch.randn(32, 3, 32, 32).to(memory_format=torch.channels_last)
@@ -58,8 +58,8 @@ def forward(dtype: torch.dtype) -> float:
 
 def per_point(spec, payload, keep: bool) -> tuple[float, int]:
     """Seconds per point of the service's evaluator in this process (one thread), and the minor page faults."""
-    from landscape_ray.evaluator import Evaluator
-    from landscape_ray.speedups import keep_freed_memory
+    from landscape_ray.compute.evaluator import Evaluator
+    from landscape_ray.compute.speedups import keep_freed_memory
 
     torch.set_num_threads(1)
     if keep:
@@ -112,9 +112,9 @@ def evaluator_table() -> None:
     import ray
 
     from benchmarks.endtoend import IMAGES, write_cifar
-    from landscape_ray.models import build
-    from landscape_ray.payload import prepare
-    from landscape_ray.spec import load_spec
+    from landscape_ray.compute.prepare import prepare
+    from landscape_ray.inputs.models import build
+    from landscape_ray.spec.specfile import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

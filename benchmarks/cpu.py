@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from landscape_ray.checkpoints import read_checkpoint
-from landscape_ray.data import ImageSplit, load_splits, normalization
-from landscape_ray.directions import make_directions
-from landscape_ray.evaluator import Evaluator
-from landscape_ray.grid import Grid
-from landscape_ray.models import build
-from landscape_ray.spec import DataSpec, DirectionsSpec, GridSpec
-from landscape_ray.train import TrainSpec, train
+from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.inputs.checkpoints import read_checkpoint
+from landscape_ray.inputs.data import ImageSplit, load_splits, normalization
+from landscape_ray.inputs.directions import make_directions
+from landscape_ray.inputs.models import build
+from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.schema import DataSpec, DirectionsSpec, GridSpec, TrainSpec
+from landscape_ray.train import train
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 MODES = {  # name: Evaluator options

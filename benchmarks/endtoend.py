@@ -37,10 +37,10 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from landscape_ray.data import DEFAULT_NORMALIZE
-from landscape_ray.grid import Grid
-from landscape_ray.models import build
-from landscape_ray.store import Store
+from landscape_ray.inputs.data import DEFAULT_NORMALIZE
+from landscape_ray.inputs.models import build
+from landscape_ray.spec.grid import Grid
+from landscape_ray.store.tiles import Store
 
 IMAGES = 1000
 
@@ -102,7 +102,7 @@ def reference_loop(checkpoint: Path, directions: list[dict], images, labels, gri
 def reference(keep: bool, *args) -> tuple[np.ndarray, float]:
     """`reference_loop(*args)` and its seconds, in this process, with glibc's malloc as it comes or kept."""
     if keep:
-        from landscape_ray.speedups import keep_freed_memory
+        from landscape_ray.compute.speedups import keep_freed_memory
 
         keep_freed_memory()
     start = time.perf_counter()

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from benchmarks.cpu import MEAN, MODES, STD, baseline
-from landscape_ray.data import ImageSplit
-from landscape_ray.directions import make_directions
-from landscape_ray.evaluator import Evaluator
-from landscape_ray.models import build
-from landscape_ray.spec import DirectionsSpec
-from landscape_ray.speedups import set_matmul_precision
+from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.compute.speedups import set_matmul_precision
+from landscape_ray.inputs.data import ImageSplit
+from landscape_ray.inputs.directions import make_directions
+from landscape_ray.inputs.models import build
+from landscape_ray.spec.schema import DirectionsSpec
 
 
 def bf16_peak(n: int = 8192, reps: int = 20) -> float:

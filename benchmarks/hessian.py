@@ -19,10 +19,10 @@ import time
 import numpy as np
 import torch
 
-from landscape_ray.curvature import Curvature
-from landscape_ray.hessian import ShardedOperator
-from landscape_ray.payload import prepare
-from landscape_ray.spec import load_spec
+from landscape_ray.cluster.shards import ShardedOperator
+from landscape_ray.compute.curvature import Curvature
+from landscape_ray.compute.prepare import prepare
+from landscape_ray.spec.specfile import load_spec
 
 
 def median_seconds(fn, repeat: int) -> float:

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from landscape_ray.evaluator import Evaluator
-from landscape_ray.grid import Grid
+from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.compute.prepare import prepare
 from landscape_ray.job import run
-from landscape_ray.payload import prepare
-from landscape_ray.spec import load_spec
+from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.specfile import load_spec
 
 
 def main() -> None:

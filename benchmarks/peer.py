@@ -29,10 +29,10 @@ import sys, time
 import numpy as np, torch, torch.nn.functional as F
 from loss_landscapes import random_plane
 from loss_landscapes.metrics import Loss
-from landscape_ray.data import load_split, normalization
-from landscape_ray.checkpoints import read_checkpoint
-from landscape_ray.models import build
-from landscape_ray.spec import DataSpec
+from landscape_ray.inputs.data import load_split, normalization
+from landscape_ray.inputs.checkpoints import read_checkpoint
+from landscape_ray.inputs.models import build
+from landscape_ray.spec.schema import DataSpec
 torch.set_num_threads(1)
 torch.manual_seed(0)
 model = build("digits_cnn")
@@ -60,8 +60,9 @@ def timed(cmd: list[str]) -> tuple[float, str]:
 
 def demo_checkpoint(folder: Path) -> Path:
     """The demo's digits CNN, trained with jobs/quickstart-train.yaml into `folder`."""
-    from landscape_ray.spec import load_spec
-    from landscape_ray.train import TrainSpec, train
+    from landscape_ray.spec.schema import TrainSpec
+    from landscape_ray.spec.specfile import load_spec
+    from landscape_ray.train import train
 
     spec = load_spec(ROOT / "jobs" / "quickstart-train.yaml", [f"out={folder}"], model=TrainSpec)
     return train(spec, log=lambda *_: None)

@@ -50,11 +50,11 @@ def folder_size(path: Path) -> tuple[int, int, int]:
 
 
 def measure(size: int, tile: str) -> dict:
-    from landscape_ray import scheduler
-    from landscape_ray.grid import Grid
-    from landscape_ray.layout import create
-    from landscape_ray.payload import prepare
-    from landscape_ray.spec import load_spec
+    from landscape_ray.cluster import scheduler
+    from landscape_ray.compute.prepare import prepare
+    from landscape_ray.spec.grid import Grid
+    from landscape_ray.spec.specfile import load_spec
+    from landscape_ray.store.layout import create
 
     tmp = Path(tempfile.mkdtemp(prefix="scale-"))
     spec = load_spec(

@@ -35,7 +35,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num", type=int, default=41, help="grid points per axis (default: 41)")
     args = p.parse_args()
-    from landscape_ray.store import Store
+    from landscape_ray.store.tiles import Store
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -4,10 +4,10 @@
     ds = landscape_ray.open("runs/demo/surface.zarr")   # an xarray Dataset
     ds.train_loss.plot()
 
-Modules, in the paper's words: spec (the job), grid (coordinates and tiles),
-directions (filter-normalized random directions), evaluator (plain torch),
-scheduler (the only Ray code), store (Zarr), render (pictures), train
-(checkpoints per epoch), job (spec → store → pictures), cli.
+Packages by layer, bottom to top (each imports only from those below it; docs/ARCHITECTURE.md):
+core (errors, paths, plugins), spec (the job, the grid), store (Zarr, ownership), inputs (models, data,
+directions), compute (the plain-torch evaluator, curvature), cluster (the only Ray code), pictures; then
+hessian, train, job (spec → store → pictures), paper/ and cli/ on top.
 """
 
 __version__ = "0.1.0"
@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 
 def open(path):  # noqa: A001 - mirrors xarray.open_zarr for notebook users
     """The store at `path` as a lazy xarray Dataset; NaN marks points not computed yet."""
-    from .render import open_store
+    # The one import inside a function: the package root is imported by every process that imports any of its
+    # modules (each Ray actor too), and Zarr and xarray (~0.7 s) are only for those that read a store.
+    from landscape_ray.store.reader import dataset  # noqa: PLC0415
 
-    return open_store(path)
+    return dataset(path)

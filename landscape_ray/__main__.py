@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from landscape_ray.cli.main import main
 
 sys.exit(main())

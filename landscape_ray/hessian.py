@@ -1,140 +1,43 @@
-"""Hessian of the mean loss over a split, its shards on Ray actors: eigenvalues, trace, spectral density.
+"""The Hessian of the loss at θ* (or any grid point): eigenvalues, eigenvectors, trace and spectral density.
 
     landscape-ray hessian jobs/quickstart.yaml --top 5 --which both --trace --density --actors 2
     landscape-ray hessian jobs/quickstart.yaml --at 0.5,-0.25        # at θ* + 0.5δ − 0.25η
 
-    result = compute(spec, top=5, which="both", trace=True, density=True, actors=2)
-    write(spec.output.store, result, spec)
+    payload = prepare(spec)                                   # compute/prepare.py: the inputs, checked
+    connect(address)                                          # cluster/connect.py
+    result = compute(spec, payload, top=5, which="both", trace=True, density=True, actors=2)
+    write(store_path, result, spec)
 
-The split (the spec's first, `train` by default) is cut into one contiguous
-shard per actor; each actor holds the model and its shard (θ*, directions and
-data travel once through the object store as NumPy arrays) and returns the
-float64 *sum* of its samples' Hessian-vector products with their count; the
-driver adds the shards in shard order and divides by the total, so any number
-of actors gives the same operator up to float rounding. SciPy's eigensolver
-(`spectrum.py`) sees only that operator. An actor that dies mid-product is
-replaced and its shard recomputed with the same vector, so the numbers are those
-of an undisturbed run; a shard that kills `compute.max_tile_failures` actors ends
-the job with one line. Ray is imported inside the functions that use a cluster,
-so the CLI can set Ray's options (loopback-only) before its first import.
+The products come from `cluster.shards.ShardedOperator` (the split sharded over Ray actors; any number of actors
+gives the same operator up to float rounding); SciPy's eigensolver (`compute/spectrum.py`) sees only that
+operator. A shard that kills `compute.max_tile_failures` actors ends the job with one line.
 
-The store gets a `hessian` group (replaced on every call): `eigenvalues` (with
-each one's end, largest/smallest), `eigenvectors/<k>/<name>` (unit vectors over
-the parameters, by state_dict name), `trace` and `trace_se`, `density_grid` and
-`density` (with the Lanczos `density_nodes` and `density_weights`).
+The store gets a `hessian` group (replaced on every call): `eigenvalues` (with each one's end, largest/smallest),
+`eigenvectors/<k>/<name>` (unit vectors over the parameters, by state_dict name), `trace` and `trace_se`,
+`density_grid` and `density` (with the Lanczos `density_nodes` and `density_weights`). Where the spec's
+`output.store` does not exist yet, `hessian` writes a store of its own holding that group and the spec.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
+import torch
+import zarr
+from scipy.sparse.linalg import ArpackNoConvergence
 
-from . import spectrum
-from .errors import RunError, SpecError
-from .ownership import check_ours, claim
-from .paths import exists
-from .spec import Spec
-
-
-class ShardWorker:
-    """One shard's Hessian-vector products (the body of a Ray actor; plain Python, importable without a cluster)."""
-
-    def __init__(self, spec: dict, state: dict, directions: list, shard, split: str, at, device: str, threads: int):
-        import torch
-
-        from .curvature import Curvature
-        from .directions import Directions
-        from .payload import Payload
-
-        torch.set_num_threads(threads)
-        payload = Payload(state, Directions(directions, []), {split: shard})
-        self.curvature = Curvature.from_payload(Spec.model_validate(spec), payload, split, device, at)
-
-    def hvp(self, v: np.ndarray) -> tuple[np.ndarray, int]:
-        return self.curvature.hvp_sum(v)
-
-
-class ShardedOperator:
-    """v ↦ H v of the mean loss over `split`, one shard per actor. Use as a context manager (actors are stopped)."""
-
-    def __init__(self, spec: Spec, payload, split: str, at=None, actors: int | None = None, log=print):
-        import ray
-
-        from .curvature import shards
-        from .scheduler import plan_actors
-
-        planned, self.options = plan_actors(spec)
-        self.actor_class = ray.remote(max_restarts=0)(ShardWorker)
-        self.spec, self.split, self.at, self.log = spec, split, at, log
-        self.spec_json = spec.model_dump(mode="json")
-        self.state = ray.put(payload.state)
-        self.directions = ray.put(payload.directions.vectors)
-        self.shards = [ray.put(s) for s in shards(payload.splits[split], actors or planned)]
-        if not self.options["num_gpus"]:  # more CPU actors than CPUs share them rather than wait forever for one
-            share = ray.cluster_resources().get("CPU", 1) / len(self.shards)
-            self.options = {**self.options, "num_cpus": min(self.options["num_cpus"], share)}
-        self.actors = [self._spawn(i) for i in range(len(self.shards))]
-        self.failures = [0] * len(self.shards)
-        self.products = 0
-        self.deaths = 0
-
-    def _spawn(self, i: int):
-        """An actor for shard i (again, after a death: the shard and θ* are still in the object store)."""
-        device = "cuda" if self.options["num_gpus"] else "cpu"
-        return self.actor_class.options(**self.options).remote(
-            self.spec_json,
-            self.state,
-            self.directions,
-            self.shards[i],
-            self.split,
-            self.at,
-            device,
-            self.spec.compute.cpus_per_actor,
-        )
-
-    def matvec(self, v: np.ndarray) -> np.ndarray:
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
-        ref = ray.put(np.asarray(v, dtype=np.float32))
-        calls = {actor.hvp.remote(ref): i for i, actor in enumerate(self.actors)}
-        results = [None] * len(self.actors)
-        while calls:
-            [done], _ = ray.wait(list(calls), num_returns=1)
-            i = calls.pop(done)
-            try:
-                results[i] = ray.get(done)
-            except RayTaskError as err:  # an exception in the model or metric: not a crash, so no retry
-                raise RunError(f"hessian: shard {i} failed: {err.cause!r}") from None
-            except RayActorError:
-                self.failures[i] += 1
-                self.deaths += 1
-                if self.failures[i] >= self.spec.compute.max_tile_failures:
-                    raise RunError(
-                        f"hessian: shard {i} killed {self.failures[i]} actors; giving up "
-                        f"(compute.max_tile_failures={self.spec.compute.max_tile_failures})"
-                    ) from None
-                self.log(f"hessian: the actor of shard {i} died; a new one recomputes the shard")
-                self.actors[i] = self._spawn(i)
-                calls[self.actors[i].hvp.remote(ref)] = i
-        self.products += 1
-        total = np.zeros_like(results[0][0])
-        for partial, _ in results:  # in shard order, so reruns round identically
-            total += partial
-        return total / sum(count for _, count in results)
-
-    def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
-
-    def __enter__(self) -> "ShardedOperator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+from landscape_ray.cluster.shards import ShardedOperator
+from landscape_ray.compute import spectrum
+from landscape_ray.compute.curvature import Curvature, unflatten
+from landscape_ray.core.errors import RunError, SpecError
+from landscape_ray.core.paths import zarr_store
+from landscape_ray.inputs.directions import Directions, direction_space, normalize
+from landscape_ray.inputs.models import load_model
+from landscape_ray.inputs.payload import Payload
+from landscape_ray.spec.schema import Spec
+from landscape_ray.store.layout import consolidate, versions
 
 
 def check_request(top: int | None, which: str, probes: int, steps: int, actors: int | None, tol: float) -> None:
@@ -151,6 +54,7 @@ def check_request(top: int | None, which: str, probes: int, steps: int, actors: 
 
 def compute(
     spec: Spec,
+    payload: Payload,
     top: int | None = 1,
     trace: bool = False,
     density: bool = False,
@@ -161,19 +65,12 @@ def compute(
     steps: int = 80,
     seed: int = 0,
     tol: float = 1e-4,
-    address: str | None = None,
     log=print,
 ) -> dict:
-    """Eigenpairs (`top` per end; None: none), trace and density of the Hessian of the first split's mean loss."""
-    from scipy.sparse.linalg import ArpackNoConvergence
-
-    from .curvature import Curvature
-    from .payload import prepare
-    from .scheduler import connect
-
+    """Eigenpairs (`top` per end; None: none), trace and density of the Hessian of the first split's mean loss, on
+    the connected cluster (connect.connect), from the inputs in `payload` (prepare.prepare)."""
     check_request(top, which, probes, steps, actors, tol)
     split = spec.data.splits[0]
-    payload = prepare(spec, vectors=[] if at is None else None)  # no directions computed when none are needed
     if at is not None and len(at) != len(payload.directions.vectors):
         raise SpecError(
             f"--at: the spec's directions span {len(payload.directions.vectors)} axes, got {len(at)} "
@@ -184,7 +81,6 @@ def compute(
     dim, layout = local.dim, local.layout
     if top is not None and top >= dim:
         raise SpecError(f"--top: {top} eigenvalues asked of a Hessian of {dim} parameters; at most {dim - 1}")
-    connect(address)
     start = time.perf_counter()
     result = {
         "split": split,
@@ -213,23 +109,21 @@ def compute(
 
 def vectors_of(result: dict) -> list[dict[str, np.ndarray]]:
     """The eigenvectors as {state_dict name: array} dicts, in parameter order (the form directions take)."""
-    from .curvature import unflatten
-
     layout = result["layout"]
     return [{k: v.astype(np.float32) for k, v in unflatten(vec, layout).items()} for vec in result["eigenvectors"]]
 
 
-def eigen_directions(model, spec: Spec, ndim: int):
-    """`Directions` along the top `ndim` eigenvectors at θ* (for `directions.kind: hessian`), eigenvalues attached.
+def eigen_directions(spec: Spec, payload: Payload) -> Directions:
+    """`Directions` along the top eigenvectors at θ* (`directions.kind: hessian`: one per grid axis), eigenvalues
+    attached, computed on the connected cluster: a run calls this once its cluster is up, before the tiles.
 
     Entries outside the parameters (BN statistics with `dir_type: states`) get zero; `norm: filter` rescales as for
     random directions.
     """
-    import torch
-
-    from .directions import Directions, direction_space, normalize
-
-    result = compute(spec, top=ndim, which="largest", log=lambda *_: None)
+    ndim = 1 if spec.grid.y is None else 2
+    at_theta = replace(payload, directions=Directions([], []))  # the products need no directions at θ*
+    result = compute(spec, at_theta, top=ndim, which="largest", log=lambda *_: None)
+    model = load_model(spec)  # the names and shapes of the direction space
     space = direction_space(model, spec.directions.dir_type)
     vectors = []
     for vec in vectors_of(result):
@@ -245,22 +139,11 @@ def eigen_directions(model, spec: Spec, ndim: int):
     return Directions(vectors, labels, axis_attrs=[{"eigenvalue": v} for v in values])
 
 
-def extremes(curvature, seed: int = 0, tol: float = 1e-3) -> tuple[float, float]:
-    """(λmax, λmin) at the curvature's current point, in this process (for `eval.curvature` inside an actor)."""
-    values, _, _ = spectrum.eigenpairs(curvature.matvec, curvature.dim, 1, "both", seed, tol)
-    return float(values[0]), float(values[1])
-
-
 def write(store_path, result: dict, spec: Spec) -> None:
     """Put `result` into the `hessian` group of the landscape store at `store_path` (replaced if there).
 
-    The caller holds `ownership.claim(store_path)` and has checked the store is ours.
+    The caller holds the store (`transaction.claimed`) and has checked it is ours.
     """
-    import zarr
-
-    from .layout import consolidate, versions
-    from .paths import zarr_store
-
     root = zarr.open_group(zarr_store(store_path, "a"), mode="a", zarr_format=3)
     attrs = {k: result[k] for k in ("split", "samples", "parameters", "at", "seed", "actors", "products", "wall_s")}
     group = root.create_group(
@@ -330,74 +213,3 @@ def parse_at(text: str | None) -> tuple[float, ...] | None:
         return tuple(float(a) for a in text.split(","))
     except ValueError:
         raise SpecError(f"--at: expected coordinates like 0.5,-0.25, got {text!r}") from None
-
-
-def add_parser(subparsers, spec_args) -> None:
-    """The `hessian` subcommand; `spec_args` adds the spec, --set and --trust-checkpoint arguments (cli.py's)."""
-    q = subparsers.add_parser("hessian", help="Hessian eigenvalues, trace and spectral density of the loss")
-    spec_args(q)
-    q.add_argument(
-        "--top",
-        type=int,
-        default=None,
-        help="K eigenvalues and eigenvectors per end (default: 1, unless only --trace/--density are asked)",
-    )
-    q.add_argument(
-        "--which",
-        default="largest",
-        choices=list(spectrum.ENDS),
-        help="largest algebraic, smallest (most negative) or both (default: largest)",
-    )
-    q.add_argument(
-        "--tol",
-        type=float,
-        default=1e-4,
-        help="eigensolver residual tolerance, relative to the spectral norm (default: 1e-4)",
-    )
-    q.add_argument("--trace", action="store_true", help="Hutchinson estimate of the trace, with its standard error")
-    q.add_argument("--probes", type=int, default=100, help="Rademacher probes of the trace (default: 100)")
-    q.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
-    q.add_argument("--steps", type=int, default=80, help="Lanczos steps of the density (default: 80)")
-    q.add_argument(
-        "--at", default=None, metavar="A[,B]", help="at θ* + A·δ + B·η of the spec's directions (default: θ*)"
-    )
-    q.add_argument("--actors", type=int, default=None, help="shards and actors (default: compute.actors)")
-    q.add_argument(
-        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a private local cluster)"
-    )
-    q.set_defaults(func=main)
-
-
-def main(args) -> None:
-    from .cli import private_ray_on_loopback
-    from .spec import load_spec
-    from .store import naming
-
-    private_ray_on_loopback(args.address)  # before anything imports Ray
-
-    overrides = list(args.set) + (["model.trust_checkpoint=true"] if args.trust_checkpoint else [])
-    spec = load_spec(args.spec, overrides)
-    top = args.top if args.top is not None or args.trace or args.density else 1
-    check_request(top, args.which, args.probes, args.steps, args.actors, args.tol)  # before the (slow) inputs load
-    result = compute(
-        spec,
-        top=top,
-        trace=args.trace,
-        density=args.density,
-        which=args.which,
-        at=parse_at(args.at),
-        actors=args.actors,
-        probes=args.probes,
-        steps=args.steps,
-        tol=args.tol,
-        address=args.address,
-    )
-    print(summary(result))
-    path = spec.output.store
-    if not exists(path):
-        print(f"output.store {path} does not exist: the results are printed, not stored (run the surface first)")
-        return
-    with claim(path, "landscape-ray hessian"), naming(path):  # one writer, only into a store of ours
-        check_ours(path)
-        write(path, result, spec)
-    print(f"written to {path} (group hessian)")

@@ -3,7 +3,7 @@
     summary = run(load_spec("jobs/quickstart.yaml"), overwrite=True)
 
 Order matters for the promise that a user's data is never lost or mixed:
-1. the store's lock is taken (ownership.claim), so a second driver is refused;
+1. the store is claimed (transaction.claimed): a second driver is refused, an existing path must be ours;
 2. everything that can be checked is checked before anything at the store's path
    changes: the grid size, that an existing store is ours, the cluster and room for
    an actor, every input loaded and fitted, and for `--resume` that no input file
@@ -25,13 +25,23 @@ from pathlib import Path
 
 import psutil
 
-from . import ownership, scheduler
-from .errors import Interrupted, SpecError
-from .grid import Grid
-from .layout import build_beside, consolidate, create, install
-from .paths import exists, is_remote
-from .spec import Spec
-from .store import Store, naming
+from landscape_ray import hessian
+from landscape_ray.cluster import connect
+from landscape_ray.cluster.pool import Pool
+from landscape_ray.cluster.scheduler import evaluate_tiles
+from landscape_ray.compute.prepare import prepare
+from landscape_ray.compute.warmup import Warmup
+from landscape_ray.core.errors import Interrupted, SpecError
+from landscape_ray.core.paths import exists, is_remote
+from landscape_ray.inputs.kinds import ON_CLUSTER
+from landscape_ray.pictures.render import render
+from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.schema import Spec
+from landscape_ray.store import ownership
+from landscape_ray.store.fingerprint import changed, fingerprints
+from landscape_ray.store.layout import build_beside, consolidate, create, install
+from landscape_ray.store.tiles import Store, naming
+from landscape_ray.store.transaction import claimed
 
 MAX_POINTS = 10_000_000  # beyond this a grid is more likely a typo than a plan; --force allows it
 
@@ -50,19 +60,17 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: t
     """The existing store to complete (with --resume) or else None, the payload, the driver's warmup (or None),
     and the new store it writes into while the cluster starts (or None); every input is checked here.
 
-    Runs in a thread while the cluster starts, and imports torch (~1.5 s) there rather than at the top. Once
-    `cancel` is set (the run failed meanwhile) it starts no warmup and builds no store.
+    Runs in a thread while the cluster starts. Once `cancel` is set (the run failed meanwhile) it starts no warmup
+    and builds no store. Directions of a kind computed on the cluster (`directions.kind: hessian`) are not there
+    yet, so such a run does not warm up.
     """
-    from .fingerprint import changed, fingerprints
-    from .payload import prepare
-    from .warmup import Warmup
-
     path = spec.output.store
     start = time.perf_counter()
     if not (exists(path) and resume):
         payload = prepare(spec)
         timings["load_s"] = time.perf_counter() - start
-        warmup = Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
+        pending = spec.directions.kind in ON_CLUSTER
+        warmup = None if pending else Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
         if warmup is None or is_remote(path):
             return None, payload, warmup, None
         if cancel.is_set():  # the run failed meanwhile
@@ -98,10 +106,10 @@ def abandon(warmup, partial: Path | None) -> None:
 
 
 def local_actors(spec: Spec) -> int:
-    """The actors a private cluster on this machine makes room for (`scheduler.plan_actors` says once Ray is up);
+    """The actors a private cluster on this machine makes room for (`connect.plan_actors` says once Ray is up);
     an estimate is enough, as only the balance of the tiles depends on it, never a value."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return scheduler.cpu_actors(spec, cpus)
+    return connect.cpu_actors(spec, cpus)
 
 
 def cut(spec: Spec, payload, workers: int) -> Grid:
@@ -112,8 +120,6 @@ def cut(spec: Spec, payload, workers: int) -> Grid:
 def new_store(spec: Spec, payload, grid: Grid, timings: dict, overwrite: bool = False, beside: bool = False):
     """A new empty store for `spec` cut as `grid`: in place (replacing an old one with `overwrite`), or with
     `beside` built at a hidden sibling whose path is returned, for `layout.install` to swap in."""
-    from .fingerprint import fingerprints
-
     start = time.perf_counter()
     args = (spec.output.store, spec, grid, payload.variables, payload.directions)  # the store records grid.tile
     inputs = fingerprints(spec, payload.splits)
@@ -128,18 +134,24 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
     thread while the cluster starts and the actors import torch, and on a private cluster the driver starts
     computing into a new store as soon as it has them. A bad input ends the run here, before any store is in
     place, and stops the Ray this call started (an input error is reported before a cluster's)."""
-    fresh = not scheduler.connected()
-    local = scheduler.private(address)
+    fresh = not connect.connected()
+    local = connect.private(address)
     pool = None
     cancel = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="load") as background:
         loading = background.submit(load, spec, resume, timings, local, cancel)
         try:
             begin = time.perf_counter()
-            workers = scheduler.preflight(spec, address)
+            workers = connect.preflight(spec, address)
             timings["cluster_s"] = time.perf_counter() - begin
-            pool = scheduler.Pool(spec, workers)
-            store, payload, warmup, partial = loading.result()
+            if spec.directions.kind in ON_CLUSTER:  # directions computed on this cluster first (a resumed store
+                store, payload, warmup, partial = loading.result()  # has its own), by actors that need its CPUs
+                if not payload.directions.vectors:
+                    payload.directions = hessian.eigen_directions(spec, payload)
+                pool = Pool(spec, workers)
+            else:
+                pool = Pool(spec, workers)
+                store, payload, warmup, partial = loading.result()
             if partial is not None:
                 warmup.detach()
                 store = install(partial, spec.output.store)
@@ -148,7 +160,7 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
             # The actors go at once, before the wait for the load: on a cluster this call joined or started, with
             # the disconnect (killed one by one mid-start, Ray logs a stray error line); on a caller's, here.
             if fresh:
-                scheduler.disconnect()
+                connect.disconnect()
             elif pool is not None:
                 pool.close()
             failed = loading.exception()  # waits for the load to end, so that nothing it made outlives the run
@@ -182,13 +194,7 @@ def run(
     check_size(spec, force)
     path = spec.output.store
     timings: dict[str, float] = {}
-    with ownership.claim(path, "landscape-ray run"):
-        if exists(path):
-            if not (resume or overwrite):
-                raise SpecError(
-                    f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it"
-                )
-            ownership.check_ours(path)
+    with claimed(path, "landscape-ray run", replace=resume or overwrite):
         store, payload, warmup, workers, pool = start(spec, resume, address, timings)
         try:
             with pool:
@@ -209,7 +215,7 @@ def run(
                         store.write_tile(tile, values, record)
 
                     try:
-                        summary = scheduler.evaluate_tiles(
+                        summary = evaluate_tiles(
                             spec, payload, store.grid, tiles, on_tile, log=log, pool=pool, warmup=warmup
                         )
                     except KeyboardInterrupt:
@@ -241,8 +247,6 @@ def run(
             first = next(iter(summary["actors"].values()))
             log(f"evaluated at batch {first['batch_size']}, BN {'folded' if first['bn_folded'] else 'not folded'}")
     if spec.output.render:
-        from .render import render  # matplotlib and xarray: only for runs that draw
-
         # Pictures go next to a local store; for a remote one, into runs/<name>/ here.
         out = Path("runs") / spec.name if is_remote(path) else Path(path).parent
         pictures = render(path, out=out, kinds=spec.output.render)

@@ -22,46 +22,16 @@ momentum 0.9, batch 128, weight decay 5e-4, lr 0.1 divided by 10 at epochs 150,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .data import BatchSplit, ImageSplit, load_splits, normalization, normalizer, on_device
-from .errors import SpecError
-from .evaluator import Evaluator, resolve_device, resolve_metric
-from .models import load_model
-from .spec import DataSpec, ModelSpec, Strict
-
-
-class OptimizerSpec(Strict):
-    name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, description="SGD only")
-    nesterov: bool = Field(True, description="SGD only")
-    weight_decay: float = Field(5e-4, ge=0)
-    milestones: list[int] = Field(
-        default_factory=lambda: [150, 225, 275], description="epochs where lr is multiplied by gamma"
-    )
-    gamma: float = Field(0.1, gt=0)
-
-
-class TrainSpec(Strict):
-    name: str = "train"
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    data: DataSpec = Field(default_factory=lambda: DataSpec(splits=["train", "test"]))
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    epochs: int = Field(300, ge=1)
-    batch_size: int = Field(128, ge=1)
-    augment: bool | None = Field(None, description="random crop (pad 4) + horizontal flip; None = on for cifar10 only")
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
-    metric: str | None = Field(
-        None, description="'package.module:fn' as eval.metric; its loss_sum / count is minimized"
-    )
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    out: str = Field("runs/train/checkpoints", description="folder for model_{epoch}.pt and final.pt")
+from landscape_ray.compute.evaluator import Evaluator, resolve_device, resolve_metric
+from landscape_ray.core.errors import SpecError
+from landscape_ray.core.paths import epoch_checkpoints
+from landscape_ray.inputs.data import BatchSplit, ImageSplit, load_splits, normalization, normalizer, on_device
+from landscape_ray.inputs.models import load_model
+from landscape_ray.spec.schema import OptimizerSpec, TrainSpec
 
 
 def lr_at(spec: OptimizerSpec, epoch: int) -> float:
@@ -79,7 +49,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def last_epoch(out: Path) -> int | None:
-    epochs = [int(p.stem.split("_")[1]) for p in out.glob("model_*.pt") if p.stem.split("_")[1].isdigit()]
+    epochs = list(epoch_checkpoints(out))
     return max(epochs) if epochs else None
 
 
@@ -138,7 +108,6 @@ def train(spec: TrainSpec, log=print) -> Path:
         raise SpecError("data.splits: training needs the train split")
     out = Path(spec.out)
     device = resolve_device(spec.device)
-    torch.manual_seed(spec.seed)
     model = load_model(spec, seed=spec.seed).to(device)
     params = list(model.parameters())
     optimizer = make_optimizer(spec.optimizer, params)
@@ -169,15 +138,19 @@ def train(spec: TrainSpec, log=print) -> Path:
     for epoch in range(start + 1, spec.epochs + 1):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(spec.optimizer, epoch - 1)
-        generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
-        model.train()
-        norms = []
-        for batch in data.epoch(generator):
-            loss_sum, count, *_ = metric(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            (loss_sum / count).backward()
-            optimizer.step()
-            norms.append(weight_norm(params))
+        seed = spec.seed * 100_003 + epoch
+        # Randomness inside the model (dropout) draws from torch's global generator: seeded per epoch, so a resumed
+        # training repeats it, and forked, so the caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            model.train()
+            norms = []
+            for batch in data.epoch(torch.Generator().manual_seed(seed)):
+                loss_sum, count, *_ = metric(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                (loss_sum / count).backward()
+                optimizer.step()
+                norms.append(weight_norm(params))
         steps += len(norms)
         metrics = meter.measure()
         save(out / f"model_{epoch}.pt", model, optimizer, spec, epoch, metrics, steps, weight_norm(params), norms)

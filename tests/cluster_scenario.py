@@ -25,7 +25,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
 from landscape_ray.job import run  # noqa: E402
-from landscape_ray.store import Store  # noqa: E402
+from landscape_ray.store.tiles import Store  # noqa: E402
 from tests.conftest import as_digits, make_spec, reference  # noqa: E402
 
 

@@ -17,11 +17,12 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # Ray workers (and CLI subprocesses) must import tests.helpers, the custom models of these tests.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-from landscape_ray.evaluator import Evaluator  # noqa: E402
-from landscape_ray.grid import Grid  # noqa: E402
-from landscape_ray.payload import prepare  # noqa: E402
-from landscape_ray.spec import Spec, load_spec  # noqa: E402
-from landscape_ray.train import TrainSpec, train  # noqa: E402
+from landscape_ray.compute.evaluator import Evaluator  # noqa: E402
+from landscape_ray.compute.prepare import prepare  # noqa: E402
+from landscape_ray.spec.grid import Grid  # noqa: E402
+from landscape_ray.spec.schema import Spec, TrainSpec  # noqa: E402
+from landscape_ray.spec.specfile import load_spec  # noqa: E402
+from landscape_ray.train import train  # noqa: E402
 
 
 def quiet(*_) -> None:

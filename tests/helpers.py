@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from landscape_ray.models import DigitsCNN
+from landscape_ray.inputs.models import DigitsCNN
 
 
 def in_actor() -> bool:

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import zarr
 
-from landscape_ray.grid import MAX_TILE_POINTS, MIN_CHUNK_POINTS, Grid
-from landscape_ray.layout import create
-from landscape_ray.ownership import claim
-from landscape_ray.spec import GridSpec, load_spec
-from landscape_ray.store import Store
+from landscape_ray.spec.grid import MAX_TILE_POINTS, MIN_CHUNK_POINTS, Grid
+from landscape_ray.spec.schema import GridSpec
+from landscape_ray.spec.specfile import load_spec
+from landscape_ray.store.layout import create
+from landscape_ray.store.ownership import claim
+from landscape_ray.store.tiles import Store
 
 from .conftest import ROOT
 
@@ -203,7 +204,7 @@ def test_resume_writes_the_rest_and_keeps_every_earlier_value(tmp_path, nx, ny, 
 KILLED = """
 import os, signal, sys
 import numpy as np
-from landscape_ray.store import Store
+from landscape_ray.store.tiles import Store
 sys.path.insert(0, sys.argv[2])
 from tests.test_chunks import tile_values
 store = Store(sys.argv[1])

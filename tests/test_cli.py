@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from landscape_ray.cli import main
-from landscape_ray.models import build
+from landscape_ray.cli.main import main
+from landscape_ray.inputs.models import build
 
 from .conftest import ROOT, make_spec
 
@@ -102,7 +103,13 @@ def test_existing_store_is_untouched_without_resume_or_overwrite(ray_cluster, ca
     capsys.readouterr()
     assert main(["info", str(store)]) == 0
     out = capsys.readouterr().out
-    assert "progress: 35/35 points done (100.0%)" in out and "train_loss: min" in out and "run 1:" in out
+    assert "progress: 35/35 points done (100.0%)" in out and "train_loss: min" in out
+    # The run summaries: a table (a header, then one row a run with its points), and whole as JSON with --json.
+    table = out[out.index("runs:\n") :].splitlines()
+    assert table[1].split()[:3] == ["run", "points", "wall"] and table[2].split()[:2] == ["1", "35"]
+    assert main(["info", str(store), "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert len(runs) == 1 and runs[0]["points"] == 35 and "startup" in runs[0]
 
 
 def test_cli_process_exit_status_and_single_line(tmp_path):

@@ -19,7 +19,7 @@ import xarray as xr
 import yaml
 
 from landscape_ray.job import run
-from landscape_ray.store import Store
+from landscape_ray.store.tiles import Store
 
 from .conftest import ROOT, as_digits, make_spec, quiet, reference
 from .test_run import slow_spec
@@ -118,7 +118,7 @@ def s3(tmp_path, monkeypatch):
 
 
 def test_remote_store_round_trip_resume_and_info(ray_cluster, checkpoint, tmp_path, s3, capsys, monkeypatch):
-    from landscape_ray.cli import main
+    from landscape_ray.cli.main import main
 
     url = f"{s3}/surface.zarr"
     monkeypatch.chdir(tmp_path)  # pictures of a remote store go to runs/<name>/ here
@@ -144,7 +144,7 @@ def test_remote_store_round_trip_resume_and_info(ray_cluster, checkpoint, tmp_pa
     with pytest.raises(Exception, match="already exists"):
         run(spec, log=quiet)
     # render of a remote store without --out: pictures in runs/<store name>/ here (was a local folder "s3:")
-    from landscape_ray.render import render
+    from landscape_ray.pictures.render import render
 
     assert render(url, kinds=["heatmap"]) == [Path("runs") / "surface" / "train_loss_heatmap.png"]
     assert (tmp_path / "runs" / "surface" / "train_loss_heatmap.png").exists() and not (tmp_path / "s3:").exists()
@@ -346,8 +346,8 @@ def test_remote_store_lease_one_writer_and_stale_takeover(s3):
     """Object stores have no file locks: a lease object, created with an exclusive put, names the live writer."""
     import s3fs
 
-    from landscape_ray.errors import StoreBusy
-    from landscape_ray.ownership import claim
+    from landscape_ray.core.errors import StoreBusy
+    from landscape_ray.store.ownership import claim
 
     url = f"{s3}/leased.zarr"
     with claim(url, "first"):

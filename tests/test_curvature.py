@@ -7,8 +7,11 @@ parameters and a digits subset of two batches.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +21,17 @@ import zarr
 from torch import nn
 from torch.func import functional_call
 
-from landscape_ray import spectrum
-from landscape_ray.curvature import Curvature
-from landscape_ray.data import load_split
-from landscape_ray.hessian import ShardedOperator, compute, eigen_directions, extremes, parse_at, write
-from landscape_ray.models import load_model
-from landscape_ray.payload import prepare
-from landscape_ray.spec import SpecError, load_spec
+from landscape_ray import hessian
+from landscape_ray.cluster.shards import ShardedOperator
+from landscape_ray.compute import spectrum
+from landscape_ray.compute.curvature import Curvature
+from landscape_ray.compute.prepare import prepare
+from landscape_ray.compute.spectrum import extremes
+from landscape_ray.core.errors import SpecError
+from landscape_ray.hessian import eigen_directions, parse_at, write
+from landscape_ray.inputs.data import load_split
+from landscape_ray.inputs.models import load_model
+from landscape_ray.spec.specfile import load_spec
 
 
 def tiny_mlp():
@@ -60,6 +67,11 @@ def one_thread():
 
 
 ARCHS = ["tests.test_curvature:tiny_mlp", "tests.test_curvature:tiny_bn_cnn"]
+
+
+def compute(spec, **request):
+    """`hessian.compute` on the spec's inputs (directions only where the products are taken away from θ*)."""
+    return hessian.compute(spec, prepare(spec, vectors=None if request.get("at") else []), **request)
 
 
 def spec_for(arch: str, *extra: str):
@@ -301,7 +313,7 @@ def test_eigen_directions_are_the_top_eigenvectors(ray_cluster):
     spec = spec_for(ARCHS[0], "directions.norm=none")
     model = load_model(spec)
     exact, vectors = np.linalg.eigh(exact_hessian(spec)[0])
-    found = eigen_directions(model, spec, 2)
+    found = eigen_directions(spec, prepare(spec, vectors=[]))
     assert [a["eigenvalue"] for a in found.axis_attrs] == pytest.approx(exact[::-1][:2], rel=1e-4)
     for k, direction in enumerate(found.vectors):
         assert list(direction) == [n for n, _ in model.named_parameters()]
@@ -314,7 +326,7 @@ def test_a_surface_along_hessian_directions_curves_by_the_top_eigenvalue(ray_clu
     """`directions.kind: hessian` end to end: the second difference of the stored 1D scan along the top unit
     eigenvector is its eigenvalue (exact Hessian); `hessian` then writes its group into that store and `info`
     shows it."""
-    from landscape_ray.cli import main
+    from landscape_ray.cli.main import main
     from landscape_ray.job import run
 
     from .conftest import quiet
@@ -346,9 +358,10 @@ def test_a_surface_along_hessian_directions_curves_by_the_top_eigenvalue(ray_clu
 def test_eval_curvature_stores_the_extreme_eigenvalues_at_every_point(ray_cluster, tmp_path):
     """`eval.curvature: true`: every point's train_lambda_max/min equal the exact Hessian's extremes there, and
     `render --vars curvature` draws |λmin/λmax| (0 where the surface is locally convex)."""
-    from landscape_ray.draw import dataset, values
     from landscape_ray.job import run
-    from landscape_ray.render import render
+    from landscape_ray.pictures.draw import values
+    from landscape_ray.pictures.render import render
+    from landscape_ray.store.reader import dataset
 
     from .conftest import quiet
 
@@ -383,3 +396,65 @@ def test_eval_curvature_stores_the_extreme_eigenvalues_at_every_point(ray_cluste
 def test_eval_curvature_needs_the_train_split():
     with pytest.raises(SpecError, match="eval.curvature: needs the train split"):
         spec_for(ARCHS[0], "eval.curvature=true", "data.splits=[test]")
+
+
+@pytest.mark.slow
+def test_hessian_directions_from_the_command_line_in_fresh_processes(tmp_path):
+    """`run --set directions.kind=hessian` with no cluster running, 5 times, each a fresh process starting its own
+    private cluster: the eigenvectors are computed on the run's cluster once it is up (they used to start a second
+    Ray from the loading thread, and died with a Ray traceback), and the stored scan curves by the top eigenvalue."""
+    h = 0.01
+    store = tmp_path / "h.zarr"
+    spec = spec_for(
+        ARCHS[0],
+        "directions.kind=hessian",
+        "grid.y=null",
+        f"grid.x={{min: {-h}, max: {h}, num: 3}}",
+        "data.splits=[train]",
+        f"output.store={store}",
+        "output.render=[]",
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(__import__("yaml").safe_dump(spec.model_dump(mode="json")))
+    top = np.linalg.eigvalsh(exact_hessian(spec)[0])[-1]
+    root = Path(__file__).resolve().parents[1]
+    for attempt in range(5):
+        done = subprocess.run(
+            [sys.executable, "-m", "landscape_ray", "run", str(job), "--overwrite"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, f"attempt {attempt}: {done.stderr}"
+        assert "Traceback" not in done.stderr
+        f = zarr.open_group(str(store), mode="r")["train_loss"][...]
+        assert (f[0] - 2 * f[1] + f[2]) / h**2 == pytest.approx(top, rel=5e-3)
+
+
+def test_hessian_into_a_new_store_and_a_busy_one(ray_cluster, tmp_path, capsys):
+    """`hessian` with an `output.store` that does not exist writes a store of its own (marked ours, the spec in it):
+    the stored eigenvalues are the printed ones and `info` shows them; while another process holds the store, a
+    second `hessian` is refused in one line."""
+    from landscape_ray.cli.main import main
+    from landscape_ray.store.ownership import claim
+    from landscape_ray.store.tiles import Store
+
+    store = tmp_path / "new.zarr"
+    spec = spec_for(ARCHS[0], f"output.store={store}", "output.render=[]")
+    job = tmp_path / "job.yaml"
+    job.write_text(__import__("yaml").safe_dump(spec.model_dump(mode="json")))
+    assert main(["hessian", str(job), "--top", "2", "--actors", "1"]) == 0
+    out = capsys.readouterr().out
+    printed = [float(v) for v in out.split("largest eigenvalues: ")[1].splitlines()[0].split(", ")]
+    stored = zarr.open_group(str(store), mode="r")["hessian/eigenvalues"][...]
+    assert [f"{v:.6g}" for v in stored] == [f"{v:.6g}" for v in printed]
+    exact = np.linalg.eigvalsh(exact_hessian(spec)[0])
+    np.testing.assert_allclose(stored, exact[::-1][:2], rtol=1e-4)
+    assert Store(store).spec.result_fields() == spec.result_fields()  # a store of ours: it opens, its spec is in it
+    assert main(["info", str(store)]) == 0
+    assert "eigenvalues " + ", ".join(f"{v:.6g}" for v in stored) in capsys.readouterr().out
+    with claim(store, "another landscape-ray hessian"):
+        assert main(["hessian", str(job), "--top", "1"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "is in use by" in line and "another landscape-ray hessian" in line

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from landscape_ray.checkpoints import fit_state, read_checkpoint
-from landscape_ray.data import BatchSplit, ImageSplit, load_split, normalization
-from landscape_ray.errors import SpecError
-from landscape_ray.models import DigitsCNN, build, load_model
-from landscape_ray.spec import DataSpec, Spec, load_spec
-from landscape_ray.train import TrainSpec
+from landscape_ray.core.errors import SpecError
+from landscape_ray.inputs.checkpoints import fit_state, read_checkpoint
+from landscape_ray.inputs.data import BatchSplit, ImageSplit, load_split, normalization
+from landscape_ray.inputs.models import DigitsCNN, build, load_model
+from landscape_ray.spec.schema import DataSpec, Spec, TrainSpec
+from landscape_ray.spec.specfile import load_spec
 
 from .conftest import ROOT
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from landscape_ray.directions import direction_space, make_directions
-from landscape_ray.models import build
-from landscape_ray.spec import DirectionsSpec
+from landscape_ray.inputs.directions import direction_space, make_directions
+from landscape_ray.inputs.models import build
+from landscape_ray.spec.schema import DirectionsSpec
 
 
 @pytest.fixture(scope="module")

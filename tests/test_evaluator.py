@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape_ray.data import ImageSplit, load_splits, normalization
-from landscape_ray.evaluator import Evaluator
-from landscape_ray.models import load_model
-from landscape_ray.payload import prepare
-from landscape_ray.speedups import FoldedConv, fold_bn
+from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.compute.prepare import prepare
+from landscape_ray.compute.speedups import FoldedConv, fold_bn
+from landscape_ray.inputs.data import ImageSplit, load_splits, normalization
+from landscape_ray.inputs.models import load_model
 
 from .conftest import make_spec
 
@@ -330,7 +330,7 @@ def test_fold_auto_folds_only_where_it_agrees_with_the_plain_forward(make, fold,
 def test_auto_batch_size_fits_the_largest_activation_into_2_mib(channels, size, device, want):
     """The largest activation of one sample is channels × size² × 4 bytes: the batch is the power of two that fits
     2 MiB (CPU, clamped to 16..1024); a GPU gets 1024."""
-    from landscape_ray.speedups import auto_batch_size
+    from landscape_ray.compute.speedups import auto_batch_size
 
     net = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(channels * size**2, 2))
     got = auto_batch_size(net, torch.zeros(1, 3, size, size), torch.device(device))

@@ -9,9 +9,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from landscape_ray import export
-from landscape_ray.render import open_store, render
-from landscape_ray.spec import SpecError
+from landscape_ray.core.errors import SpecError
+from landscape_ray.pictures import export
+from landscape_ray.pictures.render import render
+from landscape_ray.store.reader import dataset
 
 from .test_render import EPOCHS, field, make_store, scan
 
@@ -29,7 +30,7 @@ def vtp_arrays(path):
 
 @pytest.mark.parametrize("log", [False, True])
 def test_vtp_has_the_computed_points_and_the_cells_between_them(pca, tmp_path, log):
-    ds = open_store(pca)
+    ds = dataset(pca)
     (path,) = render(ds, tmp_path, fmt="vtp", log=log)
     assert path.name == f"train_loss_surface{'_log' if log else ''}.vtp"
     attrib, arrays = vtp_arrays(path)
@@ -57,7 +58,7 @@ def plotly_traces(path):
 
 
 def test_html_holds_the_surface_and_the_training_path(pca, tmp_path):
-    ds = open_store(pca)
+    ds = dataset(pca)
     (path,) = render(pca, tmp_path, fmt="html")
     assert path.name == "train_loss_surface.html"
     surface, trajectory = plotly_traces(path)

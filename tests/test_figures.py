@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from landscape_ray import figures
-from landscape_ray.directions import Directions, make_directions
-from landscape_ray.errors import SpecError
-from landscape_ray.grid import Grid
-from landscape_ray.layout import create
-from landscape_ray.models import DigitsCNN, load_model
-from landscape_ray.spec import load_spec
-from landscape_ray.train import TrainSpec, train
-from landscape_ray.trajectory import pca_directions
+from landscape_ray.core.errors import SpecError
+from landscape_ray.inputs.directions import Directions, make_directions
+from landscape_ray.inputs.models import DigitsCNN, load_model
+from landscape_ray.inputs.trajectory import pca_directions
+from landscape_ray.pictures import figures
+from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.schema import TrainSpec
+from landscape_ray.spec.specfile import load_spec
+from landscape_ray.store.layout import create
+from landscape_ray.train import train
 
 from .test_render import pixel, scan
 
@@ -161,7 +162,7 @@ def test_overlay_of_1d_scans(tmp_path):
 
 
 def test_cli_figures_write_files_and_bad_input_is_one_line(runs, tmp_path, capsys):
-    from landscape_ray.cli import main
+    from landscape_ray.cli.main import main
 
     for kind, inputs in (
         ("weights", [str(runs[0] / "final.pt"), str(runs[1] / "final.pt")]),

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from landscape_ray.grid import Grid
-from landscape_ray.spec import GridSpec
+from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.schema import GridSpec
 
 
 @pytest.mark.parametrize(

@@ -7,15 +7,17 @@ import pytest
 import torch
 import xarray as xr
 
-from landscape_ray import trajectory
-from landscape_ray.directions import write_directions
-from landscape_ray.errors import SpecError
-from landscape_ray.evaluator import Evaluator
+from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.compute.prepare import prepare
+from landscape_ray.core.errors import SpecError
+from landscape_ray.inputs import trajectory
+from landscape_ray.inputs.directions import write_directions
+from landscape_ray.inputs.kinds import resolve_directions
+from landscape_ray.inputs.models import build, load_model
 from landscape_ray.job import run
-from landscape_ray.models import build, load_model
-from landscape_ray.payload import prepare, resolve_directions
-from landscape_ray.store import Store
-from landscape_ray.train import TrainSpec, train
+from landscape_ray.spec.schema import TrainSpec
+from landscape_ray.store.tiles import Store
+from landscape_ray.train import train
 
 from .conftest import make_spec, quiet, reference
 
@@ -222,7 +224,7 @@ def test_paper_h5_layout_and_a_file_that_does_not_fit(checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_directions_command_exports_what_file_kind_imports(ray_cluster, checkpoint, tmp_path, capsys):
-    from landscape_ray.cli import main
+    from landscape_ray.cli.main import main
 
     spec = make_spec(tmp_path / "a.zarr", checkpoint, "grid.x.num=3", "grid.y.num=3")
     run(spec, log=quiet)

@@ -20,8 +20,8 @@ from sklearn.datasets import load_digits
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
+from landscape_ray.inputs.models import DigitsCNN
 from landscape_ray.job import run
-from landscape_ray.models import DigitsCNN
 
 from .conftest import make_spec
 

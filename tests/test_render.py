@@ -10,11 +10,14 @@ import pytest
 import zarr
 from matplotlib.image import imread
 
-from landscape_ray.cli import main
-from landscape_ray.grid import Grid
-from landscape_ray.layout import consolidate, create
-from landscape_ray.render import compare, figure, open_store, plot, render
-from landscape_ray.spec import RENDER_KINDS, SpecError, load_spec
+from landscape_ray.cli.main import main
+from landscape_ray.core.errors import SpecError
+from landscape_ray.pictures.render import compare, figure, plot, render
+from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.schema import RENDER_KINDS
+from landscape_ray.spec.specfile import load_spec
+from landscape_ray.store.layout import consolidate, create
+from landscape_ray.store.reader import dataset
 
 SURFACE_GRID = ("{min: -1, max: 2, num: 9}", "{min: 0, max: 1, num: 5}")  # non-square, and x has no centre point
 EPOCHS = np.arange(11) * 30
@@ -90,7 +93,7 @@ def pixel(fig, ax, x, y):
 
 
 def test_heatmap_puts_each_value_at_its_coordinates(store):
-    ds = open_store(store)
+    ds = dataset(store)
     fig = plot(ds, "train_loss", "heatmap")
     ax, mesh = fig.axes[0], fig.axes[0].collections[0]
     for x in ds.x.values[::2]:
@@ -125,7 +128,7 @@ def test_contour_lines_lie_where_the_field_has_their_level(store):
 
 
 def test_surface_faces_carry_the_values_of_their_cells(tmp_path):
-    ds = open_store(make_store(tmp_path / "full.zarr"))
+    ds = dataset(make_store(tmp_path / "full.zarr"))
     ax = plot(ds, "train_loss", "surface").axes[0]
     z = field(*np.meshgrid(ds.x.values, ds.y.values))  # (y, x)
     cells = (z[:-1, :-1] + z[:-1, 1:] + z[1:, :-1] + z[1:, 1:]) / 4
@@ -179,7 +182,7 @@ def test_levels_as_a_count_or_a_spacing(store, options, levels, limits):
 
 @pytest.mark.parametrize("log", [False, True])
 def test_1d_curves_loss_and_accuracy_on_two_axes(tmp_path, log):
-    ds = open_store(scan(tmp_path / "c.zarr"))
+    ds = dataset(scan(tmp_path / "c.zarr"))
     loss_ax, acc_ax = plot(ds, log=log).axes
     x = ds.x.values
     for ax, names in ((loss_ax, ["train_loss", "test_loss"]), (acc_ax, ["train_acc", "test_acc"])):
@@ -252,7 +255,7 @@ def test_comparison_of_1d_scans_shares_axes_limits(tmp_path):
         (lambda s, p, c: render(s, c, variables=["test_loss"]), "no variable test_loss in the store"),
         (lambda s, p, c: render(s, c, kinds=["wireframe"]), "kind: unknown wireframe"),
         (lambda s, p, c: render(s, c, fmt="svg"), "format: unknown 'svg'"),
-        (lambda s, p, c: render(open_store(s)), "out: needed to render a Dataset"),
+        (lambda s, p, c: render(dataset(s)), "out: needed to render a Dataset"),
         (lambda s, p, c: render(s, c, vmin=2, vmax=1), r"vmax: must be > vmin \(2\), got 1"),
         (lambda s, p, c: render(s, c, log=True, vmin=-1), "vmin: must be > 0 on a log scale, got -1"),
         (lambda s, p, c: render(s, c, level_step=0), "level_step: must be > 0, got 0"),

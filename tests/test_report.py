@@ -14,8 +14,8 @@ import pytest
 import xarray as xr
 from matplotlib.image import imread
 
-from landscape_ray.errors import SpecError
-from landscape_ray.report import report
+from landscape_ray.core.errors import SpecError
+from landscape_ray.pictures.report import report
 
 from .test_render import make_store, scan
 
@@ -125,7 +125,7 @@ def test_report_needs_stores(tmp_path):
 @pytest.mark.slow
 def test_paper_tiny_writes_every_figure_and_its_index_opens(browser, tmp_path, ray_cluster):
     """`paper` at its smallest size, end to end on local Ray: every figure 1-22 is in the index and loads."""
-    from landscape_ray.paper import paper
+    from landscape_ray.paper.catalogue import paper
 
     index = paper(tmp_path / "paper", "tiny", log=lambda *_: None)
     text = index.read_text()
@@ -146,7 +146,7 @@ def test_paper_tiny_writes_every_figure_and_its_index_opens(browser, tmp_path, r
 
 
 def test_cli_report(page_file, tmp_path, capsys):
-    from landscape_ray.cli import main
+    from landscape_ray.cli.main import main
 
     _, stores = page_file
     assert main(["report", *map(str, stores[:2]), "--out", str(tmp_path / "cli"), "--title", "CLI"]) == 0

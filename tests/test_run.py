@@ -17,10 +17,10 @@ import xarray as xr
 import yaml
 import zarr
 
-from landscape_ray.errors import RunError
+from landscape_ray.core.errors import RunError
+from landscape_ray.inputs.models import DigitsCNN
 from landscape_ray.job import run
-from landscape_ray.models import DigitsCNN
-from landscape_ray.store import Store
+from landscape_ray.store.tiles import Store
 
 from .conftest import ROOT, as_digits, make_spec, quiet, reference
 
@@ -205,8 +205,8 @@ def test_nan_points_are_stored_and_the_run_goes_on(checkpoint, tmp_path):
 @pytest.mark.slow
 def test_custom_model_data_and_metric_through_run(tmp_path, capsys):
     """jobs/tiny-lm.yaml — a GRU language model, dict batches, its own metric — on Ray actors, then info and render."""
-    from landscape_ray.cli import main
-    from landscape_ray.spec import load_spec
+    from landscape_ray.cli.main import main
+    from landscape_ray.spec.specfile import load_spec
 
     spec = load_spec(
         ROOT / "jobs" / "tiny-lm.yaml",

@@ -26,9 +26,9 @@ import torch
 import yaml
 import zarr
 
-from landscape_ray.cli import main
+from landscape_ray.cli.main import main
 from landscape_ray.job import run
-from landscape_ray.store import Store
+from landscape_ray.store.tiles import Store
 
 from .conftest import ROOT, make_spec, quiet, reference
 
@@ -155,7 +155,7 @@ def test_an_old_store_moved_aside_by_an_interrupted_swap_is_put_back(tmp_path, c
     """Without renameat2 (macOS) `swap` renames the old store aside, then the new one in: a run killed between the
     two leaves `path` empty and the old store at `.NAME.partial-old-PID`, which the next claim puts back (it used to
     delete it with the other partials)."""
-    from landscape_ray.ownership import claim
+    from landscape_ray.store.ownership import claim
 
     store = tmp_path / "s.zarr"
     spec = make_spec(store, checkpoint)
@@ -334,8 +334,9 @@ class Payload:
 
 
 def test_crafted_cifar_batch_runs_no_code(tmp_path, capsys):
-    from landscape_ray.data import load_split
-    from landscape_ray.spec import DataSpec, SpecError
+    from landscape_ray.core.errors import SpecError
+    from landscape_ray.inputs.data import load_split
+    from landscape_ray.spec.schema import DataSpec
 
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -365,8 +366,8 @@ class Py2Pickler(pickle._Pickler):
 
 @pytest.mark.parametrize("writer", ["python2", "python3 str keys", "python3 bytes keys"])
 def test_cifar_batches_written_by_python_2_and_3_load_the_same(tmp_path, writer):
-    from landscape_ray.data import load_split
-    from landscape_ray.spec import DataSpec
+    from landscape_ray.inputs.data import load_split
+    from landscape_ray.spec.schema import DataSpec
 
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -446,7 +447,7 @@ def test_render_and_info_of_another_tools_store_is_one_line(tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from landscape_ray.errors import SpecError
+    from landscape_ray.core.errors import SpecError
 
     with pytest.raises(SpecError):
         main(["--debug", "info", str(tmp_path / "missing.zarr")])
@@ -594,10 +595,10 @@ def test_stopped_while_the_cluster_starts_keeps_the_old_store(stop, status, tmp_
 
 REPLACER = """
 import sys
-from landscape_ray.grid import Grid
-from landscape_ray.ownership import claim
-from landscape_ray.spec import load_spec
-from landscape_ray.layout import create
+from landscape_ray.spec.grid import Grid
+from landscape_ray.store.ownership import claim
+from landscape_ray.spec.specfile import load_spec
+from landscape_ray.store.layout import create
 import numpy as np
 path = sys.argv[1]
 seed = 0
@@ -625,7 +626,7 @@ def test_kill_during_overwrite_leaves_old_or_new_store(tmp_path, delay):
     store = Store(path, mode="r")  # complete: spec, directions and arrays all there, all of one seed
     seed = store.spec.directions.seed
     assert all(np.all(v == seed) for d in store.directions() for v in d.values())
-    from landscape_ray.ownership import check_ours, claim
+    from landscape_ray.store.ownership import check_ours, claim
 
     check_ours(path)
     with claim(path, "test"):  # the next writer cleans what the killed one left
@@ -680,10 +681,10 @@ def test_a_store_of_a_newer_format_is_refused_in_one_line(tmp_path, capsys):
 
 def test_info_of_a_1d_store_lists_only_evaluated_variables(tmp_path, capsys):
     """Bug on 62ad528: the coordinate `x` of a 1D store was listed among its variables."""
-    from landscape_ray.grid import Grid
-    from landscape_ray.layout import create
-    from landscape_ray.ownership import claim
-    from landscape_ray.spec import load_spec
+    from landscape_ray.spec.grid import Grid
+    from landscape_ray.spec.specfile import load_spec
+    from landscape_ray.store.layout import create
+    from landscape_ray.store.ownership import claim
 
     path = tmp_path / "1d.zarr"
     spec = load_spec(None, [f"output.store={path}", "grid.y=null", "grid.x.num=5", "grid.tile=[5]"])

@@ -11,12 +11,14 @@ import pytest
 import xarray as xr
 import yaml
 
-from landscape_ray.errors import RunError
-from landscape_ray.grid import Grid
+from landscape_ray.cluster.connect import preflight
+from landscape_ray.cluster.pool import Pool
+from landscape_ray.cluster.scheduler import evaluate_tiles
+from landscape_ray.compute.prepare import prepare
+from landscape_ray.core.errors import RunError
 from landscape_ray.job import run
-from landscape_ray.payload import prepare
-from landscape_ray.scheduler import Pool, evaluate_tiles, preflight
-from landscape_ray.store import Store
+from landscape_ray.spec.grid import Grid
+from landscape_ray.store.tiles import Store
 
 from .conftest import ROOT, make_spec, quiet, reference
 
@@ -125,7 +127,7 @@ def test_preflight_refuses_what_cannot_run_in_one_line(tmp_path, override, messa
 
 PREFLIGHT_SCRIPT = """
 import ray
-from landscape_ray.scheduler import preflight
+from landscape_ray.cluster.connect import preflight
 from tests.conftest import make_spec
 def attempt(*overrides, address=None):
     try:

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from landscape_ray.cli import main
-from landscape_ray.spec import Spec, SpecError, load_spec
+from landscape_ray.cli.main import main
+from landscape_ray.core.errors import SpecError
+from landscape_ray.spec.schema import Spec
+from landscape_ray.spec.specfile import load_spec
 
 
 def test_defaults_and_overrides(tmp_path):

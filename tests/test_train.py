@@ -9,8 +9,9 @@ import pytest
 import torch
 import xarray as xr
 
-from landscape_ray.models import DigitsCNN
-from landscape_ray.train import TrainSpec, lr_at, train
+from landscape_ray.inputs.models import DigitsCNN
+from landscape_ray.spec.schema import TrainSpec
+from landscape_ray.train import lr_at, train
 
 from .conftest import ROOT, quiet
 
@@ -93,7 +94,7 @@ def test_shipped_quickstart_specs_run_end_to_end(tmp_path):
 def test_paper_recipe_job_trains_a_zoo_net_on_cifar_files_as_a_ray_task(ray_cluster, tmp_path, capsys):
     """jobs/paper/resnet20-train.yaml, unchanged but for size and paths, on a CIFAR-10 folder made here,
     via --address."""
-    from landscape_ray.cli import main
+    from landscape_ray.cli.main import main
 
     from .test_data import write_cifar
 
@@ -122,9 +123,9 @@ def test_paper_recipe_job_trains_a_zoo_net_on_cifar_files_as_a_ray_task(ray_clus
 
 def test_recorded_metrics_are_eval_mode_and_leave_bn_statistics_alone(tmp_path):
     """The metrics stored in a checkpoint are what `run` measures at (0, 0) for that checkpoint."""
-    from landscape_ray.evaluator import Evaluator
-    from landscape_ray.payload import prepare
-    from landscape_ray.spec import load_spec
+    from landscape_ray.compute.evaluator import Evaluator
+    from landscape_ray.compute.prepare import prepare
+    from landscape_ray.spec.specfile import load_spec
 
     final = train(spec(tmp_path / "ck", 1), log=lambda *_: None)
     ckpt = torch.load(final, weights_only=True)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from landscape_ray.directions import make_directions
-from landscape_ray.spec import DirectionsSpec
-from landscape_ray.zoo import ZOO, ResidualBlock
+from landscape_ray.inputs.directions import make_directions
+from landscape_ray.inputs.zoo import ZOO, ResidualBlock
+from landscape_ray.spec.schema import DirectionsSpec
 
 PARAMS = {
     "vgg9": 2_789_706,

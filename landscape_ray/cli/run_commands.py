@@ -1,0 +1,145 @@
+"""The commands that compute: `run`, `train`, `hessian`, `paper`, `figure`, `directions` (torch, and Ray for
+those that use a cluster).
+"""
+
+from __future__ import annotations
+
+from landscape_ray import hessian as curvature
+from landscape_ray.cluster.connect import connect, connected, disconnect, run_task
+from landscape_ray.compute.prepare import prepare
+from landscape_ray.compute.speedups import keep_freed_memory
+from landscape_ray.core.errors import SpecError
+from landscape_ray.inputs.directions import write_directions
+from landscape_ray.inputs.kinds import ON_CLUSTER
+from landscape_ray.inputs.models import build
+from landscape_ray.job import run as run_job
+from landscape_ray.paper.catalogue import SIZES
+from landscape_ray.paper.catalogue import paper as make_paper
+from landscape_ray.pictures.draw import save
+from landscape_ray.pictures.figures import (
+    overlay_1d,
+    training_curves,
+    trajectory_figure,
+    weight_histograms,
+    weight_norm_figure,
+)
+from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.schema import TrainSpec
+from landscape_ray.spec.specfile import load_spec
+from landscape_ray.store.fingerprint import fingerprints
+from landscape_ray.store.layout import build_beside, install
+from landscape_ray.store.ownership import remove
+from landscape_ray.store.tiles import Store, naming
+from landscape_ray.store.transaction import claimed
+from landscape_ray.train import train as train_model
+
+
+def overrides(args) -> list[str]:
+    """The `--set` overrides, and `--trust-checkpoint` as one."""
+    return list(args.set) + (["model.trust_checkpoint=true"] if args.trust_checkpoint else [])
+
+
+def run(args) -> None:
+    keep_freed_memory()  # the driver evaluates grid points while the cluster starts, as an actor does (pool.py)
+    joined = connected()  # a caller's Ray (main() called in a process that has one) stays up
+    try:
+        run_job(
+            load_spec(args.spec, overrides(args)),
+            resume=args.resume,
+            overwrite=args.overwrite,
+            address=args.address,
+            force=args.force,
+        )
+    finally:  # the command is done with Ray (a private cluster stops here rather than in Ray's slower exit hook)
+        if not joined:
+            disconnect()
+
+
+def train(args) -> None:
+    spec = load_spec(args.spec, overrides(args), model=TrainSpec)
+    if args.address:
+        connect(args.address)
+        final = run_task(train_model, spec, device=spec.device)
+    else:
+        final = train_model(spec)
+    print(f"final checkpoint: {final}")
+
+
+def figure(args) -> None:
+    if not str(args.out).endswith((".png", ".pdf")):
+        raise SpecError(f"out: {args.out} must end in .png or .pdf")
+    if args.kind == "weights":
+        fig = weight_histograms([args.inputs], args.label)
+    elif args.kind == "trajectory":
+        if len(args.inputs) < 2:
+            raise SpecError("trajectory: give a store and its checkpoints")
+        fig = trajectory_figure(args.inputs[0], args.inputs[1:], args.var, log=args.log, fit_path=args.fit_path)
+    elif args.kind == "norms":
+        fig = weight_norm_figure(args.inputs, args.label)
+    elif args.kind == "curves":
+        fig = training_curves(args.inputs, args.label)
+    else:
+        fig = overlay_1d(args.inputs, args.label, log=args.log)
+    print(save(fig, args.out))
+
+
+def paper(args) -> None:
+    size = args.size or ("quick" if args.quick else "full")
+    if size not in SIZES:
+        raise SpecError(f"--size: expected one of {', '.join(SIZES)}, got {size!r}")
+    print(make_paper(args.out, size))
+
+
+def directions(args) -> None:
+    store = Store(args.store, mode="r")
+    model = build(store.spec.model.arch, **store.spec.model.kwargs)  # names and shapes, for the paper's .h5 order
+    print(write_directions(store.directions(), args.out, model, store.spec.directions.dir_type))
+
+
+def hessian(args) -> None:
+    spec = load_spec(args.spec, overrides(args))
+    top = args.top if args.top is not None or args.trace or args.density else 1
+    at = curvature.parse_at(args.at)
+    curvature.check_request(top, args.which, args.probes, args.steps, args.actors, args.tol)  # before inputs load
+    path = spec.output.store
+    joined = connected()
+    with claimed(path, "landscape-ray hessian", replace=True) as there:  # one writer, only into a store of ours
+        # A new store is a whole landscape store of the spec, no point computed yet (`run --resume` computes
+        # them), so it needs the spec's directions; so do products away from θ* (--at).
+        directed = at is not None or not there
+        payload = prepare(spec, vectors=None if directed else [])
+        try:
+            connect(args.address)
+            if directed and spec.directions.kind in ON_CLUSTER:
+                payload.directions = curvature.eigen_directions(spec, payload)
+            result = curvature.compute(
+                spec,
+                payload,
+                top=top,
+                trace=args.trace,
+                density=args.density,
+                which=args.which,
+                at=at,
+                actors=args.actors,
+                probes=args.probes,
+                steps=args.steps,
+                tol=args.tol,
+            )
+        finally:
+            if not joined:
+                disconnect()
+        print(curvature.summary(result))
+        with naming(path):
+            if there:
+                curvature.write(path, result, spec)
+            else:
+                inputs = fingerprints(spec, payload.splits)
+                grid = Grid.from_spec(spec.grid)
+                partial = build_beside(path, spec, grid, payload.variables, payload.directions, inputs)
+                try:
+                    curvature.write(partial, result, spec)
+                except BaseException:
+                    remove(partial)
+                    raise
+                install(partial, path)
+    print(f"written to {path} (group hessian{'' if there else ', in a new store: run --resume computes its surface'})")

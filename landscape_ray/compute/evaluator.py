@@ -1,0 +1,215 @@
+"""The evaluator: loss and metrics of θ* + αδ + βη on whole data splits, in plain PyTorch (no Ray).
+
+It holds the model, the evaluation splits (on its device) and the directions. For each grid coordinate it sets
+the perturbed weights in place, always from θ* (never incrementally, so a point's value does not depend on the
+points before it; at (0, 0) they are θ* bit for bit), then runs the metric over every batch in eval mode.
+
+    ev = Evaluator.from_payload(spec, prepare(spec))            # prepare: payload.py
+    out = ev.evaluate(np.array([[0.0, 0.0], [0.5, -0.25]]))     # out["train_loss"]: one value per coordinate
+
+A metric is `fn(model, batch) -> (loss_sum, count[, {name: sum}])`; the default, `classification`, gives the
+mean loss and the accuracy, `eval.metric: package.module:fn` any other. Each sum becomes `<split>_<name>` (sum /
+count); `loss_sq` becomes `<split>_loss_se`, the standard error of the mean loss, when `data.subset` samples the
+split. Sums accumulate in float64 on the device, one host sync per split and point. Speed-ups: speedups.py;
+`batch_size="auto"` and `fold="auto"` (the defaults) pick the batch that runs fastest on the device and fold BN only
+where the folded forward agrees with the plain one within `FOLD_RTOL` on the first batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape_ray.compute.speedups import FoldedConv, auto_batch_size, compiled, fold_bn
+from landscape_ray.core.errors import SpecError
+from landscape_ray.core.plugins import import_object
+from landscape_ray.inputs.data import ImageSplit, as_tensor, normalization, normalizer, on_device
+from landscape_ray.inputs.models import build
+from landscape_ray.inputs.payload import Payload
+from landscape_ray.spec.schema import Spec
+
+FOLD_RTOL = 1e-6  # fold_bn: auto folds only when the loss of the first batch moves less than this, relative
+
+
+def classification(loss: str = "cross_entropy"):
+    """The default metric: summed per-sample loss, accuracy, and squared losses for the standard error."""
+
+    def metric(model: nn.Module, batch):
+        x, y = batch
+        logits = model(x).float()
+        if loss == "cross_entropy":
+            per = F.cross_entropy(logits, y, reduction="none")
+        else:  # as the paper's code: squared error of the softmax against one-hot labels, mean over classes
+            per = F.mse_loss(F.softmax(logits, dim=1), F.one_hot(y, logits.shape[1]).float(), reduction="none").mean(1)
+        per = per.double()
+        return per.sum(), len(y), {"acc": (logits.argmax(dim=1) == y).sum(), "loss_sq": per.square().sum()}
+
+    return metric
+
+
+def resolve_metric(metric: str | None, loss: str = "cross_entropy"):
+    """`eval.metric` ('package.module:fn') or, when None, the classification metric with `loss`."""
+    return classification(loss) if metric is None else import_object(metric, "eval.metric")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecError("eval.device: cuda requested but no CUDA device is visible")
+    return torch.device(name)
+
+
+class Evaluator:
+    # fmt: off
+    def __init__(self, model, state, directions, splits, mean, std, metric=None, batch_size=1024, device="cpu",
+                 bn_split=None, standard_error=False, precision="fp32", channels_last=False, compile=False, fold=False):
+        self.device = torch.device(device)
+        self.metric = metric or classification()
+        self.standard_error = standard_error
+        self.precision = precision
+        images = any(isinstance(s, ImageSplit) and s.images.ndim == 4 for s in splits.values())
+        self.memory_format = torch.channels_last if channels_last and images else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format).eval()
+        self.model.load_state_dict({k: as_tensor(v) for k, v in state.items()})
+        live = self.model.state_dict(keep_vars=True)
+        # Only entries that some direction moves are touched per point; zero directions cost nothing.
+        names = [n for n in (directions[0] if directions else ()) if any(np.any(d[n]) for d in directions)]
+        self.targets = [live[n].detach() for n in names]
+        self.base = [t.clone() for t in self.targets]
+        # Directions take the layout of the tensors they move, so the in-place updates run stride-aligned.
+        self.directions = [
+            [torch.empty_like(t).copy_(as_tensor(d[n])) for t, n in zip(self.targets, names)] for d in directions
+        ]
+        self.normalize = normalizer(mean, std, self.device)
+        self.splits = {name: self._resident(s) for name, s in splits.items()}
+        self.bn_split = self._resident(bn_split) if bn_split is not None else None
+        self.bn_modules = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.bn_saved = [
+            (m.running_mean.clone(), m.running_var.clone()) for m in self.bn_modules if m.running_mean is not None
+        ]
+        first = next((s for s in self.splits.values() if not isinstance(s, list)), None)  # an image split
+        sample = None if first is None else self.normalize(first[0][:1]).contiguous(memory_format=self.memory_format)
+        self.batch_size = auto_batch_size(self.model, sample, self.device) if batch_size == "auto" else batch_size
+        runner = self.model
+        if fold and self.bn_split is None:
+            runner = fold_bn(self.model, set(names), quiet=fold == "auto")
+            if fold == "auto" and not self._agrees(runner):
+                runner = self.model
+        self.folded = any(isinstance(m, FoldedConv) for m in runner.modules())
+        self.runner = compiled(runner, compile, self.device)
+
+    # fmt: on  (one option per line above would double the signature's length)
+
+    @torch.no_grad()
+    def _agrees(self, folded: nn.Module) -> bool:
+        """The folded model's fp32 loss on the first batch of the first split is within FOLD_RTOL of the plain one."""
+        batch = next(self.batches(next(iter(self.splits.values()))))
+        plain, fast = (float(self.metric(m, batch)[0]) for m in (self.model, folded))
+        return abs(fast - plain) <= FOLD_RTOL * abs(plain)
+
+    def _resident(self, split):
+        resident = on_device(split, self.device)
+        if isinstance(split, ImageSplit) and split.images.ndim == 4 and self.device.type != "cpu":
+            images, labels = resident  # an own device copy anyway: store it NHWC
+            return images.contiguous(memory_format=self.memory_format), labels
+        return resident
+
+    @classmethod
+    def from_payload(cls, spec: Spec, payload: Payload, device: str | None = None) -> Evaluator:
+        model = build(spec.model.arch, **spec.model.kwargs)  # weights come from the payload
+        e = spec.eval
+        # fmt: off
+        return cls(model, payload.state, payload.directions.vectors, payload.splits, *normalization(spec.data),
+                   metric=resolve_metric(e.metric, e.loss), batch_size=spec.data.batch_size,
+                   device=device or resolve_device(e.device), bn_split=payload.bn_split,
+                   standard_error=spec.data.subset is not None, precision=e.precision,
+                   channels_last=e.channels_last, compile=e.compile, fold=e.fold_bn)
+        # fmt: on
+
+    def batches(self, resident):
+        """Batches ready for the metric: image splits are sliced and normalized here, on the device."""
+        if isinstance(resident, list):
+            yield from resident
+            return
+        images, labels = resident
+        for i in range(0, len(labels), self.batch_size):
+            x = self.normalize(images[i : i + self.batch_size])
+            # On the CPU the images stay NCHW: the actors of a node share one zero-copy host copy.
+            yield x.contiguous(memory_format=self.memory_format), labels[i : i + self.batch_size]
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Back to θ* (and its BN statistics, which eval.bn: recompute overwrites)."""
+        torch._foreach_copy_(self.targets, self.base)
+        if self.bn_split is not None:
+            for m, (mean, var) in zip(self.bn_modules, self.bn_saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+
+    @torch.no_grad()
+    def set_point(self, coord) -> None:
+        """θ = θ* + Σ c_k d_k, written into the model's own tensors."""
+        self.reset()
+        for c, d in zip(coord, self.directions):
+            torch._foreach_add_(self.targets, d, alpha=float(c))
+
+    @torch.no_grad()
+    def recompute_bn(self) -> None:
+        """Re-estimate BN running statistics at the current weights: an exact average over the train split."""
+        momenta = [m.momentum for m in self.bn_modules]
+        for m in self.bn_modules:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches, not an exponential one
+        self.model.train()
+        try:
+            for batch in self.batches(self.bn_split):
+                with self.autocast():
+                    self.metric(self.model, batch)
+        finally:
+            self.model.eval()
+            for m, momentum in zip(self.bn_modules, momenta):
+                m.momentum = momentum
+
+    @torch.inference_mode()
+    def measure(self, limit: int | None = None) -> dict[str, float]:
+        """Mean loss and the metric's other sums for the model as it is now, on every split."""
+        if self.bn_split is not None:
+            with torch.inference_mode(False):
+                self.recompute_bn()
+        self.model.eval()  # also when a training loop hands over its model in train mode
+        out = {}
+        for name, resident in self.splits.items():
+            loss, count, sums = torch.zeros((), dtype=torch.float64, device=self.device), 0, {}
+            for batch in itertools.islice(self.batches(resident), limit):
+                with self.autocast():
+                    result = self.metric(self.runner, batch)
+                loss, count = loss + result[0].double(), count + result[1]
+                for k, v in (result[2] if len(result) > 2 else {}).items():
+                    sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=self.device).double()
+            n = int(count)  # one host sync per split and point, not per batch
+            out[f"{name}_loss"] = mean = loss.item() / n
+            for k, v in sums.items():
+                if k != "loss_sq":
+                    out[f"{name}_{k}"] = v.item() / n
+                elif self.standard_error:
+                    var = max(v.item() / n - mean * mean, 0.0) * n / max(n - 1, 1)
+                    out[f"{name}_loss_se"] = math.sqrt(var / n)
+        return out
+
+    def evaluate(self, coords: np.ndarray) -> dict[str, np.ndarray]:
+        """Values at each coordinate row (α[, β]); θ* is restored afterwards."""
+        rows = []
+        for coord in np.atleast_2d(coords):
+            self.set_point(coord)
+            rows.append(self.measure())
+        self.reset()
+        return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}

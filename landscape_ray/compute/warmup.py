@@ -1,0 +1,141 @@
+"""The driver's own evaluator: grid points computed while the cluster starts and the actors load.
+
+On a private local cluster the driver runs on the machine that computes, and for the first seconds of a run (Ray
+starting, actors importing torch) it has the payload and nothing to do. A `Warmup` evaluates grid points in a
+thread, last tile first (the actors take tiles from the front), until the first actor is ready. While the cluster
+starts it writes each tile it completes into the new store, still being built beside the old one (job.py); once
+the store is in place the scheduler takes over: it writes every queued tile whose points are all done here, as if
+an actor had returned it, and sends the rest to the actors. The evaluator is the actors' (same spec, payload,
+device and thread count), so the values are the same.
+
+    warmup = Warmup.start(spec, payload, grid, local_cluster=True)  # None where it does not apply
+    warmup.write_into(store)                    # tiles completed from now on go into `store` ...
+    warmup.detach()                             # ... until the caller takes the store over
+    values, seconds = warmup.take(coords)       # a tile's values when all its points are done here, else None
+    warmup.stop()                               # when the first actor is ready
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import torch
+
+from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.schema import Spec
+
+
+class Warmup:
+    def __init__(self, evaluator: Evaluator, grid: Grid):
+        self.evaluator = evaluator
+        self.grid = grid
+        self.tiles = grid.tiles()  # still to write into the store, taken from the back
+        self.coords = np.concatenate([grid.coords(t) for t in self.tiles])[::-1]  # in the order they are computed
+        self.values: dict[tuple[float, ...], dict[str, float]] = {}
+        self.took: dict[tuple[float, ...], float] = {}  # seconds per point, for the tile records
+        self.began = time.perf_counter()  # the run's first computation starts here
+        self.taken = 0  # points handed to the store or the scheduler
+        self.store = None
+        self.written = 0  # tiles written into the store
+        self.first_written = None  # when the first one was (epoch seconds)
+        self.first_point = None  # when the first point was computed (epoch seconds)
+        self.threads = None  # the caller's torch thread count while this warmup sets its own
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="warmup", daemon=True)
+
+    @classmethod
+    def start(cls, spec: Spec, payload, grid: Grid, local_cluster: bool) -> Warmup | None:
+        """A running warmup for a fresh run on CPU actors of a private local cluster, else None."""
+        e = spec.eval
+        cpu = e.device == "cpu" or (e.device == "auto" and not torch.cuda.is_available())
+        if not (spec.compute.warmup and local_cluster and cpu) or e.compile or e.curvature:
+            return None
+        warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), grid)
+        # An actor runs `cpus_per_actor` torch threads; the driver evaluates as one does while it warms up, and
+        # `stop` puts the caller's thread count back. (The CLI also keeps freed memory, as an actor does: a
+        # process-wide malloc setting, made at the entry point.)
+        warmup.threads = torch.get_num_threads()
+        torch.set_num_threads(spec.compute.cpus_per_actor)
+        warmup.thread.start()
+        return warmup
+
+    def _run(self) -> None:
+        try:
+            for coord in self.coords:
+                if self.halt.is_set():
+                    return
+                self._point(coord)
+        except Exception:  # noqa: BLE001 - the driver just stops helping: a point that fails here fails on an actor
+            return  # too and is reported there, once; a tile it did not write stays pending
+
+    def _point(self, coord: np.ndarray) -> None:
+        """Evaluate one point, then write every tile (from the back) it completes while a store is attached."""
+        begin = time.perf_counter()
+        out = self.evaluator.evaluate(coord[None])
+        with self.lock:
+            self.values[tuple(coord)] = {k: v[0] for k, v in out.items()}
+            self.took[tuple(coord)] = time.perf_counter() - begin
+            self.first_point = self.first_point or time.time()
+            while self.store is not None and self.tiles:
+                coords = self.grid.coords(self.tiles[-1])
+                done = self._complete(coords)
+                if done is None:
+                    break
+                self.store.write_tile(self.tiles[-1], done[0], {"actor": "driver", "seconds": done[1], "retries": 0})
+                self.tiles.pop()  # counted only once written: a write that fails leaves the tile to the actors
+                self.written += 1
+                self.taken += len(coords)
+                self.first_written = self.first_written or time.time()
+
+    def write_into(self, store) -> None:
+        """Write each tile completed from now on into `store` (cut as this warmup's grid), from this thread."""
+        with self.lock:
+            self.store = store
+
+    def detach(self) -> None:
+        """Stop writing into the store, with everything written so far flushed: the caller owns it from now on."""
+        with self.lock:
+            if self.store is not None:
+                self.store.flush()
+            self.store = None
+
+    def _complete(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], float] | None:
+        rows = [self.values.get(tuple(c)) for c in coords]
+        if any(r is None for r in rows):
+            return None
+        values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+        return values, sum(self.took[tuple(c)] for c in coords)
+
+    def take(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], float] | None:
+        """The values at `coords` (a tile's points) and the seconds they took, when every one is done here, else
+        None."""
+        with self.lock:
+            done = self._complete(coords)
+            self.taken += 0 if done is None else len(coords)
+            return done
+
+    def stop(self) -> None:
+        """No new points; the one under way finishes (its value may still complete a queued tile)."""
+        self.halt.set()
+        self.thread.join()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+            self.threads = None
+
+    def summary(self) -> dict:
+        n, seconds = len(self.took), sum(self.took.values())
+        return {
+            "node": "driver",
+            "pid": os.getpid(),
+            "uss_mb": None,
+            "batch_size": self.evaluator.batch_size,
+            "bn_folded": self.evaluator.folded,
+            "points": self.taken,
+            "busy_s": round(seconds, 3),
+            "points_per_s": round(n / seconds, 2) if seconds else None,
+        }

@@ -1,0 +1,69 @@
+"""Local folders and fsspec URLs (s3://, gs://, …) behind one small interface.
+
+    is_remote("s3://bucket/a.zarr")     # True
+    zarr_store(path, "w")               # what zarr and xarray open
+    fs, root = filesystem(path)         # fsspec filesystem and the path inside it
+    natural_glob("runs/x/model_*.pt")   # model_10.pt after model_9.pt
+    epoch_checkpoints("runs/x")         # {0: model_0.pt, 1: model_1.pt, ...}
+
+Only the store, the ownership rules and the renderer touch paths; credentials come
+from the environment, as fsspec reads them.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+
+
+def is_remote(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def filesystem(path: str | Path):
+    """(fsspec filesystem, path inside it) for a URL or a local path."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(path))
+
+
+def zarr_store(path: str | Path, mode: str = "r"):
+    """What zarr and xarray open: a local folder, or an fsspec URL (credentials from the environment)."""
+    if is_remote(path):
+        from zarr.storage import FsspecStore
+
+        return FsspecStore.from_url(str(path), read_only=mode == "r")
+    return str(path)
+
+
+def exists(path: str | Path) -> bool:
+    if not is_remote(path):
+        return Path(path).exists() or Path(path).is_symlink()  # a dangling link is still in the way
+    fs, root = filesystem(path)
+    return fs.exists(root)
+
+
+def sibling(path: str | Path, name: str) -> str | Path:
+    """A hidden sibling of `path` (`.NAME.suffix` next to it), for locks, leases and partial stores."""
+    if is_remote(path):
+        parent, _, base = str(path).rstrip("/").rpartition("/")
+        return f"{parent}/.{base}.{name}"
+    path = Path(path)
+    return path.with_name(f".{path.name}.{name}")
+
+
+def natural(name: str) -> list:
+    """A sort key that orders the numbers in names by value: model_10.pt after model_9.pt."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def natural_glob(pattern: str | Path) -> list[Path]:
+    """The files matching `pattern`, in natural order."""
+    return [Path(p) for p in sorted(glob.glob(str(pattern)), key=natural)]
+
+
+def epoch_checkpoints(run: str | Path) -> dict[int, Path]:
+    """The `model_<epoch>.pt` files `landscape-ray train` writes into a run folder, by epoch."""
+    found = {p.stem.split("_", 1)[1]: p for p in Path(run).glob("model_*.pt")}
+    return {int(epoch): p for epoch, p in sorted(found.items(), key=lambda e: natural(e[0])) if epoch.isdigit()}

@@ -1,0 +1,205 @@
+"""Direction vectors δ, η in weight space (paper §3, §4, §7 and appendix 9.2, 9.5).
+
+A direction is a dict {state_dict name: array} over the *direction space*: the
+model's parameters (`dir_type: weights`) or every floating-point entry of its
+state_dict, BN running statistics included (`dir_type: states`).
+
+Kinds (`directions.kind`):
+  random       Gaussian, drawn on the CPU from a generator seeded with `seed`, entry by
+               entry in state_dict order, x before y — so a direction depends only on the
+               seed and the model, and the x direction of a surface is the 1D scan's.
+               `norm: filter` rescales every filter (slice along dim 0: one conv output
+               channel or linear output unit) to the norm of the same filter of θ*;
+               `layer` rescales whole tensors; `none` leaves them as drawn.
+  interpolate  δ = θ_l − θ_s (1D): α = 0 is θ_s = model.checkpoint, α = 1 is `target`.
+  plane        δ = θ1 − θ*, η = θ2 − θ* through three models (`targets`).
+  pca          the top principal components of a training trajectory (trajectory.py).
+  file         read from `path`: this service's .npz export, a store, or the paper's .h5.
+Entries with ≤ 1 dimension (biases, BN) get a zero direction with `ignore: biasbn` (`ignored`);
+a random direction otherwise sets them to θ itself, as in the paper's public code.
+
+    vectors = make_directions(model, spec.directions, ndim=2)   # random: one {name: array} per axis
+    dirs = payload.resolve_directions(model, spec)              # any kind: Directions (payload.py)
+"""
+
+from __future__ import annotations
+
+import copy
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape_ray.core.errors import SpecError
+from landscape_ray.inputs.checkpoints import fit_state, read_checkpoint
+from landscape_ray.spec.schema import DirectionsSpec, Spec
+
+EPS = 1e-10  # as the paper's code: keeps an all-zero filter of θ* from dividing by zero
+
+
+@dataclass
+class Directions:
+    vectors: list[dict[str, np.ndarray]]  # one per grid axis
+    labels: list[str]  # axis descriptions for pictures
+    axis_attrs: list[dict] = field(default_factory=list)  # e.g. PCA's explained_variance_ratio
+    trajectory: dict | None = None  # PCA: {"epoch": ints, "x": coords, "y": coords}
+
+
+def direction_space(model: nn.Module, dir_type: str) -> dict[str, torch.Tensor]:
+    """θ* restricted to the entries a direction spans, in state_dict order."""
+    state = model.state_dict()
+    if dir_type == "weights":
+        names = {name for name, _ in model.named_parameters()}
+        return {k: v for k, v in state.items() if k in names}
+    return {k: v for k, v in state.items() if v.is_floating_point()}
+
+
+def ignored(theta: torch.Tensor, ignore: str) -> bool:
+    """The biasbn rule: with `ignore: biasbn`, entries of ≤ 1 dimension (biases, BN) are not moved."""
+    return ignore == "biasbn" and theta.dim() <= 1
+
+
+def normalize(d: torch.Tensor, theta: torch.Tensor, norm: str, ignore: str) -> torch.Tensor:
+    if ignored(theta, ignore):
+        return torch.zeros_like(theta)
+    if d.dim() <= 1:  # as the paper's code: a bias or BN entry that is not ignored moves along θ itself
+        return theta.clone()
+    if norm == "filter":
+        scale = theta.flatten(1).norm(dim=1) / (d.flatten(1).norm(dim=1) + EPS)
+        return d * scale.view(-1, *([1] * (d.dim() - 1)))
+    if norm == "layer":
+        return d * (theta.norm() / (d.norm() + EPS))
+    return d
+
+
+def random_direction(space: dict[str, torch.Tensor], generator: torch.Generator, norm: str, ignore: str):
+    out = {}
+    for name, theta in space.items():
+        d = torch.randn(theta.shape, generator=generator, dtype=torch.float32).to(theta.dtype)
+        out[name] = normalize(d, theta.detach().cpu(), norm, ignore)
+    return out
+
+
+def make_directions(model: nn.Module, spec: DirectionsSpec, ndim: int) -> list[dict[str, np.ndarray]]:
+    """Random directions, one per grid axis, as NumPy arrays (the form they travel and are stored in)."""
+    space = direction_space(model, spec.dir_type)
+    generator = torch.Generator().manual_seed(spec.seed)
+    dirs = [random_direction(space, generator, spec.norm, spec.ignore) for _ in range(ndim)]
+    return [{k: v.numpy() for k, v in d.items()} for d in dirs]
+
+
+def difference(model: nn.Module, path: str, spec: Spec, field: str) -> dict[str, np.ndarray]:
+    """θ_other − θ* over the direction space, θ_other read from `path` and checked against the model."""
+    other = copy.deepcopy(model)
+    fit_state(other, read_checkpoint(path, spec.model.trust_checkpoint, field), path, field)
+    base = direction_space(model, spec.directions.dir_type)
+    theirs = direction_space(other, spec.directions.dir_type)
+    ignore = spec.directions.ignore
+    return {k: (torch.zeros_like(v) if ignored(v, ignore) else theirs[k] - v).numpy() for k, v in base.items()}
+
+
+# --- direction files -------------------------------------------------------------------------
+# .npz (this service's export): arrays "x/<name>", "y/<name>".
+# .h5 / .hdf5 (the paper's code): groups xdirection, ydirection; datasets "0", "1", … in
+#   named_parameters() order (weights) or state_dict() order, integer entries included (states).
+# A store folder is a direction file too (its directions/x and directions/y): payload.py reads it with
+# store.py and checks it with `fit_directions`, so this module needs nothing of the store's layout.
+
+
+def _paper_order(model: nn.Module, dir_type: str) -> list[tuple[str, torch.Tensor]]:
+    if dir_type == "weights":
+        return [(k, v.detach()) for k, v in model.named_parameters()]
+    return list(model.state_dict().items())
+
+
+def fit_directions(
+    vectors: list[dict], model: nn.Module, dir_type: str, ndim: int, where: str
+) -> list[dict[str, np.ndarray]]:
+    """The first `ndim` directions read from `where`, checked against the model's direction space, as float32."""
+    vectors = [v for v in vectors if v]
+    if len(vectors) < ndim:
+        raise SpecError(f"directions.path: {where} holds {len(vectors)} direction(s), the grid needs {ndim}")
+    space = direction_space(model, dir_type)
+    for axis, vec in zip("xy", vectors[:ndim]):
+        missing = [k for k in space if k not in vec]
+        if missing:
+            raise SpecError(f"directions.path: {where} has no {axis}/{missing[0]} ({len(missing)} entries missing)")
+        for k, theta in space.items():
+            if tuple(vec[k].shape) != tuple(theta.shape):
+                raise SpecError(
+                    f"directions.path: {where}: {axis}/{k} has shape {tuple(vec[k].shape)}, "
+                    f"the model needs {tuple(theta.shape)}"
+                )
+    return [{k: np.asarray(vec[k], dtype=np.float32) for k in space} for vec in vectors[:ndim]]
+
+
+def read_directions(path: str | Path, model: nn.Module, dir_type: str, ndim: int) -> list[dict[str, np.ndarray]]:
+    """The directions of a .npz or .h5 file, checked against the model."""
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"directions.path: file not found: {p}")
+    if p.suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:  # object arrays would unpickle: refused
+                vectors = [{k[2:]: z[k] for k in z.files if k.startswith(f"{a}/")} for a in "xy"]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise SpecError(f"directions.path: {p} is not a direction file ({str(err).splitlines()[0]})") from None
+    elif p.suffix in (".h5", ".hdf5"):
+        vectors = _read_h5(p, model, dir_type)
+    else:
+        raise SpecError(f"directions.path: {p}: expected a .npz, .h5 or store folder")
+    return fit_directions(vectors, model, dir_type, ndim, str(p))
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise SpecError("directions.path: .h5 files need h5py (pip install 'landscape-ray[h5]')") from None
+    return h5py
+
+
+def _read_h5(path: Path, model: nn.Module, dir_type: str) -> list[dict[str, np.ndarray]]:
+    order = _paper_order(model, dir_type)
+    vectors = []
+    with _h5py().File(path, "r") as f:
+        for group in ("xdirection", "ydirection"):
+            if group not in f:
+                continue
+            g = f[group]
+            if len(g) != len(order):
+                raise SpecError(
+                    f"directions.path: {path}: {group} has {len(g)} tensors, the model's {dir_type} have {len(order)}"
+                )
+            vec = {}
+            for i, (name, theta) in enumerate(order):
+                data = np.asarray(g[str(i)])
+                if data.shape != tuple(theta.shape):
+                    raise SpecError(
+                        f"directions.path: {path}: {group}/{i} has shape {data.shape} "
+                        f"but {name} needs {tuple(theta.shape)}"
+                    )
+                vec[name] = data
+            vectors.append(vec)
+    return vectors
+
+
+def write_directions(vectors: list[dict[str, np.ndarray]], path: str | Path, model: nn.Module, dir_type: str) -> Path:
+    """Export directions as .npz (this service) or .h5 (the paper's code's layout)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        np.savez(path, **{f"{a}/{k}": v for a, vec in zip("xy", vectors) for k, v in vec.items()})
+    elif path.suffix in (".h5", ".hdf5"):
+        with _h5py().File(path, "w") as f:
+            for group, vec in zip(("xdirection", "ydirection"), vectors):
+                g = f.create_group(group)
+                for i, (name, theta) in enumerate(_paper_order(model, dir_type)):
+                    g.create_dataset(
+                        str(i), data=vec[name] if name in vec else np.zeros(tuple(theta.shape), np.float32)
+                    )
+    else:
+        raise SpecError(f"--out: {path}: expected a .npz or .h5 file")
+    return path

@@ -1,0 +1,28 @@
+"""What every evaluator of a job receives: θ*, the data and the directions, as NumPy arrays.
+
+The payload is plain NumPy, so Ray's object store hands it to the actors of a node without copying. It is made
+once on the CPU by `compute.prepare.prepare` (inputs loaded by `kinds.load_inputs`, then probed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # annotations only: this module stays free of torch, for the driver's scheduler to import
+    from landscape_ray.inputs.data import BatchSplit, ImageSplit
+    from landscape_ray.inputs.directions import Directions
+
+
+@dataclass
+class Payload:
+    """Everything an evaluator needs besides the spec, as NumPy arrays (zero-copy through Ray's object store)."""
+
+    state: dict[str, np.ndarray]
+    directions: Directions
+    splits: dict[str, ImageSplit | BatchSplit]
+    bn_split: ImageSplit | BatchSplit | None = None  # the train split, for eval.bn: recompute
+    variables: list[str] = field(default_factory=list)
+    point_seconds: float | None = None  # a rough cost of one point on the driver's CPU, for tile: auto

@@ -1,0 +1,293 @@
+"""The job spec: what to evaluate, where, and how — the service's one interface (and the training spec).
+
+The pydantic models below validate a spec (unknown keys are errors, floats finite); `specfile.py` reads one from
+YAML with `--set a.b=v` overrides. The resolved spec (defaults filled in) is stored with every output, so a store
+always says exactly how it was made.
+
+    spec = Spec(grid={"x": {"min": -1, "max": 1, "num": 11}})
+    print(spec.model_dump_json(indent=2))
+
+Import paths this package once had (stored in older specs and stores) are read as the names they have now
+(`MOVED`), so those specs and stores keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+# Factories that moved when the package was arranged in layers: the old import path → the name it has now.
+MOVED = {"landscape_ray.paper:digits_resnet": "digits_resnet"}
+
+
+def current(path: str) -> str:
+    """An import path (or zoo name) as this version names it."""
+    return MOVED.get(path, path)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a NaN bound computes NaN coordinates
+
+
+class ModelSpec(Strict):
+    arch: str = Field("digits_cnn", description="zoo name, or 'package.module:factory' returning an nn.Module")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the model factory")
+    checkpoint: str | None = Field(
+        None, description="θ*: a state_dict file (torch.save); None = the factory's own init"
+    )
+    trust_checkpoint: bool = Field(
+        False, description="allow full unpickling of the checkpoint (only for files you trust)"
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _current_arch(cls, arch: str) -> str:
+        return current(arch)
+
+
+class Normalize(Strict):
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self):
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be > 0, got {self.std}")
+        return self
+
+
+class DataSpec(Strict):
+    dataset: str = Field("digits", description="digits | cifar10 | imagefolder | synthetic | 'package.module:factory'")
+    root: str | None = Field(
+        None, description="folder of the data set on disk (cifar10: the folder holding cifar-10-batches-py)"
+    )
+    download: bool = Field(False, description="let torchvision download the data set into root (needs internet)")
+    splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train"], min_length=1)
+    subset: int | None = Field(None, ge=1, description="evaluate a seeded random subset of this many samples per split")
+    subset_seed: int = 0
+    batch_size: PositiveInt | Literal["auto"] = Field(
+        "auto",
+        description="samples per forward pass; auto: on a CPU the largest batch whose biggest activation fits 2 MiB "
+        "(cache-sized, up to 2x faster), on a GPU 1024",
+    )
+    normalize: Normalize | None = Field(
+        None, description="per-channel mean/std in [0, 1] units; None = the data set's default"
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra options of the data set (synthetic: size, shape, classes)"
+    )
+
+    @model_validator(mode="after")
+    def _unique_splits(self):
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits repeat a name: {self.splits}")
+        return self
+
+
+KIND_DEFAULTS = {  # kind: (norm, ignore) when the spec leaves them out
+    "random": ("filter", "biasbn"),
+    "pca": ("none", "biasbn"),
+    "interpolate": ("none", "none"),
+    "plane": ("none", "none"),
+    "file": ("none", "none"),
+    "hessian": ("none", "none"),  # unit eigenvectors; norm: filter rescales them like random directions
+}
+
+
+class DirectionsSpec(Strict):
+    kind: Literal["random", "interpolate", "plane", "pca", "file", "hessian"] = Field(
+        "random",
+        description="random | interpolate (θ* → target) | plane (θ*, targets) | pca (of checkpoints) | "
+        "file (path) | hessian (top eigenvectors of the train loss's Hessian at θ*)",
+    )
+    seed: int = Field(0, description="random: seed of the Gaussian draws")
+    norm: Literal["filter", "layer", "none"] | None = Field(None, description="random only; default filter")
+    ignore: Literal["biasbn", "none"] | None = Field(
+        None,
+        description="biasbn: entries with <= 1 dim get no direction; default biasbn for random/pca, none otherwise",
+    )
+    dir_type: Literal["weights", "states"] = Field("weights", description="states: BN running statistics move too")
+    target: str | None = Field(None, description="interpolate: checkpoint of θ_l (θ_s is model.checkpoint)")
+    targets: list[str] | None = Field(None, description="plane: checkpoints θ1, θ2; directions θ1 − θ*, θ2 − θ*")
+    checkpoints: list[str] | str | None = Field(None, description="pca: checkpoints θ0 … θn, a list or a glob")
+    path: str | None = Field(None, description="file: a direction file (.npz, .h5 of the paper's code) or a store")
+
+    @model_validator(mode="after")
+    def _kind_fields(self):
+        need = {"interpolate": "target", "plane": "targets", "pca": "checkpoints", "file": "path"}
+        for kind, name in need.items():
+            if (self.kind == kind) != (getattr(self, name) is not None):
+                verb = (
+                    "needs"
+                    if self.kind == kind
+                    else "is only for kind " + kind + "; kind " + self.kind + " does not take"
+                )
+                raise ValueError(f"{name}: kind {kind} needs it" if self.kind == kind else f"{name}: {verb} it")
+        if self.kind == "plane" and len(self.targets) != 2:
+            raise ValueError(f"targets: a plane needs exactly 2 checkpoints, got {len(self.targets)}")
+        if self.kind not in ("random", "hessian") and self.norm not in (None, "none"):
+            raise ValueError(f"norm: only random and hessian directions are normalized (kind is {self.kind})")
+        norm, ignore = KIND_DEFAULTS[self.kind]
+        self.norm = self.norm or norm
+        self.ignore = self.ignore or ignore
+        return self
+
+
+class Axis(Strict):
+    min: float = -1.0
+    max: float = 1.0
+    num: int | None = Field(None, ge=1, description="points, ends included; default 51 for surfaces, 401 for 1D scans")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be < max ({self.max})")
+        return self
+
+
+class GridSpec(Strict):
+    x: Axis = Field(default_factory=Axis, description="α axis")
+    y: Axis | None = Field(None, description="β axis; absent: a 1D scan along x")
+    tile: Literal["auto"] | int | list[int] = Field(
+        "auto",
+        description="points per work item (small tiles share a Zarr chunk): auto (several tiles per actor), an int, "
+        "or [cols] for 1D / [rows, cols] for 2D",
+    )
+
+    @model_validator(mode="after")
+    def _default_num(self):
+        # The paper's resolutions: 51 × 51 surfaces, 401-point 1D scans.
+        for axis in (self.x, self.y):
+            if axis is not None and axis.num is None:
+                axis.num = 51 if self.y is not None else 401
+        return self
+
+    @model_validator(mode="after")
+    def _tile_shape(self):
+        if self.tile == "auto":
+            return self
+        tile = [self.tile] if isinstance(self.tile, int) else self.tile
+        if any(t < 1 for t in tile) or (isinstance(self.tile, list) and len(tile) != 1 + (self.y is not None)):
+            shape = "[rows, cols]" if self.y is not None else "[cols]"
+            raise ValueError(f"tile must be auto, a positive int or {shape} of positive ints, got {self.tile}")
+        return self
+
+
+class EvalSpec(Strict):
+    loss: Literal["cross_entropy", "mse"] = Field(
+        "cross_entropy", description="loss of the default classification metric"
+    )
+    metric: str | None = Field(
+        None,
+        description="'package.module:fn'; "
+        "fn(model, batch) returns (loss_sum, count[, {name: sum}]); None = classification",
+    )
+    bn: Literal["eval", "recompute"] = Field(
+        "eval",
+        description="eval: θ*'s BN running statistics (the paper); "
+        "recompute: re-estimated on the train split at every point",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32",
+        description="fp32: exact and deterministic; tf32 (CUDA matmuls/convs) or bf16 (autocast; loss reduced in fp32)",
+    )
+    channels_last: bool = Field(True, description="NHWC memory layout for image models (faster convolutions)")
+    fold_bn: bool | Literal["auto"] = Field(
+        "auto",
+        description="fold each eval-mode BN into the conv before it (BN not moved by the directions); faster, "
+        "not bit-equal; auto: only where the first batch's loss stays within 1e-6 relative of the unfolded one",
+    )
+    compile: bool | Literal["default", "max-autotune"] = Field(
+        False,
+        description="torch.compile the model: false, true (= default mode) or max-autotune; "
+        "cached in ~/.cache/landscape_ray",
+    )
+    curvature: bool = Field(
+        False,
+        description="also the largest and smallest Hessian eigenvalue of the train loss at every point "
+        "(train_lambda_max, train_lambda_min; render --vars curvature draws |λmin/λmax|); costly",
+    )
+    curvature_batches: int | None = Field(None, ge=1, description="curvature from this many train batches only")
+
+
+class ComputeSpec(Strict):
+    actors: int | Literal["auto"] = Field("auto", description="auto: one per GPU, else one per cpus_per_actor CPUs")
+    gpus_per_actor: float = Field(1.0, gt=0, description="GPUs per actor when GPUs are used (fractional packs actors)")
+    cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per actor")
+    in_flight: int = Field(2, ge=1, description="tiles queued per actor so it never waits for the driver")
+    warmup: bool = Field(
+        True,
+        description="on a private local cluster with CPU actors, the driver computes points while the cluster and "
+        "the actors start (same evaluator, same values)",
+    )
+    max_tile_failures: int = Field(3, ge=1, description="actor deaths one tile may cause before the run fails")
+
+    @model_validator(mode="after")
+    def _positive_actors(self):
+        if self.actors != "auto" and self.actors < 1:
+            raise ValueError(f"actors must be >= 1 or 'auto', got {self.actors}")
+        return self
+
+
+RENDER_KINDS = ("contour", "contourf", "heatmap", "surface")
+
+
+class OutputSpec(Strict):
+    store: str = Field("runs/surface.zarr", description="path of the Zarr store")
+    render: list[Literal["contour", "contourf", "heatmap", "surface"]] = Field(
+        default_factory=lambda: list(RENDER_KINDS), description="pictures written next to the store when the run ends"
+    )
+
+
+class Spec(Strict):
+    name: str = "surface"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    directions: DirectionsSpec = Field(default_factory=DirectionsSpec)
+    grid: GridSpec = Field(default_factory=GridSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _curvature_needs_train(self):
+        if self.eval.curvature and "train" not in self.data.splits:
+            raise ValueError("eval.curvature: needs the train split in data.splits")
+        return self
+
+    def result_fields(self) -> dict:
+        """The parts of the spec that decide the numbers in a store (not where or how fast they are made)."""
+        return self.model_dump(mode="json", exclude={"compute": True, "output": True, "name": True, "grid": {"tile"}})
+
+
+class OptimizerSpec(Strict):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, description="SGD only")
+    nesterov: bool = Field(True, description="SGD only")
+    weight_decay: float = Field(5e-4, ge=0)
+    milestones: list[int] = Field(
+        default_factory=lambda: [150, 225, 275], description="epochs where lr is multiplied by gamma"
+    )
+    gamma: float = Field(0.1, gt=0)
+
+
+class TrainSpec(Strict):
+    name: str = "train"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=lambda: DataSpec(splits=["train", "test"]))
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(128, ge=1)
+    augment: bool | None = Field(None, description="random crop (pad 4) + horizontal flip; None = on for cifar10 only")
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    metric: str | None = Field(
+        None, description="'package.module:fn' as eval.metric; its loss_sum / count is minimized"
+    )
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out: str = Field("runs/train/checkpoints", description="folder for model_{epoch}.pt and final.pt")

@@ -1,0 +1,242 @@
+"""What a landscape store holds, and how a new one is made: whole, beside the old one, then swapped in.
+
+Layout (Zarr v3, readable with `xarray.open_zarr(path)` or `landscape_ray.open(path)`):
+
+    x, y                    coordinates (α, β); 1-D arrays named after their dimension
+    train_loss, train_acc   (y, x) float64, NaN until computed (test_* when evaluated)
+    done                    (y, x) bool, set after a point's values are written
+    directions/x/<name>     δ, one array per state_dict entry of the direction space
+    directions/y/<name>     η (surfaces only)
+    log/tiles               one record per tile: finished time, seconds, retries, actor
+    epoch, trajectory_x/y   the training path projected on the directions (PCA directions only)
+    hessian/                eigenvalues, eigenvectors, trace, density (`landscape-ray hessian`)
+    attrs                   format marker, resolved spec (its grid.tile: the work tile), input fingerprints,
+                            versions, creation time, one summary per run
+
+A new store is built in a hidden sibling and swapped into place whole (ownership.swap), so a
+bad input, a crash or a kill never leaves a half-made store; the caller holds the store's lock
+(ownership.claim). The ownership marker is in the first file written, so even a half-built store
+is provably this tool's, and only such a store is ever removed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import zarr
+
+from landscape_ray.core.errors import SpecError
+from landscape_ray.core.paths import exists, is_remote, zarr_store
+from landscape_ray.spec.grid import MAX_TILE_POINTS, Grid, auto_chunks
+from landscape_ray.spec.schema import Spec
+from landscape_ray.store import ownership
+from landscape_ray.store.tiles import CODECS, FORMAT, RECORD, Store, naming
+
+PACKAGES = ("landscape-ray", "torch", "ray", "zarr", "numpy", "pydantic")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def consolidate(path: str | Path) -> None:
+    """Consolidated metadata lets plain `xarray.open_zarr` open the store without warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(zarr_store(path, "w"))
+
+
+def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict) -> None:
+    # The marker goes into the very first file written: even a half-built store is provably ours.
+    root = zarr.open_group(
+        zarr_store(path, "w"), mode="w-", zarr_format=3, attributes={ownership.MARKER: FORMAT, "complete": False}
+    )
+    labels = getattr(directions, "labels", list(grid.dims[::-1]))
+    extras = getattr(directions, "axis_attrs", None) or [{}, {}]
+    for axis, label, extra in zip(grid.dims[::-1], labels, extras):
+        root.create_array(
+            axis, data=getattr(grid, axis), dimension_names=[axis], attributes={"long_name": label, **extra}
+        )
+    for name in variables:
+        root.create_array(
+            name,
+            shape=grid.shape,
+            chunks=grid.chunks,
+            dtype="float64",
+            fill_value=np.nan,
+            dimension_names=list(grid.dims),
+            **CODECS,
+        )
+    root.create_array(
+        "done",
+        shape=grid.shape,
+        chunks=grid.chunks,
+        dtype="bool",
+        fill_value=False,
+        dimension_names=list(grid.dims),
+        **CODECS,
+    )
+    # One record per tile, for post-mortems and for `info` to tell the speed of a job running elsewhere; records
+    # share chunks (a file per record would cost as much as the values).
+    counts = tuple(-(-n // t) for n, t in zip(grid.shape, grid.tile))
+    root.require_group("log").create_array(
+        "tiles",
+        shape=(*counts, len(RECORD)),
+        chunks=(*auto_chunks(counts, MAX_TILE_POINTS), len(RECORD)),
+        dtype="float64",
+        fill_value=np.nan,
+        attributes={"fields": list(RECORD)},
+    )
+    trajectory = getattr(directions, "trajectory", None)
+    if trajectory is not None:
+        root.create_array(
+            "epoch", data=trajectory["epoch"], dimension_names=["epoch"], attributes={"long_name": "training epoch"}
+        )
+        for axis in ("x", "y"):
+            root.create_array(
+                f"trajectory_{axis}",
+                data=trajectory[axis],
+                dimension_names=["epoch"],
+                attributes={"long_name": f"checkpoint θi − θ* projected on {axis}"},
+            )
+    for axis, vector in zip("xy", getattr(directions, "vectors", directions)):
+        group = root.require_group(f"directions/{axis}")
+        for name, array in vector.items():
+            group.create_array(name, data=array, **CODECS)
+    # The store keeps the tile it was cut into, so that a --resume cuts it the same way (tile: auto depends on the
+    # actors of the run that made it).
+    tiled = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.tile)})})
+    root.attrs.update(
+        {
+            "spec": tiled.model_dump(mode="json"),
+            "inputs": inputs,
+            "versions": versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "complete": True,
+        }
+    )
+    consolidate(path)
+
+
+def create(
+    path: str | Path,
+    spec: Spec,
+    grid: Grid,
+    variables: list[str],
+    directions,
+    overwrite: bool = False,
+    inputs: dict | None = None,
+    fill=None,
+) -> Store:
+    """Make a complete empty store at `path`, replacing an old one (proven ours) only with `overwrite`.
+
+    The caller holds `ownership.claim(path)`. `directions` is a `Directions` or bare vectors (one dict per axis);
+    `fill(root)`, if given, writes into the new store before it takes the old one's place (`upgrade`).
+    """
+    present = exists(path)
+    if present and not overwrite:
+        raise SpecError(
+            f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it"
+        )
+    if present:
+        ownership.check_ours(path)
+    if is_remote(path):
+        # Object stores have no rename: the old store is removed, then the new one built in place under the lease.
+        if present:
+            ownership.remove(path)
+        try:
+            with naming(path):
+                _build(path, spec, grid, variables, directions, inputs or {})
+                if fill:
+                    fill(zarr.open_group(zarr_store(path, "w"), mode="r+"))
+        except BaseException:
+            if exists(path):
+                ownership.remove(path)
+            raise
+        return Store(path)
+    partial = build_beside(path, spec, grid, variables, directions, inputs)
+    if fill:
+        try:
+            with naming(path):  # the store the user named, not its hidden sibling
+                fill(zarr.open_group(str(partial), mode="r+"))
+                consolidate(partial)
+        except BaseException:
+            ownership.remove(partial)
+            raise
+    return install(partial, path)
+
+
+def build_beside(path: str | Path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict | None):
+    """A complete empty store at a hidden sibling of the local `path` (the caller holds its claim), to be filled
+    and then put in place by `install`; the old store at `path`, if any, is untouched until then."""
+    partial = ownership.partial_path(Path(path))
+    try:
+        with naming(path):  # the store the user named, not its hidden sibling
+            _build(partial, spec, grid, variables, directions, inputs or {})
+    except BaseException:
+        if partial.exists():
+            ownership.remove(partial)
+        raise
+    return partial
+
+
+def install(partial: Path, path: str | Path) -> Store:
+    """Swap the store built by `build_beside` in at `path` in one step, and remove the old one."""
+    path = Path(path)
+    try:
+        ownership.swap(partial, path)  # now the old store (if any) is at `partial`
+    finally:
+        if partial.exists():
+            ownership.remove(partial)
+    return Store(path)
+
+
+def upgrade(path: str | Path) -> Store:
+    """Rewrite a store of an older format in today's (checksums, marker first), whole, through the same swap.
+
+    The caller holds `ownership.claim(path)`. Values, done flags, tile records and run summaries are copied;
+    input fingerprints stay unknown (format 1 did not record them), so --resume cannot check them.
+    """
+    old = Store(path, mode="r")
+    if old.format == FORMAT:
+        return old
+    dims = old.grid.dims[::-1]
+    axes = [old.root[a].attrs.asdict() for a in dims]
+    directions = SimpleNamespace(
+        vectors=old.directions(),
+        labels=[a.pop("long_name", d) for a, d in zip(axes, dims)],
+        axis_attrs=axes,
+        trajectory={
+            "epoch": old.root["epoch"][...],
+            "x": old.root["trajectory_x"][...],
+            "y": old.root["trajectory_y"][...],
+        }
+        if "epoch" in old.root
+        else None,
+    )
+    copied = [*old.variables, "done"]
+
+    def fill(root):
+        for name in copied:
+            root[name][...] = old.read(name)
+        root["log/tiles"][...] = old.root["log/tiles"][...]
+        root.attrs.update(
+            {
+                "runs": old.root.attrs.get("runs", []),
+                "upgraded_from": old.format,
+                "created": old.root.attrs.get("created"),
+            }
+        )
+
+    return create(path, old.spec, old.grid, old.variables, directions, overwrite=True, fill=fill)

@@ -1,0 +1,33 @@
+"""A store as an xarray Dataset: what notebooks (`landscape_ray.open`) and the pictures read.
+
+    ds = dataset("runs/demo/surface.zarr")   # lazy; NaN marks points not computed yet
+    ds.train_loss.sel(x=0, y=0)
+
+Reading a store imports neither torch, Ray, SciPy nor matplotlib.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import xarray as xr
+
+from landscape_ray.core.paths import zarr_store
+from landscape_ray.store.tiles import Store
+
+
+def dataset(store) -> xr.Dataset:
+    """`store` itself if it is a Dataset, else the store at that path (lazy unless some chunk is damaged).
+
+    Damaged tiles (a chunk missing or failing its checksum) read as missing points, with one line on stderr.
+    """
+    if isinstance(store, xr.Dataset):
+        return store
+    checked = Store(store, mode="r")  # one line for a path that is missing, not ours, or of a newer format
+    ds = xr.open_zarr(zarr_store(store), consolidated=True)
+    damaged = checked.damaged()
+    if damaged:
+        print(f"{checked.path}: {len(damaged)} damaged tiles (run verify); drawn as missing", file=sys.stderr)
+        names = [*checked.variables, "done"]
+        ds = ds.drop_vars(names).load().assign({name: (ds[name].dims, checked.read(name)) for name in names})
+    return ds
