@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.compute.evaluator import Evaluator, Options
 from landscape_ray.inputs.checkpoints import read_checkpoint
 from landscape_ray.inputs.data import ImageSplit, load_splits, normalization
 from landscape_ray.inputs.directions import make_directions
@@ -116,8 +116,7 @@ def speed_table(args) -> None:
             {"train": ImageSplit(images, labels)},
             MEAN,
             STD,
-            batch_size=args.batch,
-            **MODES[name],
+            Options(batch_size=args.batch, **MODES[name]),
         )
         _, warm = timed(lambda ev=ev: ev.evaluate(coords[:1]))  # first call: allocations, autotuning or compilation
         out, seconds = timed(lambda ev=ev: ev.evaluate(coords)["train_loss"])
@@ -174,9 +173,7 @@ def exactness_table(args) -> None:
             directions,
             splits,
             *normalization(data),
-            batch_size=2048,
-            precision=precision,
-            channels_last=True,
+            Options(batch_size=2048, precision=precision, channels_last=True),
         )
         results[precision] = ev.evaluate(coords)
     print(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from benchmarks.cpu import MEAN, MODES, STD, baseline
-from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.compute.evaluator import Evaluator, Options
 from landscape_ray.compute.speedups import set_matmul_precision
 from landscape_ray.inputs.data import ImageSplit
 from landscape_ray.inputs.directions import make_directions
@@ -113,9 +113,7 @@ def main() -> None:
             {"train": ImageSplit(images, labels)},
             MEAN,
             STD,
-            batch_size=args.batch,
-            device="cuda",
-            **MODES[name],
+            Options(batch_size=args.batch, device="cuda", **MODES[name]),
         )
         ev.evaluate(coords[:1])  # warm-up: cuDNN autotuning or compilation
         torch.cuda.synchronize()

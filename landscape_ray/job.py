@@ -32,7 +32,7 @@ from landscape_ray.cluster.scheduler import evaluate_tiles
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.compute.warmup import Warmup
 from landscape_ray.core.errors import Interrupted, SpecError
-from landscape_ray.core.paths import exists, is_remote
+from landscape_ray.core.paths import exists, is_remote, naming
 from landscape_ray.inputs.kinds import ON_CLUSTER
 from landscape_ray.pictures.render import render
 from landscape_ray.spec.grid import Grid
@@ -40,7 +40,7 @@ from landscape_ray.spec.schema import Spec
 from landscape_ray.store import ownership
 from landscape_ray.store.fingerprint import changed, fingerprints
 from landscape_ray.store.layout import build_beside, consolidate, create, install
-from landscape_ray.store.tiles import Store, naming
+from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
 
 MAX_POINTS = 10_000_000  # beyond this a grid is more likely a typo than a plan; --force allows it

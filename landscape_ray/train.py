@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from landscape_ray.compute.evaluator import Evaluator, resolve_device, resolve_metric
+from landscape_ray.compute.evaluator import Evaluator, Options, resolve_device, resolve_metric
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import epoch_checkpoints
 from landscape_ray.inputs.data import BatchSplit, ImageSplit, load_splits, normalization, normalizer, on_device
@@ -119,7 +119,7 @@ def train(spec: TrainSpec, log=print) -> Path:
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     metric = resolve_metric(spec.metric, spec.loss)
     meter = Evaluator(
-        model, state, [], splits, mean, std, metric=metric, batch_size=spec.data.batch_size, device=device
+        model, state, [], splits, mean, std, Options(metric=metric, batch_size=spec.data.batch_size, device=device)
     )
     out.mkdir(parents=True, exist_ok=True)
 

@@ -22,6 +22,7 @@ from landscape_ray.job import run
 from landscape_ray.store.tiles import Store
 
 from .conftest import ROOT, as_digits, make_spec, quiet, reference
+from .test_curvature import ARCHS, exact_hessian, spec_for
 from .test_run import slow_spec
 
 pytestmark = pytest.mark.slow
@@ -362,3 +363,34 @@ def test_remote_store_lease_one_writer_and_stale_takeover(s3):
     with claim(url, "takeover"):  # the dead driver's heartbeat is old: taken over
         assert json.loads(fs.cat_file(lease))["command"] == "takeover"
     assert not fs.exists(lease)
+
+
+def test_hessian_directions_on_a_cluster_the_run_joins(head, tmp_path):
+    """`directions.kind: hessian` submitted with `ray job submit` to a separately started head: the run joins that
+    cluster (RAY_ADDRESS), computes the eigenvectors there once it is connected, then the scan; the stored scan
+    curves by the exact top eigenvalue."""
+    env, address = head
+    h = 0.01
+    store = tmp_path / "h.zarr"
+    spec = spec_for(
+        ARCHS[0],
+        "directions.kind=hessian",
+        "grid.y=null",
+        f"grid.x={{min: {-h}, max: {h}, num: 3}}",
+        "data.splits=[train]",
+        f"output.store={store}",
+        "output.render=[]",
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    entry = ["python", "-m", "landscape_ray", "run", str(job)]
+    deadline = time.time() + 90
+    while True:  # a fresh head's job agent may still be starting: Ray answers "No available agent … try again later"
+        done = job_cli(env, address, "submit", "--working-dir", ".", "--", *entry, check=False)
+        if done.returncode == 0 or "No available agent" not in done.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert done.returncode == 0 and "Traceback" not in output(done), output(done)[-2000:]
+    f = xr.open_zarr(store).train_loss.values
+    top = np.linalg.eigvalsh(exact_hessian(spec)[0])[-1]
+    assert (f[0] - 2 * f[1] + f[2]) / h**2 == pytest.approx(top, rel=5e-3)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.compute.evaluator import Evaluator, Options
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.compute.speedups import FoldedConv, fold_bn
 from landscape_ray.inputs.data import ImageSplit, load_splits, normalization
@@ -243,7 +243,13 @@ def test_evaluator_folds_affine_free_bn_like_the_unfolded_model():
     coords = np.array([[0.0], [0.3], [-0.5]])
     values = [
         Evaluator(
-            conv_bn_net(affine=False), state, [direction], {"train": split}, [0.5], [0.25], batch_size=16, fold=fold
+            conv_bn_net(affine=False),
+            state,
+            [direction],
+            {"train": split},
+            [0.5],
+            [0.25],
+            Options(batch_size=16, fold=fold),
         ).evaluate(coords)
         for fold in (False, True)
     ]
@@ -310,7 +316,7 @@ def test_fold_auto_folds_only_where_it_agrees_with_the_plain_forward(make, fold,
 
     def evaluator(fold):
         fresh = make(True) if make is conv_bn_net else make()
-        return Evaluator(fresh, state, [direction], {"train": split}, [0.5], [0.25], batch_size=16, fold=fold)
+        return Evaluator(fresh, state, [direction], {"train": split}, [0.5], [0.25], Options(batch_size=16, fold=fold))
 
     ev, plain = evaluator(fold), evaluator(False)
     assert ev.folded is folded and not plain.folded

@@ -6,6 +6,7 @@ import pytest
 
 from landscape_ray.cli.main import main
 from landscape_ray.core.errors import SpecError
+from landscape_ray.inputs.models import build, load_model
 from landscape_ray.spec.schema import Spec
 from landscape_ray.spec.specfile import load_spec
 
@@ -71,3 +72,14 @@ def test_schema_command_prints_json_schema(capsys):
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["properties"]) == set(Spec.model_fields)
     assert schema["$defs"]["ModelSpec"]["additionalProperties"] is False
+
+
+def test_an_import_path_this_package_once_had_still_builds_its_model():
+    """Specs and stores of earlier versions name `landscape_ray.paper:digits_resnet` (the paper's quick nets); since
+    the package was arranged in layers it is the registered model `digits_resnet`, and the old name still reads as
+    it (checked against the model built by its new name)."""
+    spec = load_spec(None, ["model.arch=landscape_ray.paper:digits_resnet", "model.kwargs={depth: 14, width: 2}"])
+    assert spec.model.arch == "digits_resnet"
+    old, new = load_model(spec), build("digits_resnet", depth=14, width=2)
+    assert [(k, v.shape) for k, v in old.state_dict().items()] == [(k, v.shape) for k, v in new.state_dict().items()]
+    assert Spec.model_validate({"model": {"arch": "landscape_ray.paper:digits_resnet"}}).model.arch == "digits_resnet"

@@ -1,4 +1,5 @@
-"""Command line: `landscape-ray run | render | compare | info | schema | train` (also `python -m landscape_ray`).
+"""Command line: `landscape-ray run | train | hessian | render | compare | report | figure | paper | info | verify |
+upgrade | directions | schema` (also `python -m landscape_ray`).
 
     landscape-ray run jobs/quickstart.yaml --set grid.x.num=21 --overwrite
     landscape-ray render runs/demo/surface.zarr --kind contour,heatmap --log

@@ -9,6 +9,7 @@ from landscape_ray.cluster.connect import connect, connected, disconnect, run_ta
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.compute.speedups import keep_freed_memory
 from landscape_ray.core.errors import SpecError
+from landscape_ray.core.paths import naming
 from landscape_ray.inputs.directions import write_directions
 from landscape_ray.inputs.kinds import ON_CLUSTER
 from landscape_ray.inputs.models import build
@@ -29,7 +30,7 @@ from landscape_ray.spec.specfile import load_spec
 from landscape_ray.store.fingerprint import fingerprints
 from landscape_ray.store.layout import build_beside, install
 from landscape_ray.store.ownership import remove
-from landscape_ray.store.tiles import Store, naming
+from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
 from landscape_ray.train import train as train_model
 

@@ -18,8 +18,8 @@ from landscape_ray.pictures.report import report as write_report
 from landscape_ray.spec.schema import Spec, TrainSpec
 from landscape_ray.spec.specfile import schema_json
 from landscape_ray.store.layout import upgrade as upgrade_store
-from landscape_ray.store.ownership import claim
 from landscape_ray.store.tiles import Store
+from landscape_ray.store.transaction import claimed
 
 
 def _style(args) -> dict:
@@ -85,6 +85,10 @@ def runs_table(runs: list[dict]) -> str:
 
 def info(args) -> None:
     store = Store(args.store, mode="r")
+    runs = store.root.attrs.get("runs", [])
+    if args.json:  # for machines: the run summaries alone
+        print(json.dumps(runs))
+        return
     done = store.done()
     print(f"store: {store.path} (format {store.format})")
     print(f"progress: {int(done.sum())}/{done.size} points done ({100 * done.mean():.1f}%)")
@@ -117,10 +121,6 @@ def info(args) -> None:
         print("inputs:")
         for name, digest in store.inputs.items():
             print(f"  {name}: {digest}")
-    runs = store.root.attrs.get("runs", [])
-    if args.json:
-        print(json.dumps(runs))
-        return
     if runs:
         print(runs_table(runs))
     if "hessian" in store.root:
@@ -149,7 +149,7 @@ def verify(args) -> int:
 
 
 def upgrade(args) -> None:
-    with claim(args.store, "landscape-ray upgrade"):
+    with claimed(args.store, "landscape-ray upgrade", replace=True, field="store"):
         store = upgrade_store(args.store)
     print(f"{store.path}: format {store.format}")
 

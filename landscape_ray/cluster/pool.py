@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
+import psutil
 import ray
+import torch
 
 from landscape_ray.cluster.connect import plan_actors
 from landscape_ray.compute.curvature import Curvature
@@ -37,9 +39,8 @@ from landscape_ray.spec.schema import Spec
 
 def start_actor_process(threads: int) -> None:
     """An actor's process-wide settings, made once at its start: threads, malloc, where Inductor caches kernels,
-    and no TorchScript deprecation notice in the user's terminal (torch's BN folding path warns on every load)."""
-    import torch  # noqa: PLC0415 - torch loads in the actor's own process, not in every driver that imports this
-
+    and no TorchScript deprecation notice in the user's terminal (torch.func's Hessian-vector products set it off
+    inside torch on first use; it is torch's, not the user's to act on)."""
     torch.set_num_threads(threads)
     keep_freed_memory()
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "landscape_ray" / "inductor"))
@@ -71,8 +72,6 @@ class EvalActor:
         self.evaluator = None
 
     def load(self, spec: dict, payload: Payload, device: str) -> dict:
-        import psutil  # noqa: PLC0415 - the actor's, not the driver's
-
         spec = Spec.model_validate(spec)
         self.evaluator = Evaluator.from_payload(spec, payload, device)
         set_matmul_precision(self.evaluator.device, spec.eval.precision)  # cuDNN/TF32 flags: this process only

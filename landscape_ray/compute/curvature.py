@@ -15,7 +15,7 @@ Each batch's product is float32; the sums over batches are float64.
 
 A data split can be cut into `shards(split, n)`; the sums of the shards' products
 divided by the total count are exactly the whole split's product (up to float
-rounding), which is how `hessian.py` spreads the work over Ray actors.
+rounding), which is how `cluster/shards.py` spreads the work over Ray actors.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -65,16 +67,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class Options:
+    """How an evaluator computes (the spec's eval and data settings, resolved): the metric, the batch, the device,
+    the train split for `eval.bn: recompute`, and the speed-ups."""
+
+    metric: Callable | None = None  # fn(model, batch) -> (loss_sum, count[, {name: sum}]); None: classification
+    batch_size: int | str = 1024  # or "auto"
+    device: str | torch.device = "cpu"
+    bn_split: object = None
+    standard_error: bool = False  # <split>_loss_se where the split is a sample (data.subset)
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    fold: bool | str = False  # BN folding: True, False or "auto"
+
+
 class Evaluator:
-    # fmt: off
-    def __init__(self, model, state, directions, splits, mean, std, metric=None, batch_size=1024, device="cpu",
-                 bn_split=None, standard_error=False, precision="fp32", channels_last=False, compile=False, fold=False):
-        self.device = torch.device(device)
-        self.metric = metric or classification()
-        self.standard_error = standard_error
-        self.precision = precision
+    def __init__(self, model, state, directions, splits, mean, std, options: Options | None = None):
+        o = options or Options()
+        self.device = torch.device(o.device)
+        self.metric = o.metric or classification()
+        self.standard_error = o.standard_error
+        self.precision = o.precision
         images = any(isinstance(s, ImageSplit) and s.images.ndim == 4 for s in splits.values())
-        self.memory_format = torch.channels_last if channels_last and images else torch.contiguous_format
+        self.memory_format = torch.channels_last if o.channels_last and images else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.model.load_state_dict({k: as_tensor(v) for k, v in state.items()})
         live = self.model.state_dict(keep_vars=True)
@@ -88,23 +105,21 @@ class Evaluator:
         ]
         self.normalize = normalizer(mean, std, self.device)
         self.splits = {name: self._resident(s) for name, s in splits.items()}
-        self.bn_split = self._resident(bn_split) if bn_split is not None else None
+        self.bn_split = self._resident(o.bn_split) if o.bn_split is not None else None
         self.bn_modules = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_saved = [
             (m.running_mean.clone(), m.running_var.clone()) for m in self.bn_modules if m.running_mean is not None
         ]
         first = next((s for s in self.splits.values() if not isinstance(s, list)), None)  # an image split
         sample = None if first is None else self.normalize(first[0][:1]).contiguous(memory_format=self.memory_format)
-        self.batch_size = auto_batch_size(self.model, sample, self.device) if batch_size == "auto" else batch_size
+        self.batch_size = auto_batch_size(self.model, sample, self.device) if o.batch_size == "auto" else o.batch_size
         runner = self.model
-        if fold and self.bn_split is None:
-            runner = fold_bn(self.model, set(names), quiet=fold == "auto")
-            if fold == "auto" and not self._agrees(runner):
+        if o.fold and self.bn_split is None:
+            runner = fold_bn(self.model, set(names), quiet=o.fold == "auto")
+            if o.fold == "auto" and not self._agrees(runner):
                 runner = self.model
         self.folded = any(isinstance(m, FoldedConv) for m in runner.modules())
-        self.runner = compiled(runner, compile, self.device)
-
-    # fmt: on  (one option per line above would double the signature's length)
+        self.runner = compiled(runner, o.compile, self.device)
 
     @torch.no_grad()
     def _agrees(self, folded: nn.Module) -> bool:
@@ -124,13 +139,18 @@ class Evaluator:
     def from_payload(cls, spec: Spec, payload: Payload, device: str | None = None) -> Evaluator:
         model = build(spec.model.arch, **spec.model.kwargs)  # weights come from the payload
         e = spec.eval
-        # fmt: off
-        return cls(model, payload.state, payload.directions.vectors, payload.splits, *normalization(spec.data),
-                   metric=resolve_metric(e.metric, e.loss), batch_size=spec.data.batch_size,
-                   device=device or resolve_device(e.device), bn_split=payload.bn_split,
-                   standard_error=spec.data.subset is not None, precision=e.precision,
-                   channels_last=e.channels_last, compile=e.compile, fold=e.fold_bn)
-        # fmt: on
+        options = Options(
+            resolve_metric(e.metric, e.loss),
+            spec.data.batch_size,
+            device or resolve_device(e.device),
+            payload.bn_split,
+            spec.data.subset is not None,
+            e.precision,
+            e.channels_last,
+            e.compile,
+            e.fold_bn,
+        )
+        return cls(model, payload.state, payload.directions.vectors, payload.splits, *normalization(spec.data), options)
 
     def batches(self, resident):
         """Batches ready for the metric: image splits are sliced and normalized here, on the device."""

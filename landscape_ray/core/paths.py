@@ -6,12 +6,12 @@
     natural_glob("runs/x/model_*.pt")   # model_10.pt after model_9.pt
     epoch_checkpoints("runs/x")         # {0: model_0.pt, 1: model_1.pt, ...}
 
-Only the store, the ownership rules and the renderer touch paths; credentials come
-from the environment, as fsspec reads them.
+Credentials come from the environment, as fsspec reads them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import re
 from pathlib import Path
@@ -67,3 +67,15 @@ def epoch_checkpoints(run: str | Path) -> dict[int, Path]:
     """The `model_<epoch>.pt` files `landscape-ray train` writes into a run folder, by epoch."""
     found = {p.stem.split("_", 1)[1]: p for p in Path(run).glob("model_*.pt")}
     return {int(epoch): p for epoch, p in sorted(found.items(), key=lambda e: natural(e[0])) if epoch.isdigit()}
+
+
+@contextlib.contextmanager
+def naming(path):
+    """An OSError raised in the block without a file name gets `path` (zarr's writes raise one: a full disk says
+    only "No space left on device"), so that the CLI's one line says which store could not be written."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err

@@ -21,18 +21,18 @@ from landscape_ray.core.errors import SpecError
 from landscape_ray.paper.plan import (
     SIZES,
     Plan,
-    _compare,
-    _curves,
-    _fig9,
-    _histograms,
-    _interpolations,
-    _nets,
-    _norms,
-    _opt_runs,
-    _overlay,
-    _pca,
-    _repeat_2d,
-    _scans,
+    compare,
+    curves,
+    fig9,
+    histograms,
+    interpolations,
+    nets,
+    norms,
+    opt_runs,
+    overlay,
+    pca,
+    repeat_2d,
+    scans,
 )
 from landscape_ray.pictures.draw import save
 
@@ -42,7 +42,7 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
     (
         1,
         "Loss surfaces (log scale) of a ResNet with and without skip connections, filter-normalized directions.",
-        lambda p: [("", _compare(*_nets(p, [("deep", True), ("deep", False)]), kind="surface", log=True))],
+        lambda p: [("", compare(*nets(p, [("deep", True), ("deep", False)]), kind="surface", log=True))],
     ),
     (
         2,
@@ -51,13 +51,13 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
             "red, train solid, test dashed. Rows: WD 0, WD 5e-4."
         ),
         lambda p: [
-            ("", _interpolations(p, [tuple(_opt_runs(p, wd, (o,))) for wd in (0, 5e-4) for o in ("sgd", "adam")]))
+            ("", interpolations(p, [tuple(opt_runs(p, wd, (o,))) for wd in (0, 5e-4) for o in ("sgd", "adam")]))
         ],
     ),
     (
         3,
         "Histogram of weights of small- and large-batch SGD solutions, without and with weight decay.",
-        lambda p: [("", _histograms(p))],
+        lambda p: [("", histograms(p))],
     ),
     (
         4,
@@ -65,7 +65,7 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
             "1D filter-normalized plots of solutions of SGD/Adam, small/large batch; rows WD 0 and WD 5e-4. "
             "Titles: optimizer, batch size, WD, test error."
         ),
-        lambda p: [("", _scans(p, _opt_runs(p, 0) + _opt_runs(p, 5e-4)))],
+        lambda p: [("", scans(p, opt_runs(p, 0) + opt_runs(p, 5e-4)))],
     ),
     (
         5,
@@ -73,9 +73,9 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
         lambda p: [
             (
                 "",
-                _compare(
-                    [p.surface(r) for r in _opt_runs(p, 0, ("sgd",)) + _opt_runs(p, 5e-4, ("sgd",))],
-                    [p.title(r) for r in _opt_runs(p, 0, ("sgd",)) + _opt_runs(p, 5e-4, ("sgd",))],
+                compare(
+                    [p.surface(r) for r in opt_runs(p, 0, ("sgd",)) + opt_runs(p, 5e-4, ("sgd",))],
+                    [p.title(r) for r in opt_runs(p, 0, ("sgd",)) + opt_runs(p, 5e-4, ("sgd",))],
                     kind="contour",
                     cols=2,
                 ),
@@ -85,17 +85,17 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
     (
         6,
         "3D surfaces of a deep net without skip connections and of the widest net (DenseNet-121 at full scale).",
-        lambda p: [("", _compare(*_nets(p, [("deep", False), ("dense", True)]), kind="surface"))],
+        lambda p: [("", compare(*nets(p, [("deep", False), ("dense", True)]), kind="surface"))],
     ),
     (
         7,
         "2D contours of nets of two depths, with (top) and without (bottom) skip connections.",
-        lambda p: [("", _compare(*_nets(p, SHORT), kind="contour", cols=2))],
+        lambda p: [("", compare(*nets(p, SHORT), kind="contour", cols=2))],
     ),
     (
         8,
         "Width: k = 1 and k = 2 times the filters, with (top) and without (bottom) skip connections.",
-        lambda p: [("", _compare(*_nets(p, WIDE), kind="contour", cols=2))],
+        lambda p: [("", compare(*nets(p, WIDE), kind="contour", cols=2))],
     ),
     (
         9,
@@ -103,7 +103,7 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
             "Trajectories on random directions fail: (a) two random directions, (b) x = init → solution with a random "
             "y, (c) enlarged (b). Axis labels give each direction's share of the path's variance."
         ),
-        _fig9,
+        fig9,
     ),
     (
         10,
@@ -111,9 +111,9 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
         lambda p: [
             (
                 "",
-                _compare(
-                    [_pca(p, r) for r in _opt_runs(p, 5e-4, ("sgd",))],
-                    [p.title(r) for r in _opt_runs(p, 5e-4, ("sgd",))],
+                compare(
+                    [pca(p, r) for r in opt_runs(p, 5e-4, ("sgd",))],
+                    [p.title(r) for r in opt_runs(p, 5e-4, ("sgd",))],
                     kind="contour",
                 ),
             )
@@ -122,34 +122,34 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
     (
         11,
         "Weight norm during training, by epoch (left) and by iteration (right), small/large batch, WD 0 and 5e-4.",
-        lambda p: [("", _norms(p))],
+        lambda p: [("", norms(p))],
     ),
     (
         12,
         "1D plots without normalization (SGD, small/large batch; WD 0 and 5e-4).",
-        lambda p: [("", _scans(p, _opt_runs(p, 0, ("sgd",)) + _opt_runs(p, 5e-4, ("sgd",)), norm="none"))],
+        lambda p: [("", scans(p, opt_runs(p, 0, ("sgd",)) + opt_runs(p, 5e-4, ("sgd",)), norm="none"))],
     ),
     (
         13,
         "Figure 12 enlarged: x in [-0.2, 0.2]; sharpness without normalization does not track test error.",
         lambda p: [
-            ("", _scans(p, _opt_runs(p, 0, ("sgd",)) + _opt_runs(p, 5e-4, ("sgd",)), norm="none", x=(-0.2, 0.2)))
+            ("", scans(p, opt_runs(p, 0, ("sgd",)) + opt_runs(p, 5e-4, ("sgd",)), norm="none", x=(-0.2, 0.2)))
         ],
     ),
     (
         14,
         "1D plots with layer normalization (SGD, small/large batch; WD 0 and 5e-4).",
-        lambda p: [("", _scans(p, _opt_runs(p, 0, ("sgd",)) + _opt_runs(p, 5e-4, ("sgd",)), norm="layer"))],
+        lambda p: [("", scans(p, opt_runs(p, 0, ("sgd",)) + opt_runs(p, 5e-4, ("sgd",)), norm="layer"))],
     ),
     (
         15,
         "1D interpolation between small- and large-batch solutions of a ResNet.",
-        lambda p: [("", _interpolations(p, [(p.net("shallow")[0], p.net("shallow", large=True)[0])]))],
+        lambda p: [("", interpolations(p, [(p.net("shallow")[0], p.net("shallow", large=True)[0])]))],
     ),
     (
         16,
         "1D filter-normalized plots of small- and large-batch ResNet solutions.",
-        lambda p: [("", _scans(p, [p.net("shallow")[0], p.net("shallow", large=True)[0]]))],
+        lambda p: [("", scans(p, [p.net("shallow")[0], p.net("shallow", large=True)[0]]))],
     ),
     (
         17,
@@ -157,7 +157,7 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
         lambda p: [
             (
                 "",
-                _compare(
+                compare(
                     [p.surface(p.net("shallow", large=b)[0]) for b in (False, True)],
                     [p.title(p.net("shallow", large=b)[0]) for b in (False, True)],
                     kind="contour",
@@ -168,17 +168,17 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
     (
         18,
         "Repeatability: 1D filter-normalized plots of one solution along several random directions.",
-        lambda p: [("", _overlay(p))],
+        lambda p: [("", overlay(p))],
     ),
     (
         19,
         "Repeatability: 2D contours of a net without skip connections along several random direction pairs.",
-        lambda p: [("", _repeat_2d(p))],
+        lambda p: [("", repeat_2d(p))],
     ),
     (
         20,
         "Loss landscape of DenseNet-121 (at quick scale the widest digits ResNet stands in), surface and contour.",
-        lambda p: [(f"_{k}", _compare(*_nets(p, [("dense", True)]), kind=k)) for k in ("surface", "contour")],
+        lambda p: [(f"_{k}", compare(*nets(p, [("dense", True)]), kind=k)) for k in ("surface", "contour")],
     ),
     (
         21,
@@ -188,7 +188,7 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
             "(a) WD 0, (b) WD 5e-4."
         ),
         lambda p: [
-            (s, _curves(p, _opt_runs(p, wd), [p.title(r) for r in _opt_runs(p, wd)]))
+            (s, curves(p, opt_runs(p, wd), [p.title(r) for r in opt_runs(p, wd)]))
             for s, wd in (("a", 0), ("b", 5e-4))
         ],
     ),
@@ -198,7 +198,7 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
         lambda p: [
             (
                 "",
-                _curves(
+                curves(
                     p, [p.net(r, s)[0] for r, s in SHORT + WIDE[1::2]], [p.net(r, s)[1] for r, s in SHORT + WIDE[1::2]]
                 ),
             )

@@ -1,14 +1,10 @@
-"""Every figure of the paper (Li et al., ICLR 2018, Figs. 1-22), from one command, with an index page.
+"""The paper's experiments at three sizes, and the `Plan` that trains and computes each of them once.
 
-    landscape-ray paper --quick --out runs/paper      # digits, small nets, coarse grids: minutes on 2 CPU cores
-    landscape-ray paper --out runs/paper-full         # the jobs/paper/ specs: CIFAR-10, 300 epochs, GPUs
-
-A driver of the existing commands, not a second system: it trains with `train.train` (specs from
+A driver of the existing pieces, not a second system: it trains with `train.train` (specs from
 jobs/quickstart-train.yaml, or jobs/paper/<arch>-train.yaml at full scale), computes stores with `job.run` (specs
-from jobs/quickstart.yaml, or jobs/paper/vgg9-surface.yaml / vgg9-scan.yaml), draws with render.figure and
-figures.py, and writes `DIR/figNN*.png` and `DIR/index.html` (the paper's order, captions, the specs used).
-Runs and stores live in DIR/runs and DIR/stores; a rerun reuses what is complete there (training and stores
-resume), so an interrupted `paper` picks up where it stopped.
+from jobs/quickstart.yaml, or jobs/paper/vgg9-surface.yaml / vgg9-scan.yaml), and the helpers below draw with
+render.figure and figures.py for `catalogue.FIGURES`. Runs and stores live in DIR/runs and DIR/stores; a rerun
+reuses what is complete there (training and stores resume), so an interrupted `paper` picks up where it stopped.
 
 At quick scale VGG-9 is the digits CNN, the CIFAR ResNets are ResNet-8/14 (with/without shortcuts, width 1/2)
 built by `models.digits_resnet`, DenseNet-121 is the widest of them, and repeated panels come at reduced count.
@@ -169,34 +165,34 @@ class Plan:
         return self.train((label, arch, kwargs), large=large), label
 
 
-def _opt_runs(p: Plan, wd: float, optimizers=("sgd", "adam")) -> list[Path]:
+def opt_runs(p: Plan, wd: float, optimizers=("sgd", "adam")) -> list[Path]:
     return [p.train(p.cnn, o, large, wd) for o in optimizers for large in (False, True)]
 
 
-def _compare(stores, titles, **options):
+def compare(stores, titles, **options):
     return figure(stores, titles=titles, **options)
 
 
-def _scans(p: Plan, runs, **options):
-    return _compare([p.scan(r, **options) for r in runs], [p.title(r) for r in runs], cols=len(runs) // 2 or 1)
+def scans(p: Plan, runs, **options):
+    return compare([p.scan(r, **options) for r in runs], [p.title(r) for r in runs], cols=len(runs) // 2 or 1)
 
 
-def _interpolations(p: Plan, pairs) -> list:
+def interpolations(p: Plan, pairs) -> list:
     stores = [
         p.store(
             f"{a.name}-to-{b.name}", a, {"kind": "interpolate", "target": str(b / "final.pt")}, x=(-0.5, 1.5), y=None
         )
         for a, b in pairs
     ]
-    return _compare(stores, [f"{p.title(a)} → {p.title(b)}" for a, b in pairs], cols=len(stores) // 2 or 1)
+    return compare(stores, [f"{p.title(a)} → {p.title(b)}" for a, b in pairs], cols=len(stores) // 2 or 1)
 
 
-def _nets(p: Plan, roles) -> tuple[list[Path], list[str]]:
+def nets(p: Plan, roles) -> tuple[list[Path], list[str]]:
     pairs = [p.net(role, shortcut) for role, shortcut in roles]
     return [p.surface(run) for run, _ in pairs], [p.title(run, label) for run, label in pairs]
 
 
-def _fig9(p: Plan):
+def fig9(p: Plan):
     run = p.train(p.cnn)
     spec = load_spec(None, [f"model.checkpoint={run / 'final.pt'}", f"model.arch={p.cnn[1]}"])
     model, npz = load_model(spec), p.out / "stores" / f"{run.name}-init-random.npz"
@@ -215,7 +211,7 @@ def _fig9(p: Plan):
     ]
 
 
-def _pca(p: Plan, run: Path) -> Path:
+def pca(p: Plan, run: Path) -> Path:
     dirs = {"kind": "pca", "checkpoints": str(run / "model_[0-9]*.pt")}
     spec = load_spec(None, [f"model.checkpoint={run / 'final.pt'}", f"model.arch={p.cnn[1]}", f"directions={dirs}"])
     path = pca_directions(load_model(spec), spec).trajectory  # the grid must hold the whole path
@@ -224,29 +220,29 @@ def _pca(p: Plan, run: Path) -> Path:
     return p.store(f"{run.name}-pca", run, dirs, x=x, y=y)
 
 
-def _histograms(p: Plan):
-    groups = [[r / "final.pt" for r in _opt_runs(p, wd, ("sgd",))] for wd in (0, 5e-4)]
+def histograms(p: Plan):
+    groups = [[r / "final.pt" for r in opt_runs(p, wd, ("sgd",))] for wd in (0, 5e-4)]
     return weight_histograms(groups, [f"batch {p.size.small}", f"batch {p.size.large}"], ["WD 0", "WD 5e-4"])
 
 
-def _curves(p: Plan, runs, labels):
+def curves(p: Plan, runs, labels):
     return training_curves(runs, labels)
 
 
-def _repeat_2d(p: Plan):
+def repeat_2d(p: Plan):
     run, label = p.net("shallow", False)
-    return _compare(
+    return compare(
         [p.surface(run, s) for s in range(min(3, p.size.seeds))],
         [f"{label}, directions seed {s}" for s in range(min(3, p.size.seeds))],
         kind="contour",
     )
 
 
-def _overlay(p: Plan):
+def overlay(p: Plan):
     run = p.train(p.cnn)
     return overlay_1d([p.scan(run, seed=s) for s in range(p.size.seeds)], [f"seed {s}" for s in range(p.size.seeds)])
 
 
-def _norms(p: Plan):
-    runs = _opt_runs(p, 0, ("sgd",)) + _opt_runs(p, 5e-4, ("sgd",))
+def norms(p: Plan):
+    runs = opt_runs(p, 0, ("sgd",)) + opt_runs(p, 5e-4, ("sgd",))
     return weight_norm_figure(runs, [p.title(r) for r in runs])

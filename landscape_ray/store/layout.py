@@ -31,11 +31,11 @@ import numpy as np
 import zarr
 
 from landscape_ray.core.errors import SpecError
-from landscape_ray.core.paths import exists, is_remote, zarr_store
+from landscape_ray.core.paths import exists, is_remote, naming, zarr_store
 from landscape_ray.spec.grid import MAX_TILE_POINTS, Grid, auto_chunks
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store import ownership
-from landscape_ray.store.tiles import CODECS, FORMAT, RECORD, Store, naming
+from landscape_ray.store.tiles import CODECS, FORMAT, RECORD, Store
 
 PACKAGES = ("landscape-ray", "torch", "ray", "zarr", "numpy", "pydantic")
 

@@ -15,7 +15,6 @@ validated (pydantic) after the format's migrations, its arrays are plain numbers
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from landscape_ray.core.errors import SpecError
-from landscape_ray.core.paths import exists, is_remote, zarr_store
+from landscape_ray.core.paths import exists, is_remote, naming, zarr_store
 from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store import ownership
@@ -41,18 +40,6 @@ CODECS = {
     "compressors": (ZstdCodec(level=0), Crc32cCodec()),
     "config": {"write_empty_chunks": True},
 }  # an all-NaN tile is a chunk too, so a missing one means damage
-
-
-@contextlib.contextmanager
-def naming(path):
-    """zarr's writes raise OSError without a file name (a full disk says only "No space left on device"): the
-    store's path is put in, so that the CLI's one line says which store could not be written."""
-    try:
-        yield
-    except OSError as err:
-        if err.filename is not None:
-            raise
-        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def differences(a, b, prefix: str = "") -> list[str]:

@@ -20,14 +20,15 @@ from landscape_ray.store.ownership import check_ours, claim
 
 
 @contextlib.contextmanager
-def claimed(path: str | Path, command: str, replace: bool):
-    """Hold `path` for `command` for the block; yields whether a store (of ours) is there."""
+def claimed(path: str | Path, command: str, replace: bool, field: str = "output.store"):
+    """Hold `path` for `command` for the block; yields whether a store (of ours) is there. `field` names the path
+    in the one-line errors."""
     with claim(path, command):
         there = exists(path)
         if there:
             if not replace:
                 raise SpecError(
-                    f"output.store: {path} already exists; pass --resume to complete it or --overwrite to replace it"
+                    f"{field}: {path} already exists; pass --resume to complete it or --overwrite to replace it"
                 )
-            check_ours(path)
+            check_ours(path, field)
         yield there
