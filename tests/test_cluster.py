@@ -22,7 +22,7 @@ from landscape_ray.job import run
 from landscape_ray.store.tiles import Store
 
 from .conftest import ROOT, as_digits, make_spec, quiet, reference
-from .test_curvature import ARCHS, exact_hessian, spec_for
+from .test_curvature import exact_hessian, hessian_scan
 from .test_run import slow_spec
 
 pytestmark = pytest.mark.slow
@@ -370,17 +370,8 @@ def test_hessian_directions_on_a_cluster_the_run_joins(head, tmp_path):
     cluster (RAY_ADDRESS), computes the eigenvectors there once it is connected, then the scan; the stored scan
     curves by the exact top eigenvalue."""
     env, address = head
-    h = 0.01
     store = tmp_path / "h.zarr"
-    spec = spec_for(
-        ARCHS[0],
-        "directions.kind=hessian",
-        "grid.y=null",
-        f"grid.x={{min: {-h}, max: {h}, num: 3}}",
-        "data.splits=[train]",
-        f"output.store={store}",
-        "output.render=[]",
-    )
+    h, spec = hessian_scan(store)
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     entry = ["python", "-m", "landscape_ray", "run", str(job)]

@@ -74,6 +74,20 @@ def compute(spec, **request):
     return hessian.compute(spec, prepare(spec, vectors=None if request.get("at") else []), **request)
 
 
+def hessian_scan(store, h: float = 0.01):
+    """(h, spec) of a 1D scan over [-h, h] along the top Hessian eigenvector (`directions.kind: hessian`) into
+    `store`: its second difference at 0 is the top eigenvalue, up to O(h²)."""
+    return h, spec_for(
+        ARCHS[0],
+        "directions.kind=hessian",
+        "grid.y=null",
+        f"grid.x={{min: {-h}, max: {h}, num: 3}}",
+        "data.splits=[train]",
+        f"output.store={store}",
+        "output.render=[]",
+    )
+
+
 def spec_for(arch: str, *extra: str):
     return load_spec(
         None,
@@ -331,17 +345,8 @@ def test_a_surface_along_hessian_directions_curves_by_the_top_eigenvalue(ray_clu
 
     from .conftest import quiet
 
-    h = 0.01
     store = tmp_path / "h.zarr"
-    spec = spec_for(
-        ARCHS[0],
-        "directions.kind=hessian",
-        "grid.y=null",
-        f"grid.x={{min: {-h}, max: {h}, num: 3}}",
-        "data.splits=[train]",
-        f"output.store={store}",
-        "output.render=[]",
-    )
+    h, spec = hessian_scan(store)
     run(spec, log=quiet)
     f = zarr.open_group(str(store), mode="r")["train_loss"][...]
     top = np.linalg.eigvalsh(exact_hessian(spec)[0])[-1]
@@ -403,17 +408,8 @@ def test_hessian_directions_from_the_command_line_in_fresh_processes(tmp_path):
     """`run --set directions.kind=hessian` with no cluster running, 5 times, each a fresh process starting its own
     private cluster: the eigenvectors are computed on the run's cluster once it is up (they used to start a second
     Ray from the loading thread, and died with a Ray traceback), and the stored scan curves by the top eigenvalue."""
-    h = 0.01
     store = tmp_path / "h.zarr"
-    spec = spec_for(
-        ARCHS[0],
-        "directions.kind=hessian",
-        "grid.y=null",
-        f"grid.x={{min: {-h}, max: {h}, num: 3}}",
-        "data.splits=[train]",
-        f"output.store={store}",
-        "output.render=[]",
-    )
+    h, spec = hessian_scan(store)
     job = tmp_path / "job.yaml"
     job.write_text(__import__("yaml").safe_dump(spec.model_dump(mode="json")))
     top = np.linalg.eigvalsh(exact_hessian(spec)[0])[-1]

@@ -132,9 +132,7 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
     (
         13,
         "Figure 12 enlarged: x in [-0.2, 0.2]; sharpness without normalization does not track test error.",
-        lambda p: [
-            ("", scans(p, opt_runs(p, 0, ("sgd",)) + opt_runs(p, 5e-4, ("sgd",)), norm="none", x=(-0.2, 0.2)))
-        ],
+        lambda p: [("", scans(p, opt_runs(p, 0, ("sgd",)) + opt_runs(p, 5e-4, ("sgd",)), norm="none", x=(-0.2, 0.2)))],
     ),
     (
         14,
@@ -188,8 +186,7 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
             "(a) WD 0, (b) WD 5e-4."
         ),
         lambda p: [
-            (s, curves(p, opt_runs(p, wd), [p.title(r) for r in opt_runs(p, wd)]))
-            for s, wd in (("a", 0), ("b", 5e-4))
+            (s, curves(p, opt_runs(p, wd), [p.title(r) for r in opt_runs(p, wd)])) for s, wd in (("a", 0), ("b", 5e-4))
         ],
     ),
     (

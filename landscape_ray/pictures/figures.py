@@ -26,7 +26,7 @@ from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import epoch_checkpoints, natural_glob
 from landscape_ray.inputs.checkpoints import load_checkpoint
 from landscape_ray.inputs.models import load_model
-from landscape_ray.pictures.draw import axis_label, draw_field, draw_path, is_2d, new_figure, save, scale, title, values
+from landscape_ray.pictures.draw import axis_label, draw_field, draw_path, is_2d, new_figure, scale, title, values
 from landscape_ray.store.reader import dataset
 from landscape_ray.store.tiles import Store
 
@@ -204,21 +204,3 @@ def overlay_1d(stores, labels=None, variables=("train_loss", "train_acc"), log: 
         twin.set_ylabel("accuracy")
     ax.legend(fontsize=7)
     return fig
-
-
-def main(args) -> None:
-    if not str(args.out).endswith((".png", ".pdf")):
-        raise SpecError(f"out: {args.out} must end in .png or .pdf")
-    if args.kind == "weights":
-        fig = weight_histograms([args.inputs], args.label)
-    elif args.kind == "trajectory":
-        if len(args.inputs) < 2:
-            raise SpecError("trajectory: give a store and its checkpoints")
-        fig = trajectory_figure(args.inputs[0], args.inputs[1:], args.var, log=args.log, fit_path=args.fit_path)
-    elif args.kind == "norms":
-        fig = weight_norm_figure(args.inputs, args.label)
-    elif args.kind == "curves":
-        fig = training_curves(args.inputs, args.label)
-    else:
-        fig = overlay_1d(args.inputs, args.label, log=args.log)
-    print(save(fig, args.out))
