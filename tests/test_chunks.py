@@ -19,7 +19,7 @@ from landscape_ray.spec.grid import MAX_TILE_POINTS, MIN_CHUNK_POINTS, Grid
 from landscape_ray.spec.schema import GridSpec
 from landscape_ray.spec.specfile import load_spec
 from landscape_ray.store.layout import create
-from landscape_ray.store.ownership import claim
+from landscape_ray.store.lock import claim
 from landscape_ray.store.tiles import Store
 
 from .conftest import ROOT

@@ -348,7 +348,7 @@ def test_remote_store_lease_one_writer_and_stale_takeover(s3):
     import s3fs
 
     from landscape_ray.core.errors import StoreBusy
-    from landscape_ray.store.ownership import claim
+    from landscape_ray.store.lock import claim
 
     url = f"{s3}/leased.zarr"
     with claim(url, "first"):

@@ -433,7 +433,7 @@ def test_hessian_into_a_new_store_and_a_busy_one(ray_cluster, tmp_path, capsys):
     the stored eigenvalues are the printed ones and `info` shows them; while another process holds the store, a
     second `hessian` is refused in one line."""
     from landscape_ray.cli.main import main
-    from landscape_ray.store.ownership import claim
+    from landscape_ray.store.lock import claim
     from landscape_ray.store.tiles import Store
 
     store = tmp_path / "new.zarr"

@@ -155,7 +155,7 @@ def test_an_old_store_moved_aside_by_an_interrupted_swap_is_put_back(tmp_path, c
     """Without renameat2 (macOS) `swap` renames the old store aside, then the new one in: a run killed between the
     two leaves `path` empty and the old store at `.NAME.partial-old-PID`, which the next claim puts back (it used to
     delete it with the other partials)."""
-    from landscape_ray.store.ownership import claim
+    from landscape_ray.store.lock import claim
 
     store = tmp_path / "s.zarr"
     spec = make_spec(store, checkpoint)
@@ -596,7 +596,7 @@ def test_stopped_while_the_cluster_starts_keeps_the_old_store(stop, status, tmp_
 REPLACER = """
 import sys
 from landscape_ray.spec.grid import Grid
-from landscape_ray.store.ownership import claim
+from landscape_ray.store.lock import claim
 from landscape_ray.spec.specfile import load_spec
 from landscape_ray.store.layout import create
 import numpy as np
@@ -626,7 +626,8 @@ def test_kill_during_overwrite_leaves_old_or_new_store(tmp_path, delay):
     store = Store(path, mode="r")  # complete: spec, directions and arrays all there, all of one seed
     seed = store.spec.directions.seed
     assert all(np.all(v == seed) for d in store.directions() for v in d.values())
-    from landscape_ray.store.ownership import check_ours, claim
+    from landscape_ray.store.lock import claim
+    from landscape_ray.store.ownership import check_ours
 
     check_ours(path)
     with claim(path, "test"):  # the next writer cleans what the killed one left
@@ -684,7 +685,7 @@ def test_info_of_a_1d_store_lists_only_evaluated_variables(tmp_path, capsys):
     from landscape_ray.spec.grid import Grid
     from landscape_ray.spec.specfile import load_spec
     from landscape_ray.store.layout import create
-    from landscape_ray.store.ownership import claim
+    from landscape_ray.store.lock import claim
 
     path = tmp_path / "1d.zarr"
     spec = load_spec(None, [f"output.store={path}", "grid.y=null", "grid.x.num=5", "grid.tile=[5]"])

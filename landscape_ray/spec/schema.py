@@ -13,9 +13,13 @@ Import paths this package once had (stored in older specs and stores) are read a
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+MAX_AXIS = 100_000_000  # points on one axis: beyond, a typo (and an array no machine holds); checked before arithmetic
 
 # Factories that moved when the package was arranged in layers: the old import path → the name it has now.
 MOVED = {"landscape_ray.paper:digits_resnet": "digits_resnet"}
@@ -139,12 +143,27 @@ class DirectionsSpec(Strict):
 class Axis(Strict):
     min: float = -1.0
     max: float = 1.0
-    num: int | None = Field(None, ge=1, description="points, ends included; default 51 for surfaces, 401 for 1D scans")
+    num: int | None = Field(
+        None, ge=1, le=MAX_AXIS, description="points, ends included; default 51 for surfaces, 401 for 1D scans"
+    )
 
     @model_validator(mode="after")
     def _ordered(self):
         if self.min >= self.max:
             raise ValueError(f"min ({self.min}) must be < max ({self.max})")
+        if not math.isfinite(self.max - self.min):  # finite bounds whose span overflows: inf and NaN coordinates
+            raise ValueError(
+                f"max - min overflows ({self.min} to {self.max}); keep the span below {sys.float_info.max:.3g}"
+            )
+        # Every point its own coordinate: the step must exceed the float spacing at the larger bound.
+        if (
+            self.num
+            and self.num > 1
+            and (self.max - self.min) / (self.num - 1) <= 4 * math.ulp(max(abs(self.min), abs(self.max)))
+        ):
+            raise ValueError(
+                f"num: {self.num} points between {self.min} and {self.max} are closer than float64 can tell apart"
+            )
         return self
 
 

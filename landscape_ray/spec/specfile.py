@@ -19,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 from landscape_ray.core.errors import SpecError
 from landscape_ray.spec.schema import Spec
 
+MAX_SPEC_BYTES = 1 << 20
+
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML (so 3, 0.5, [1,2], null work).
@@ -38,7 +40,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise SpecError(f"--set {item}: {part} is not a section")
             node = node[part]
         try:
-            node[leaf] = yaml.safe_load(value)
+            node[leaf] = parse(value)
         except yaml.YAMLError as err:
             raise SpecError(f"--set {item}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
     return raw
@@ -65,13 +67,34 @@ def validate(model: type[BaseModel], raw: dict):
         raise SpecError(format_errors(err)) from None
 
 
+class SpecLoader(yaml.SafeLoader):
+    """YAML without aliases: a spec is a few lines a person writes, and aliases nested a few levels deep expand a
+    file of bytes into gigabytes (the "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: a YAML alias (*name); write the value out instead")
+        return super().compose_node(parent, index)
+
+
+def parse(text: str):
+    """A YAML document (a spec file or a --set value) as plain data."""
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+
+
 def read_yaml(path: str | Path) -> dict:
     """The YAML mapping in `path`; `-` reads standard input (`... | landscape-ray run -`)."""
     path = Path(path)
     if str(path) != "-" and not path.is_file():
         raise SpecError(f"{path}: spec file not found")
+    data = sys.stdin.buffer.read(MAX_SPEC_BYTES + 1) if str(path) == "-" else path.open("rb").read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: more than {MAX_SPEC_BYTES // 2**20} MiB; a spec is a few lines of YAML")
     try:
-        raw = yaml.safe_load(sys.stdin.read() if str(path) == "-" else path.read_text()) or {}
+        raw = parse(data.decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.start} is {data[err.start]:#04x})") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):

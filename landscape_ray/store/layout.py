@@ -15,7 +15,7 @@ Layout (Zarr v3, readable with `xarray.open_zarr(path)` or `landscape_ray.open(p
 
 A new store is built in a hidden sibling and swapped into place whole (ownership.swap), so a
 bad input, a crash or a kill never leaves a half-made store; the caller holds the store's lock
-(ownership.claim). The ownership marker is in the first file written, so even a half-built store
+(lock.claim). The ownership marker is in the first file written, so even a half-built store
 is provably this tool's, and only such a store is ever removed.
 """
 
@@ -141,7 +141,7 @@ def create(
 ) -> Store:
     """Make a complete empty store at `path`, replacing an old one (proven ours) only with `overwrite`.
 
-    The caller holds `ownership.claim(path)`. `directions` is a `Directions` or bare vectors (one dict per axis);
+    The caller holds `lock.claim(path)`. `directions` is a `Directions` or bare vectors (one dict per axis);
     `fill(root)`, if given, writes into the new store before it takes the old one's place (`upgrade`).
     """
     present = exists(path)
@@ -205,7 +205,7 @@ def install(partial: Path, path: str | Path) -> Store:
 def upgrade(path: str | Path) -> Store:
     """Rewrite a store of an older format in today's (checksums, marker first), whole, through the same swap.
 
-    The caller holds `ownership.claim(path)`. Values, done flags, tile records and run summaries are copied;
+    The caller holds `lock.claim(path)`. Values, done flags, tile records and run summaries are copied;
     input fingerprints stay unknown (format 1 did not record them), so --resume cannot check them.
     """
     old = Store(path, mode="r")

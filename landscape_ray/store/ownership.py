@@ -1,10 +1,9 @@
-"""What this tool may delete, and who may write a store.
+"""What this tool may delete, and how a new store takes an old one's place.
 
 A user's data is never deleted by accident: only a path this tool can prove it
-made is ever removed, and only one driver at a time writes a store.
+made is ever removed.
 
-    with claim(path, "run"):       # one writer: an OS file lock (local) or a lease object (remote)
-        check_ours(path)           # SpecError unless `path` is a landscape_ray store and nothing else
+    check_ours(path)               # SpecError unless `path` is a landscape_ray store and nothing else
         swap(partial, path)        # atomic: the old store or the new one is at `path` at every instant
         remove(path)               # chunks first, the root zarr.json (the proof) last
 
@@ -13,119 +12,24 @@ moment a store is created, and every file under the folder is Zarr metadata
 (`zarr.json`) or a chunk (`…/c/0/1`). A thesis folder, `..`, the parent of a
 store, a symlink or a store holding a stray file are refused with one line.
 
-Locks live in hidden siblings (`.NAME.lock`, `.NAME.owner`, removed on release), so a second `run`,
-`--resume` or `--overwrite` of a live store is refused naming the owner, and
-the kernel releases a dead driver's lock, so the next one takes over. Remote
-stores get a lease object (`.NAME.lease`) created with an exclusive put where
-the backend supports it, kept alive by a heartbeat and taken over when stale.
+Who may write a store: lock.py (one writer at a time).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import datetime
 import errno
 import json
 import os
 import re
 import socket
 import sys
-import threading
-import time
 from pathlib import Path
 
-import filelock
-
-from landscape_ray.core.errors import SpecError, StoreBusy
+from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import filesystem, is_remote, sibling
 
 MARKER = "landscape_ray_format"
-LEASE_TTL_S = 60.0  # a remote lease whose heartbeat is older than this belongs to a dead driver
-HEARTBEAT_S = 10.0
-
-
-def owner_info(command: str) -> dict:
-    return {
-        "command": command,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "heartbeat": time.time(),
-    }
-
-
-def describe(info: dict) -> str:
-    return f"pid {info.get('pid')} on {info.get('host')} ({info.get('command')}, since {info.get('started')})"
-
-
-@contextlib.contextmanager
-def claim(path: str | Path, command: str):
-    """Hold the one-writer lock of `path` for the duration of the block; StoreBusy if a live process holds it."""
-    if is_remote(path):
-        with _lease(path, command):
-            yield
-        return
-    refuse_special(path)
-    path = Path(os.path.abspath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(sibling(path, "lock"), timeout=0)
-    owner = sibling(path, "owner")
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        try:
-            who = describe(json.loads(owner.read_text()))
-        except (OSError, ValueError):
-            who = "another process"
-        raise StoreBusy(f"output.store: {path} is in use by {who}; wait for it to finish or stop it") from None
-    try:
-        owner.write_text(json.dumps(owner_info(command)))
-        clean_partials(path)  # nobody else can be building one: we hold the lock
-        yield
-    finally:
-        # Unlinked while still held, so nothing is left behind; filelock refuses an inode unlinked under it.
-        owner.unlink(missing_ok=True)
-        Path(lock.lock_file).unlink(missing_ok=True)
-        lock.release()
-
-
-@contextlib.contextmanager
-def _lease(path: str, command: str):
-    fs, key = filesystem(sibling(path, "lease"))
-    info = owner_info(command)
-    for _ in range(2):
-        try:
-            with fs.open(key, "xb") as f:  # an exclusive put (If-None-Match: *) where the backend has one
-                f.write(json.dumps(info).encode())
-            break
-        except FileExistsError:
-            try:
-                held = json.loads(fs.cat_file(key))
-            except (OSError, ValueError):
-                held = {}
-            if time.time() - held.get("heartbeat", 0) < LEASE_TTL_S:
-                raise StoreBusy(
-                    f"output.store: {path} is in use by {describe(held)}; wait for it to finish or stop it"
-                ) from None
-            fs.rm(key)  # a stale lease: its driver died; take it over (the exclusive put decides any race)
-    else:
-        raise StoreBusy(f"output.store: {path}: another driver took over its stale lease just now")
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(HEARTBEAT_S):
-            fs.pipe_file(key, json.dumps({**info, "heartbeat": time.time()}).encode())
-
-    thread = threading.Thread(target=beat, daemon=True, name="lease-heartbeat")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        with contextlib.suppress(OSError):
-            fs.rm(key)
 
 
 ZARR_TEMPORARY = re.compile(r"^(zarr|\d+)\.[0-9a-f]{32}\.partial$")  # zarr writes a file there, then renames it
@@ -165,7 +69,7 @@ def _listing(path: str | Path) -> list[str]:
 
 
 def is_marked(path: str | Path) -> bool:
-    """Whether the root zarr.json carries this tool's marker."""
+    """Whether the root zarr.json carries this tool's marker, a format number."""
     try:
         if is_remote(path):
             fs, root = filesystem(path)
@@ -174,7 +78,9 @@ def is_marked(path: str | Path) -> bool:
             meta = json.loads((Path(path) / "zarr.json").read_text())
     except (FileNotFoundError, NotADirectoryError, ValueError):  # other errors (network, permissions) propagate
         return False
-    return isinstance(meta, dict) and MARKER in (meta.get("attributes") or {})
+    attributes = meta.get("attributes") if isinstance(meta, dict) else None
+    marker = attributes.get(MARKER) if isinstance(attributes, dict) else None
+    return type(marker) is int and marker >= 1  # a format number we write: not `true`, a string or a list
 
 
 def refuse_special(path: str | Path, field: str = "output.store") -> None:

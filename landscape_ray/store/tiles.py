@@ -115,7 +115,7 @@ class Store:
         self.root = zarr.open_group(zarr_store(path, mode), mode=mode, zarr_format=3)
         attrs = self.root.attrs.asdict()
         self.format = attrs.get(ownership.MARKER)
-        if not isinstance(self.format, int) or not 1 <= self.format <= FORMAT:
+        if type(self.format) is not int or not 1 <= self.format <= FORMAT:  # `true` is an int to isinstance
             raise SpecError(f"store: {self.path} has format {self.format!r}; this version reads 1 to {FORMAT}")
         if "spec" not in attrs:
             raise SpecError(

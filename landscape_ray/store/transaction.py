@@ -4,7 +4,7 @@ writes a store (`run`, `hessian`, `upgrade`) goes through `claimed`.
     with claimed(path, "landscape-ray run", replace=resume or overwrite) as there:
         ...   # `there`: a store of ours is at `path` (to resume or replace); nothing else is there
 
-In order: the one-writer lock (ownership.claim: a second live driver is refused, a dead one's lock taken over and
+In order: the one-writer lock (lock.claim: a second live driver is refused, a dead one's lock taken over and
 its partial stores removed); an existing path is refused unless the caller may replace it, and then only when it is
 provably one of our stores.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import exists
-from landscape_ray.store.ownership import check_ours, claim
+from landscape_ray.store.lock import claim
+from landscape_ray.store.ownership import check_ours
 
 
 @contextlib.contextmanager

@@ -1,0 +1,173 @@
+"""Files from someone else (issue 21): specs, stores and lock files handled as data. Each case ends in one line and
+a non-zero exit, runs no code, and leaves every file it was pointed at as it was. No cluster: each is refused before
+one would start."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from landscape_ray.cli.main import main
+from landscape_ray.core.errors import SpecError, StoreBusy
+from landscape_ray.store.lock import claim
+from landscape_ray.store.ownership import is_marked
+
+from .conftest import ROOT
+
+FIXTURE = ROOT / "tests" / "fixtures" / "format1.zarr"
+QUICKSTART = str(ROOT / "jobs" / "quickstart.yaml")  # validated before its checkpoint is read
+
+
+def one_line(capsys, argv, code: int = 2) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- Specs -------------------------------------------------------------------------------------------------------
+
+
+def test_an_alias_bomb_is_refused_at_once_in_bounded_memory(tmp_path):
+    """Seven levels of YAML aliases in 500 bytes expand to ~10^8 nodes (120 s and 2.9 GB before, and a 197 MB
+    zarr.json): refused in one line, in seconds, by a process that never grows past 1 GiB."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("data:\n  kwargs:\n" + "".join(f"    {line}\n" for line in levels))
+    assert len(bomb.read_bytes()) < 600
+    start = time.perf_counter()
+    code = (  # the command line's main, then this process's own peak resident memory (kB on Linux)
+        "import resource, sys\n"
+        "from landscape_ray.cli.main import main\n"
+        f"code = main(['run', {str(bomb)!r}])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    took = time.perf_counter() - start
+    peak = int(done.stdout.split()[-1]) * 1024
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == f"{bomb}: not valid YAML (line 4: a YAML alias (*name); write the value out instead)"
+    assert took < 30  # the import of the command line, not the expansion
+    assert peak < 1 << 30, f"{peak / 2**20:.0f} MiB"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.yaml"]
+
+
+def test_a_spec_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    spec = tmp_path / "latin1.yaml"
+    spec.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert one_line(capsys, ["run", str(spec)]) == f"{spec}: not UTF-8 text (byte 9 is 0xe9)"
+
+
+def test_an_alias_in_a_set_value_is_one_line(capsys):
+    line = one_line(capsys, ["run", QUICKSTART, "--set", "data.kwargs={a: &x 1, b: *x}"])
+    assert "a YAML alias" in line
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grid.x={min: -1e308, max: 1e308, num: 3}", "grid.x: max - min overflows (-1e+308 to 1e+308)"),
+        ("grid.x.num=100000000000000000000000000000", "grid.x.num: Input should be less than or equal to 100000000"),
+        ("grid.x={min: 1.0, max: 1.0000000000000002, num: 5}", "grid.x.num: 5 points between 1.0 and"),
+        (
+            "grid.y={min: 1e15, max: 1.0000000000000002e15, num: 3}",
+            "grid.y.num: 3 points between 1000000000000000.0 and",
+        ),
+    ],
+)
+def test_grids_are_checked_before_any_arithmetic(tmp_path, capsys, override, message):
+    """Bounds whose span overflows, an axis of 10^29 points, points closer than float64 tells apart: one line each
+    at validation (they overflowed in the actors and left a partial store, or raised from NumPy)."""
+    store = tmp_path / "s.zarr"
+    line = one_line(capsys, ["run", QUICKSTART, "--set", override, "--set", f"output.store={store}"])
+    assert line.startswith(message), line
+    assert not store.exists() and list(tmp_path.iterdir()) == []
+
+
+# --- Stores ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("marker", [True, "2", [2], 0, 2.0])
+def test_a_format_marker_that_is_not_a_format_number_is_not_ours(tmp_path, capsys, marker):
+    """`landscape_ray_format: true` used to read as format 1 (Python's True == 1), which skips the fingerprints; a
+    store so marked is neither read nor deleted."""
+    store = tmp_path / "s.zarr"
+    shutil.copytree(FIXTURE, store)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["landscape_ray_format"] = marker
+    (store / "zarr.json").write_text(json.dumps(meta))
+    before = {p: digest(p) for p in store.rglob("*") if p.is_file()}
+    assert not is_marked(store)
+    assert "is not a landscape_ray store" in one_line(capsys, ["info", str(store)])
+    line = one_line(capsys, ["run", QUICKSTART, "--set", f"output.store={store}", "--overwrite"])
+    assert "is not a landscape_ray store" in line and "refusing to delete it" in line
+    assert before == {p: digest(p) for p in store.rglob("*") if p.is_file()}
+
+
+# --- Lock and owner files ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def precious(tmp_path):
+    path = tmp_path / "thesis.tex"
+    path.write_text("\\chapter{Results} years of work\n")
+    return path
+
+
+@pytest.mark.parametrize("which", ["owner", "lock"])
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_a_lock_or_owner_file_that_is_a_link_is_refused_and_its_target_kept(tmp_path, precious, which, link):
+    """A `.NAME.owner` or `.NAME.lock` that links to another file: the claim is refused in one line naming it, and
+    the linked file is not opened for writing (the owner record overwrote it; filelock truncates a lock file)."""
+    store = tmp_path / "s.zarr"
+    planted = tmp_path / f".s.zarr.{which}"
+    (os.symlink if link == "symlink" else os.link)(precious, planted)
+    before = digest(precious)
+    with pytest.raises(SpecError) as err:
+        with claim(store, "landscape-ray run"):
+            pass
+    kind = "a symbolic link" if link == "symlink" else "a hard link"
+    assert str(err.value) == f"output.store: {planted} is {kind}, not a lock or owner file of ours; remove it to go on"
+    assert digest(precious) == before
+    assert not (tmp_path / ".s.zarr.lock").exists() or which == "lock"  # nothing of ours is left behind
+
+
+def test_an_owner_path_that_is_a_folder_leaves_no_lock_behind(tmp_path, capsys):
+    (tmp_path / ".s.zarr.owner").mkdir()
+    line = one_line(capsys, ["run", QUICKSTART, "--set", f"output.store={tmp_path / 's.zarr'}"])
+    assert line.endswith("is a folder, not a lock or owner file of ours; remove it to go on")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.zarr.owner"]  # the lock file went with the refusal
+
+
+def test_the_owner_record_of_another_process_is_printed_escaped(tmp_path):
+    """The busy message quotes the holder's owner file, which anyone could have written: a newline or a terminal
+    escape in it is printed as visible text, so the message stays one line."""
+    import filelock
+
+    store = tmp_path / "s.zarr"
+    held = filelock.FileLock(tmp_path / ".s.zarr.lock", timeout=0)
+    held.acquire()
+    try:
+        record = {"pid": 7, "host": "evil\nhost", "command": "\x1b[2Jrm -rf", "started": "now"}
+        (tmp_path / ".s.zarr.owner").write_text(json.dumps(record))
+        with pytest.raises(StoreBusy) as err:
+            with claim(store, "landscape-ray run"):
+                pass
+    finally:
+        held.release()
+    message = str(err.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert "pid 7 on evil\\nhost (\\x1b[2Jrm -rf, since now)" in message
