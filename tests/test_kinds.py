@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import yaml
 
 from landscape_ray.compute.evaluator import Evaluator
 from landscape_ray.compute.prepare import prepare
@@ -228,8 +229,10 @@ def test_directions_command_exports_what_file_kind_imports(ray_cluster, checkpoi
 
     spec = make_spec(tmp_path / "a.zarr", checkpoint, "grid.x.num=3", "grid.y.num=3")
     run(spec, log=quiet)
-    for suffix in (".npz", ".h5"):
-        assert main(["directions", str(tmp_path / "a.zarr"), "--out", str(tmp_path / f"d{suffix}")]) == 0
+    mine = tmp_path / "mine.yaml"  # the user's spec of the model: a .h5 lists its entries in the model's order
+    mine.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    for suffix, extra in ((".npz", []), (".h5", ["--spec", str(mine)])):
+        assert main(["directions", str(tmp_path / "a.zarr"), "--out", str(tmp_path / f"d{suffix}"), *extra]) == 0
         again = make_spec(
             tmp_path / "b.zarr", checkpoint, "directions.kind=file", f"directions.path={tmp_path / f'd{suffix}'}"
         )

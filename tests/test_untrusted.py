@@ -171,3 +171,46 @@ def test_the_owner_record_of_another_process_is_printed_escaped(tmp_path):
     message = str(err.value)
     assert "\n" not in message and "\x1b" not in message
     assert "pid 7 on evil\\nhost (\\x1b[2Jrm -rf, since now)" in message
+
+
+# --- A store is data ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """A store whose recorded spec names `os:system` as its model, data set and metric, with a command that would
+    leave a marker file: a store is a folder people share, and its spec is only text."""
+    store, marker = tmp_path / "shared.zarr", tmp_path / "ran"
+    shutil.copytree(FIXTURE, store)
+    meta = json.loads((store / "zarr.json").read_text())
+    spec = meta["attributes"]["spec"]
+    spec["model"] = {"arch": "os:system", "kwargs": {"command": f"touch {marker}"}, "trust_checkpoint": True}
+    spec["data"]["dataset"] = "os:system"
+    spec["eval"]["metric"] = "os:system"
+    (store / "zarr.json").write_text(json.dumps(meta))
+    return store, marker
+
+
+@pytest.mark.parametrize(
+    "argv, code, says",
+    [
+        (["info", "{store}"], 0, None),
+        (["verify", "{store}"], 0, None),
+        (["render", "{store}", "--out", "{tmp}/pictures"], 0, None),
+        (["compare", "{store}", "{store}", "--out", "{tmp}/c.png"], 0, None),
+        (["report", "{store}", "--out", "{tmp}/report"], 0, None),
+        (["directions", "{store}", "--out", "{tmp}/d.npz"], 0, None),
+        (["directions", "{store}", "--out", "{tmp}/d.h5"], 2, "a store's model is not imported"),
+        (["figure", "trajectory", "{store}", "{tmp}/model_*.pt", "--out", "{tmp}/t.png"], 2, "give --spec"),
+        (["upgrade", "{store}"], 0, None),
+    ],
+)
+def test_no_command_runs_what_a_store_names(hostile, tmp_path, capsys, argv, code, says):
+    store, marker = hostile
+    argv = [a.format(store=store, tmp=tmp_path) for a in argv]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert not marker.exists(), f"{argv[0]} ran the store's model"
+    assert "Traceback" not in err
+    if says:
+        assert len(err.strip().splitlines()) == 1 and says in err, err

@@ -147,6 +147,17 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--var", default="train_loss", help="trajectory: the store's variable under the path")
     q.add_argument("--log", action="store_true", help="log10 of the values (trajectory) or a log loss axis (overlay)")
     q.add_argument("--fit-path", action="store_true", help="trajectory: zoom onto the path (the paper's Fig. 9c)")
+    q.add_argument(
+        "--spec",
+        default=None,
+        help="trajectory: your spec of the store's model, for θ* when the store has no checkpoint "
+        "(a store's own model is never imported)",
+    )
+    q.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="trajectory: allow checkpoints that need full unpickling (default: weights only)",
+    )
     q.set_defaults(func="landscape_ray.cli.run_commands:figure")
 
     q = sub.add_parser("report", help="one self-contained HTML page of stores (pictures, plotly, spec, runs)")
@@ -180,6 +191,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("store")
     q.add_argument(
         "--out", required=True, help="FILE.npz (this service) or FILE.h5 (the paper's code's layout; needs h5py)"
+    )
+    q.add_argument(
+        "--spec",
+        default=None,
+        help="for .h5: your spec of the store's model, whose entry order the file follows "
+        "(a store's own model is never imported)",
     )
     q.set_defaults(func="landscape_ray.cli.run_commands:directions")
 

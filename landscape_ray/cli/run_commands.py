@@ -74,7 +74,16 @@ def figure(args) -> None:
     elif args.kind == "trajectory":
         if len(args.inputs) < 2:
             raise SpecError("trajectory: give a store and its checkpoints")
-        fig = trajectory_figure(args.inputs[0], args.inputs[1:], args.var, log=args.log, fit_path=args.fit_path)
+        spec = load_spec(args.spec) if args.spec else None
+        fig = trajectory_figure(
+            args.inputs[0],
+            args.inputs[1:],
+            args.var,
+            log=args.log,
+            fit_path=args.fit_path,
+            spec=spec,
+            trust_checkpoint=args.trust_checkpoint,
+        )
     elif args.kind == "norms":
         fig = weight_norm_figure(args.inputs, args.label)
     elif args.kind == "curves":
@@ -93,7 +102,15 @@ def paper(args) -> None:
 
 def directions(args) -> None:
     store = Store(args.store, mode="r")
-    model = build(store.spec.model.arch, **store.spec.model.kwargs)  # names and shapes, for the paper's .h5 order
+    model = None
+    if str(args.out).endswith((".h5", ".hdf5")):  # the paper's .h5 lists the model's entries in its own order
+        if not args.spec:
+            raise SpecError(
+                f"--spec: {args.out} lists the entries in the model's order, and a store's model is not imported; "
+                "give --spec with your spec of that model (or write a .npz)"
+            )
+        spec = load_spec(args.spec)
+        model = build(spec.model.arch, **spec.model.kwargs)
     print(write_directions(store.directions(), args.out, model, store.spec.directions.dir_type))
 
 

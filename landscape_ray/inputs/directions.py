@@ -187,8 +187,11 @@ def _read_h5(path: Path, model: nn.Module, dir_type: str) -> list[dict[str, np.n
     return vectors
 
 
-def write_directions(vectors: list[dict[str, np.ndarray]], path: str | Path, model: nn.Module, dir_type: str) -> Path:
-    """Export directions as .npz (this service) or .h5 (the paper's code's layout)."""
+def write_directions(
+    vectors: list[dict[str, np.ndarray]], path: str | Path, model: nn.Module | None, dir_type: str
+) -> Path:
+    """Export directions as .npz (this service; keyed by entry name, no `model` needed) or .h5 (the paper's code's
+    layout: the entries in `model`'s order)."""
     path = Path(path)
     if path.suffix == ".npz":
         np.savez(path, **{f"{a}/{k}": v for a, vec in zip("xy", vectors) for k, v in vec.items()})

@@ -24,9 +24,11 @@ import torch
 
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import epoch_checkpoints, natural_glob
-from landscape_ray.inputs.checkpoints import load_checkpoint
+from landscape_ray.inputs.checkpoints import load_checkpoint, read_checkpoint
 from landscape_ray.inputs.models import load_model
 from landscape_ray.pictures.draw import axis_label, draw_field, draw_path, is_2d, new_figure, scale, title, values
+from landscape_ray.spec.schema import Spec
+from landscape_ray.store.fingerprint import file_hash
 from landscape_ray.store.reader import dataset
 from landscape_ray.store.tiles import Store
 
@@ -79,8 +81,27 @@ def weight_histograms(groups, labels=None, titles=None, bins: int = 100):
     return fig
 
 
-def project(store, checkpoints) -> dict:
-    """Checkpoints θi placed on the store's plane: {'epoch', 'x', 'y', 'captured'}.
+def centre_of(st: Store, spec: Spec | None) -> dict[str, torch.Tensor]:
+    """θ* of a store, as data: from the user's own `spec` (its model and checkpoint), else from the checkpoint file
+    the store names, read as weights only and checked against the store's fingerprint of it. A store is someone
+    else's file: no model named in it is imported (its model's own initialisation needs `spec`)."""
+    if spec is not None:
+        return load_model(spec).state_dict()
+    path = st.spec.model.checkpoint
+    if path is None:
+        raise SpecError(
+            f"store: {st.path} was computed around its model's initialisation (no model.checkpoint), and a store's "
+            "model is not imported; give --spec with your spec of that model"
+        )
+    recorded = {k.partition(" ")[2]: v for k, v in st.inputs.items() if k.startswith("model.checkpoint ")}
+    if recorded and file_hash(path) not in recorded.values():
+        raise SpecError(f"store: its model.checkpoint {path} changed since the store was made")
+    return read_checkpoint(path, field=f"the store's model.checkpoint {path}")
+
+
+def project(store, checkpoints, spec: Spec | None = None, trust_checkpoint: bool = False) -> dict:
+    """Checkpoints θi placed on the store's plane: {'epoch', 'x', 'y', 'captured'}; θ* from `centre_of(store,
+    spec)`, the checkpoints read as weights only unless the caller (not the store) trusts them.
 
     (x_i, y_i) solve the least squares θi − θ* ≈ x δ + y η over the entries the directions move; `captured`
     is, per direction, the share of the centred path's variance along it (the explained variance for PCA).
@@ -89,14 +110,14 @@ def project(store, checkpoints) -> dict:
     if len(st.grid.shape) != 2:
         raise SpecError(f"store: {store} is a 1D scan; trajectories need a 2D store")
     dirs = st.directions()
-    centre = {k: v.double() for k, v in load_model(st.spec).state_dict().items()}
+    centre = {k: v.double() for k, v in centre_of(st, spec).items()}
     names = [k for k in dirs[0] if any(np.any(d[k]) for d in dirs)]
     d = np.stack([np.concatenate([np.asarray(v[k], np.float64).ravel() for k in names]) for v in dirs], axis=1)
     dots, epochs, total, sq = [], [], 0.0, 0.0
     for i, path in enumerate(checkpoint_files(checkpoints)):
-        state, meta = load_checkpoint(path, st.spec.model.trust_checkpoint, f"checkpoints[{i}]", mmap=True)
-        if any(k not in state or state[k].shape != centre[k].shape for k in names):
-            raise SpecError(f"checkpoints[{i}]: {path} does not fit the store's model {st.spec.model.arch}")
+        state, meta = load_checkpoint(path, trust_checkpoint, f"checkpoints[{i}]", mmap=True)
+        if any(k not in state or k not in centre or state[k].shape != centre[k].shape for k in names):
+            raise SpecError(f"checkpoints[{i}]: {path} does not fit the store's model {st.spec.model.arch!r}")
         r = np.concatenate([(state[k].double() - centre[k]).numpy().ravel() for k in names])
         dots.append(r @ d)
         total, sq = total + r, sq + r @ r
@@ -117,11 +138,14 @@ def trajectory_figure(
     log: bool = False,
     mark_epochs=(),
     fit_path: bool = False,
+    spec: Spec | None = None,
+    trust_checkpoint: bool = False,
     **style,
 ):
-    """The path of `checkpoints` over the store's `var` (the paper's Figs. 9 and 10); `fit_path` zooms onto it."""
+    """The path of `checkpoints` over the store's `var` (the paper's Figs. 9 and 10); `fit_path` zooms onto it.
+    `spec`, `trust_checkpoint`: as for `project`."""
     ds = dataset(store)
-    path = project(store, checkpoints)
+    path = project(store, checkpoints, spec, trust_checkpoint)
     missing = [e for e in mark_epochs or () if e not in path["epoch"]]
     if missing:
         raise SpecError(f"mark_epochs: epoch {missing[0]} is not among the checkpoints")
