@@ -39,7 +39,7 @@ from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store import ownership
 from landscape_ray.store.fingerprint import changed, fingerprints
-from landscape_ray.store.layout import build_beside, consolidate, create, install
+from landscape_ray.store.layout import build_beside, consolidate, create, discard_previous, install
 from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
 
@@ -246,6 +246,8 @@ def run(
             log("startup: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["startup"].items()))
             first = next(iter(summary["actors"].values()))
             log(f"evaluated at batch {first['batch_size']}, BN {'folded' if first['bn_folded'] else 'not folded'}")
+        if store.done().all():  # complete: the whole store it replaced, kept until now, goes
+            discard_previous(path)
     if spec.output.render:
         # Pictures go next to a local store; for a remote one, into runs/<name>/ here.
         out = Path("runs") / spec.name if is_remote(path) else Path(path).parent

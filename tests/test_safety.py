@@ -154,8 +154,10 @@ def test_overwrite_replaces_a_store_and_leaves_no_partials(tmp_path, checkpoint,
 def test_an_old_store_moved_aside_by_an_interrupted_swap_is_put_back(tmp_path, checkpoint, ray_cluster):
     """Without renameat2 (macOS) `swap` renames the old store aside, then the new one in: a run killed between the
     two leaves `path` empty and the old store at `.NAME.partial-old-PID`, which the next claim puts back (it used to
-    delete it with the other partials)."""
+    delete it with the other partials). A claim only renames: the dead run's partial store goes when the next run
+    builds its own."""
     from landscape_ray.store.lock import claim
+    from landscape_ray.store.ownership import clean_partials
 
     store = tmp_path / "s.zarr"
     spec = make_spec(store, checkpoint)
@@ -166,7 +168,63 @@ def test_an_old_store_moved_aside_by_an_interrupted_swap_is_put_back(tmp_path, c
     with claim(store, "test"):
         pass
     assert tree_hash(store) == before
+    assert [p.name for p in tmp_path.glob(".s.zarr.partial-*")] == [".s.zarr.partial-deadhost-4242"]
+    with claim(store, "test"):
+        clean_partials(store)
     assert not list(tmp_path.glob(".s.zarr.partial-*"))
+
+
+def test_an_old_store_moved_aside_by_an_interrupted_install_is_put_back(tmp_path):
+    """`layout.install` keeps a whole old store by renaming it to `.NAME.previous`, then the new one in: a run killed
+    between the two leaves `path` empty, and the next claim puts the old store back."""
+    from landscape_ray.store.lock import claim
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(FORMAT1, tmp_path / ".s.zarr.previous")
+    before = tree_hash(tmp_path / ".s.zarr.previous")
+    with claim(store, "test"):
+        pass
+    assert tree_hash(store) == before and not (tmp_path / ".s.zarr.previous").exists()
+
+
+@pytest.mark.slow
+def test_a_kill_right_after_the_swap_keeps_the_old_result(tmp_path, checkpoint):
+    """`--overwrite` of a whole store, killed (SIGKILL) as soon as its new store is in place: the old store is whole
+    at `.NAME.previous` (it used to sit at a partial name that the next run, even a refused one, deleted); a refused
+    run leaves it; `info` names it; the new store, completed with `--resume`, takes its place for good and the
+    previous one goes."""
+    store = tmp_path / "s.zarr"
+    assert start(spec_file(tmp_path, store, checkpoint, "compute.actors=1")).wait(240) == 0
+    before, inode = tree_hash(store), store.stat().st_ino
+    slow = spec_file(
+        tmp_path,
+        store,
+        checkpoint,
+        "model.arch=tests.helpers:slow_cnn",
+        "model.kwargs={delay: 0.02}",  # 121 points of 3 batches: seconds of work after the swap
+        "grid.x.num=11",
+        "grid.y.num=11",
+        "compute.actors=1",
+    )
+    proc = start(slow, "--overwrite")
+    deadline = time.time() + 120
+    while store.stat().st_ino == inode:  # until the new store is in place
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    previous = tmp_path / ".s.zarr.previous"
+    assert tree_hash(previous) == before
+    assert not Store(store, mode="r").done().all()
+    refused = start(slow)  # neither --resume nor --overwrite: refused, and it deletes nothing
+    assert refused.wait(120) == 2 and "already exists" in refused.stderr.read()
+    assert tree_hash(previous) == before
+    done = subprocess.run(
+        [sys.executable, "-m", "landscape_ray", "info", str(store)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert f"previous: {previous} holds the whole store this one replaces" in done.stdout
+    assert start(slow, "--resume").wait(240) == 0
+    assert Store(store, mode="r").done().all() and not previous.exists()
 
 
 # --- One writer ------------------------------------------------------------------------------------------
@@ -627,11 +685,11 @@ def test_kill_during_overwrite_leaves_old_or_new_store(tmp_path, delay):
     seed = store.spec.directions.seed
     assert all(np.all(v == seed) for d in store.directions() for v in d.values())
     from landscape_ray.store.lock import claim
-    from landscape_ray.store.ownership import check_ours
+    from landscape_ray.store.ownership import check_ours, clean_partials
 
     check_ours(path)
-    with claim(path, "test"):  # the next writer cleans what the killed one left
-        pass
+    with claim(path, "test"):  # the next writer, as it builds, cleans what the killed one left
+        clean_partials(path)
     assert not list(tmp_path.glob(".s.zarr.partial-*"))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from landscape_ray.core.errors import SpecError
+from landscape_ray.core.paths import is_remote
 from landscape_ray.core.progress import fmt_seconds
 from landscape_ray.pictures.render import compare as compare_stores
 from landscape_ray.pictures.render import render as render_store
@@ -18,6 +19,7 @@ from landscape_ray.pictures.report import report as write_report
 from landscape_ray.spec.schema import Spec, TrainSpec
 from landscape_ray.spec.specfile import schema_json
 from landscape_ray.store.layout import upgrade as upgrade_store
+from landscape_ray.store.ownership import previous_path
 from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
 
@@ -92,6 +94,9 @@ def info(args) -> None:
     done = store.done()
     print(f"store: {store.path} (format {store.format})")
     print(f"progress: {int(done.sum())}/{done.size} points done ({100 * done.mean():.1f}%)")
+    previous = None if is_remote(store.path) else previous_path(store.path)
+    if previous is not None and previous.exists():
+        print(f"previous: {previous} holds the whole store this one replaces, kept until this one is complete")
     damaged = store.damaged()
     if damaged:
         print(f"{len(damaged)} damaged tiles (run verify); --resume recomputes them")

@@ -22,6 +22,7 @@ is provably this tool's, and only such a store is ever removed.
 from __future__ import annotations
 
 import datetime
+import os
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -138,6 +139,7 @@ def create(
     overwrite: bool = False,
     inputs: dict | None = None,
     fill=None,
+    keep_previous: bool = True,
 ) -> Store:
     """Make a complete empty store at `path`, replacing an old one (proven ours) only with `overwrite`.
 
@@ -174,12 +176,13 @@ def create(
         except BaseException:
             ownership.remove(partial)
             raise
-    return install(partial, path)
+    return install(partial, path, keep_previous)
 
 
 def build_beside(path: str | Path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict | None):
     """A complete empty store at a hidden sibling of the local `path` (the caller holds its claim), to be filled
     and then put in place by `install`; the old store at `path`, if any, is untouched until then."""
+    ownership.clean_partials(Path(path))  # dead runs' partial stores: every check has passed, this run builds now
     partial = ownership.partial_path(Path(path))
     try:
         with naming(path):  # the store the user named, not its hidden sibling
@@ -191,15 +194,40 @@ def build_beside(path: str | Path, spec: Spec, grid: Grid, variables: list[str],
     return partial
 
 
-def install(partial: Path, path: str | Path) -> Store:
-    """Swap the store built by `build_beside` in at `path` in one step, and remove the old one."""
+def whole(path: Path) -> bool:
+    """Whether `path` holds a store of ours with every point computed."""
+    try:
+        return bool(Store(path, mode="r").done().all())
+    except SpecError:  # not readable as a store of this version: nothing to keep as a result
+        return False
+
+
+def install(partial: Path, path: str | Path, keep_previous: bool = True) -> Store:
+    """Put the store built by `build_beside` in at `path`. A whole store there (every point computed) is kept at
+    `ownership.previous_path` until the new one is complete (`discard_previous`): a run killed at any instant leaves
+    the old result there or at `path`, and the next claim puts it back at an empty `path`. Any other old store
+    (incomplete, or `keep_previous` false: `upgrade`'s copy holds all it had) is swapped out and removed."""
     path = Path(path)
+    if keep_previous and path.exists() and whole(path):
+        previous = ownership.previous_path(path)
+        if os.path.lexists(previous):  # an older whole result: superseded by the whole one at `path`
+            ownership.remove(previous)
+        os.rename(path, previous)
+        os.rename(partial, path)  # killed just before: `path` is empty, and the next claim puts `previous` back
+        return Store(path)
     try:
         ownership.swap(partial, path)  # now the old store (if any) is at `partial`
     finally:
         if partial.exists():
             ownership.remove(partial)
     return Store(path)
+
+
+def discard_previous(path: str | Path) -> None:
+    """The store at `path` is complete: the whole one it replaced (if kept) goes."""
+    previous = ownership.previous_path(Path(path))
+    if not is_remote(path) and os.path.lexists(previous):
+        ownership.remove(previous)
 
 
 def upgrade(path: str | Path) -> Store:
@@ -239,4 +267,4 @@ def upgrade(path: str | Path) -> Store:
             }
         )
 
-    return create(path, old.spec, old.grid, old.variables, directions, overwrite=True, fill=fill)
+    return create(path, old.spec, old.grid, old.variables, directions, overwrite=True, fill=fill, keep_previous=False)

@@ -27,7 +27,7 @@ import filelock
 
 from landscape_ray.core.errors import SpecError, StoreBusy
 from landscape_ray.core.paths import filesystem, is_remote, sibling
-from landscape_ray.store.ownership import clean_partials, refuse_special
+from landscape_ray.store.ownership import recover, refuse_special
 
 LEASE_TTL_S = 60.0  # a remote lease whose heartbeat is older than this belongs to a dead driver
 HEARTBEAT_S = 10.0
@@ -113,7 +113,7 @@ def claim(path: str | Path, command: str):
         own_file(owner, "output.store")
         write_owner(owner, command)
         wrote = True
-        clean_partials(path)  # nobody else can be building one: we hold the lock
+        recover(path)  # an old store a killed run moved aside goes back (renames only: a refused run deletes nothing)
         yield
     finally:
         # Unlinked while still held, so nothing is left behind; filelock refuses an inode unlinked under it.

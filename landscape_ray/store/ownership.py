@@ -125,12 +125,23 @@ def remove(path: str | Path) -> None:
         os.rmdir(dirpath)
 
 
-def clean_partials(path: Path) -> None:
-    """Delete the partial stores of dead runs on `path` (the caller holds its lock, so every one is dead). An old
-    store that a two-rename `swap` had moved aside when its run died goes back to `path` instead."""
-    olds = sorted(path.parent.glob(f".{path.name}.partial-old-*"))
+def previous_path(path: Path) -> Path:
+    """Where the whole store a new one replaces is kept until the new one is complete (layout.install)."""
+    return sibling(path, "previous")
+
+
+def recover(path: Path) -> None:
+    """Put back at an empty `path` the old store a killed run had moved aside: between the two renames of `swap`
+    (`.NAME.partial-old-PID`) or of `layout.install` (`.NAME.previous`). Renames only; the caller holds the lock."""
+    olds = sorted(path.parent.glob(f".{path.name}.partial-old-*")) + [previous_path(path)]
+    olds = [old for old in olds if os.path.lexists(old)]
     if olds and not os.path.lexists(path):
         os.rename(olds[0], path)
+
+
+def clean_partials(path: Path) -> None:
+    """Delete the partial stores of dead runs on `path` (the caller holds its lock and is about to build one, so
+    every one is dead). Never the previous store (`previous_path`)."""
     for partial in path.parent.glob(f".{path.name}.partial-*"):
         try:
             if partial.is_dir() and not partial.is_symlink() and not _listing(partial):
@@ -153,7 +164,7 @@ def swap(new: Path, path: Path) -> None:
     any instant leaves a complete store at `path`. Elsewhere two renames are used,
     with an instant in which `path` is empty: the old store is then at a
     `partial-old` sibling, which an exception puts back at once and the next
-    claim (clean_partials) after a kill.
+    claim (`recover`) after a kill.
     """
     if not path.exists():
         os.rename(new, path)
