@@ -12,12 +12,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import zarr
 
 from landscape_ray.cli.main import main
 from landscape_ray.core.errors import SpecError, StoreBusy
 from landscape_ray.store.lock import claim
-from landscape_ray.store.ownership import is_marked
+from landscape_ray.store.ownership import check_ours, is_marked
 
 from .conftest import ROOT
 
@@ -214,3 +216,38 @@ def test_no_command_runs_what_a_store_names(hostile, tmp_path, capsys, argv, cod
     assert "Traceback" not in err
     if says:
         assert len(err.strip().splitlines()) == 1 and says in err, err
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        {"results/zarr.json": '{"chapter": 3}'},  # named like Zarr metadata, someone else's content
+        {"results/zarr.json": '{"zarr_format": 3, "node_type": "group"}', "results/notes.txt": "mine"},
+        {"train_loss/c/2024/12": "data"},  # named like a chunk, outside the array's chunk grid
+        {"done/c/0/7/1": "data"},  # a chunk key of the wrong rank
+        {"directions/x/c/0/0": "data"},  # a chunk of a group
+    ],
+)
+def test_files_named_like_zarr_ones_are_not_deleted(tmp_path, capsys, plant):
+    """`--overwrite` deletes a store's files only when their content proves them Zarr's (metadata of the store's
+    groups and arrays, chunk keys the metadata implies): by name alone it deleted these."""
+    store = tmp_path / "s.zarr"
+    shutil.copytree(FIXTURE, store)
+    for rel, text in plant.items():
+        (store / rel).parent.mkdir(parents=True, exist_ok=True)
+        (store / rel).write_text(text)
+    before = {p: digest(p) for p in store.rglob("*") if p.is_file()}
+    line = one_line(capsys, ["run", QUICKSTART, "--set", f"output.store={store}", "--overwrite"])
+    assert "which no landscape_ray store has; refusing to delete it" in line, line
+    assert before == {p: digest(p) for p in store.rglob("*") if p.is_file()}
+
+
+def test_a_store_with_zero_dimensional_arrays_is_provably_ours(tmp_path):
+    """A store holding the `hessian` group's 0-d arrays (`trace`: its one chunk is the file `trace/c`) is ours to
+    replace (by name it was a stray file)."""
+    store = tmp_path / "s.zarr"
+    shutil.copytree(FIXTURE, store)
+    group = zarr.open_group(str(store), mode="a").create_group("hessian")
+    group.create_array("trace", data=np.asarray(3.0), fill_value=np.nan)
+    assert (store / "hessian" / "trace" / "c").is_file()
+    check_ours(store)

@@ -35,19 +35,67 @@ MARKER = "landscape_ray_format"
 ZARR_TEMPORARY = re.compile(r"^(zarr|\d+)\.[0-9a-f]{32}\.partial$")  # zarr writes a file there, then renames it
 
 
-def _stray(files: list[str]) -> str | None:
-    """The first relative path that is neither Zarr metadata, a chunk nor Zarr's temporary file, if any."""
+def _stray(path: str | Path, files: list[str]) -> str | None:
+    """The first relative path under the store `path` that is not provably Zarr's, if any. Proof by content, not
+    name: a `zarr.json` must be Zarr v3 metadata of a group or array whose every parent folder is a group of the
+    store; a chunk must be a key its array's metadata implies (`c/i/j…`, each index inside the chunk grid). Zarr's
+    own temporary files (a write in progress) go by their name, which carries a random 128-bit token."""
+    read = _reader(path)
+    metas: dict[str, dict | None] = {}
+
+    def meta(folder: str) -> dict | None:
+        if folder not in metas:
+            try:
+                m = json.loads(read(f"{folder}/zarr.json" if folder else "zarr.json"))
+            except (OSError, ValueError):
+                m = None
+            valid = isinstance(m, dict) and m.get("zarr_format") == 3 and m.get("node_type") in ("group", "array")
+            metas[folder] = m if valid else None
+        return metas[folder]
+
+    def node(folder: str) -> dict | None:
+        """The metadata of the node at `folder`, if it and every folder above it are the store's."""
+        parts = folder.split("/") if folder else []
+        if any((meta("/".join(parts[:k])) or {}).get("node_type") != "group" for k in range(len(parts))):
+            return None
+        return meta(folder)
+
     for rel in files:
-        parts = rel.split("/")
-        *folders, name = parts
+        *folders, name = rel.split("/")
         if ZARR_TEMPORARY.match(name):
-            name = "zarr.json" if name.startswith("zarr.") else name.split(".")[0]
-        if name == "zarr.json" and "c" not in folders:
             continue
-        if "c" in folders and all(p.isdigit() for p in [*folders[folders.index("c") + 1 :], name]):
+        if name == "zarr.json" and node("/".join(folders)) is not None:
             continue
+        keys = [*folders, name]
+        if "c" in keys:  # a chunk key of the array in the folders before its last "c" (indices are digits)
+            at = len(keys) - 1 - keys[::-1].index("c")
+            array = node("/".join(keys[:at]))
+            if array is not None and array["node_type"] == "array" and _implied(array, keys[at + 1 :]):
+                continue
         return rel
     return None
+
+
+def _implied(array: dict, index: list[str]) -> bool:
+    """Whether `index` (after `c/`) names a chunk of `array`'s regular chunk grid, with `/` separated keys."""
+    shape = array.get("shape")
+    grid = (array.get("chunk_grid") or {}).get("configuration", {}).get("chunk_shape")
+    encoding = array.get("chunk_key_encoding") or {}
+    if encoding.get("name") != "default" or (encoding.get("configuration") or {}).get("separator", "/") != "/":
+        return False
+    if not (isinstance(shape, list) and isinstance(grid, list) and len(index) == len(shape) == len(grid)):
+        return False
+    if not all(i.isdigit() for i in index):
+        return False
+    return all(0 <= int(i) < -(-n // c) for i, n, c in zip(index, shape, grid) if isinstance(c, int) and c > 0)
+
+
+def _reader(path: str | Path):
+    """rel -> bytes of a file of the store at `path`."""
+    if is_remote(path):
+        fs, root = filesystem(path)
+        return lambda rel: fs.cat_file(f"{root.rstrip('/')}/{rel}")
+    return lambda rel: (Path(path) / rel).read_bytes()
 
 
 def _listing(path: str | Path) -> list[str]:
@@ -103,7 +151,7 @@ def check_ours(path: str | Path, field: str = "output.store") -> None:
         raise SpecError(
             f"{field}: {path} is not a landscape_ray store (no {MARKER} in its zarr.json); refusing to delete it"
         )
-    stray = _stray(_listing(path))
+    stray = _stray(path, _listing(path))
     if stray is not None:
         raise SpecError(f"{field}: {path} holds {stray}, which no landscape_ray store has; refusing to delete it")
 
