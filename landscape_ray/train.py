@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from landscape_ray.compute.evaluator import Evaluator, Options, resolve_device, resolve_metric
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import epoch_checkpoints
+from landscape_ray.inputs.checkpoints import fit_state, read_record
 from landscape_ray.inputs.data import BatchSplit, ImageSplit, load_splits, normalization, normalizer, on_device
 from landscape_ray.inputs.models import load_model
 from landscape_ray.spec.schema import OptimizerSpec, TrainSpec
@@ -125,10 +126,14 @@ def train(spec: TrainSpec, log=print) -> Path:
 
     start = last_epoch(out)
     if start is not None:
-        ckpt = torch.load(out / f"model_{start}.pt", map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["state_dict"])
+        last = out / f"model_{start}.pt"  # a file on disk, maybe not ours: read as data, checked, one line if off
+        ckpt = read_record(last, "out")
+        fit_state(model, ckpt["state_dict"], str(last), "out")
         if "optimizer" in ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            try:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+                raise SpecError(f"out: {last} holds an optimizer state that does not fit ({err})") from err
         steps = ckpt.get("steps", 0)
         log(f"resuming from {out / f'model_{start}.pt'} (epoch {start})")
     else:
@@ -159,7 +164,7 @@ def train(spec: TrainSpec, log=print) -> Path:
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         )
     final = out / "final.pt"
-    ckpt = torch.load(out / f"model_{spec.epochs}.pt", map_location="cpu", weights_only=True)
+    ckpt = read_record(out / f"model_{spec.epochs}.pt", "out")
     torch.save(ckpt, final)
     return final
 

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from landscape_ray.cli.main import main
@@ -251,3 +252,48 @@ def test_a_store_with_zero_dimensional_arrays_is_provably_ours(tmp_path):
     group.create_array("trace", data=np.asarray(3.0), fill_value=np.nan)
     assert (store / "hessian" / "trace" / "c").is_file()
     check_ours(store)
+
+
+# --- Training folders ----------------------------------------------------------------------------------------
+
+
+class Payload:
+    """Unpickled, it would run a command (what a malicious checkpoint does)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def planted_run(tmp_path, content: str):
+    """A training folder whose model_1.pt is not what training writes."""
+    run, marker = tmp_path / "run", tmp_path / "ran"
+    run.mkdir()
+    path = run / "model_1.pt"
+    if content == "truncated":
+        path.write_bytes(b"PK\x03\x04 not a whole zip")
+    elif content == "pickle":
+        torch.save({"state_dict": {}, "epoch": 1, "evil": Payload(marker)}, path)
+    else:  # a record of the right shape whose fields are not what training writes
+        torch.save({"state_dict": {}, "epoch": "one", "weight_norm": "big"}, path)
+    return run, marker
+
+
+@pytest.mark.parametrize("content", ["truncated", "pickle", "fields"])
+@pytest.mark.parametrize("kind", ["norms", "curves"])
+def test_a_planted_checkpoint_in_a_run_folder_is_one_line(tmp_path, capsys, kind, content):
+    run, marker = planted_run(tmp_path, content)
+    line = one_line(capsys, ["figure", kind, str(run), "--out", str(tmp_path / "f.png")])
+    assert f"{run / 'model_1.pt'}" in line
+    assert not marker.exists() and not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.parametrize("content", ["truncated", "pickle"])
+def test_a_planted_checkpoint_in_a_training_folder_stops_a_rerun_in_one_line(tmp_path, capsys, content):
+    run, marker = planted_run(tmp_path, content)
+    job = str(ROOT / "jobs" / "quickstart-train.yaml")
+    line = one_line(capsys, ["train", job, "--set", f"out={run}", "--set", "epochs=2"])
+    assert line.startswith(f"out: {run / 'model_1.pt'}") or f"out: cannot read {run / 'model_1.pt'}" in line, line
+    assert not marker.exists() and sorted(p.name for p in run.iterdir()) == ["model_1.pt"]

@@ -26,6 +26,9 @@ from landscape_ray.core.errors import SpecError
 UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, ImportError, AttributeError)
 
 
+RECORD_NUMBERS = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm")
+
+
 def _torch_load(path: Path, trust: bool, mmap: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
@@ -35,17 +38,12 @@ def _torch_load(path: Path, trust: bool, mmap: bool):
         return torch.load(path, map_location="cpu", weights_only=not trust)  # legacy format: no mmap
 
 
-def load_checkpoint(path: str | Path, trust: bool = False, field: str = "model.checkpoint", mmap: bool = False):
-    """(state_dict, metadata) from a file, with `module.` prefixes from DataParallel/DDP removed.
-
-    `mmap` maps tensors lazily from disk (files in torch's zip format), so a PCA over hundreds of
-    checkpoints never holds them all in memory.
-    """
-    path = Path(path)
+def _read(path: Path, trust: bool, field: str, mmap: bool):
+    """What the file holds, or one line naming `field` and the file."""
     if not path.is_file():
         raise SpecError(f"{field}: file not found: {path}")
     try:
-        obj = _torch_load(path, trust, mmap)
+        return _torch_load(path, trust, mmap)
     except UNREADABLE as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if not trust and "weights_only" in str(err):
@@ -54,6 +52,31 @@ def load_checkpoint(path: str | Path, trust: bool = False, field: str = "model.c
                 "if you trust it, pass --trust-checkpoint (model.trust_checkpoint=true)"
             ) from err
         raise SpecError(f"{field}: cannot read {path}: {first}") from err  # chained: `--debug` shows torch's error
+
+
+def read_record(path: str | Path, field: str, mmap: bool = False) -> dict:
+    """A checkpoint as `landscape-ray train` writes it (a dict with its `state_dict`, `epoch`, metrics, optimizer
+    state and weight norms), read as weights only; anything else is one line naming the file."""
+    record = _read(Path(path), False, field, mmap)
+    if not (isinstance(record, dict) and isinstance(record.get("state_dict"), dict)):
+        raise SpecError(f"{field}: {path} is not a checkpoint of landscape-ray train (no state_dict)")
+    kinds = {"epoch": int, "steps": int, "step_weight_norms": torch.Tensor}
+    for key, value in record.items():
+        number = isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+        wrong = (key in kinds and not isinstance(value, kinds[key])) or (key in RECORD_NUMBERS and not number)
+        if wrong or isinstance(value, bool):
+            raise SpecError(f"{field}: {path} has a {key} that is not what training writes: {str(value)[:80]!r}")
+    return record
+
+
+def load_checkpoint(path: str | Path, trust: bool = False, field: str = "model.checkpoint", mmap: bool = False):
+    """(state_dict, metadata) from a file, with `module.` prefixes from DataParallel/DDP removed.
+
+    `mmap` maps tensors lazily from disk (files in torch's zip format), so a PCA over hundreds of
+    checkpoints never holds them all in memory.
+    """
+    path = Path(path)
+    obj = _read(path, trust, field, mmap)
     meta = {}
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()

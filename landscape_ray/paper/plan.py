@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from landscape_ray.core.paths import exists
+from landscape_ray.inputs.checkpoints import read_record
 from landscape_ray.inputs.directions import difference, make_directions, write_directions
 from landscape_ray.inputs.models import load_model
 from landscape_ray.inputs.trajectory import pca_directions
@@ -112,7 +113,7 @@ class Plan:
         return Path(spec.out)
 
     def title(self, run: Path, label: str | None = None) -> str:
-        ckpt = torch.load(run / "final.pt", map_location="cpu", weights_only=True, mmap=True)
+        ckpt = read_record(run / "final.pt", f"runs: {run}", mmap=True)
         spec = ckpt["spec"]
         opt = spec["optimizer"]
         label = label or f"{opt['name'].upper()}, {spec['batch_size']}, WD {opt['weight_decay']:g}"
@@ -121,7 +122,7 @@ class Plan:
     def store(self, name: str, run: Path, directions: dict, x=(-1, 1), y=(-1, 1)) -> Path:
         """A store around `run`'s final weights (2D unless `y` is None), computed once."""
         path = self.out / "stores" / f"{name}.zarr"
-        ckpt = torch.load(run / "final.pt", map_location="cpu", weights_only=True, mmap=True)
+        ckpt = read_record(run / "final.pt", f"runs: {run}", mmap=True)
         model = ckpt["spec"]["model"]
         n = self.size.surface if y is not None else self.size.scan
         over = [

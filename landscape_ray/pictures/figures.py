@@ -24,7 +24,7 @@ import torch
 
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import epoch_checkpoints, natural_glob
-from landscape_ray.inputs.checkpoints import load_checkpoint, read_checkpoint
+from landscape_ray.inputs.checkpoints import load_checkpoint, read_checkpoint, read_record
 from landscape_ray.inputs.models import load_model
 from landscape_ray.pictures.draw import axis_label, draw_field, draw_path, is_2d, new_figure, scale, title, values
 from landscape_ray.spec.schema import Spec
@@ -49,7 +49,7 @@ def run_checkpoints(run) -> list[dict]:
     paths = epoch_checkpoints(run).values()
     if not paths:
         raise SpecError(f"runs: {run} has no model_<epoch>.pt checkpoints")
-    ckpts = [torch.load(p, map_location="cpu", weights_only=True, mmap=True) for p in paths]
+    ckpts = [read_record(p, f"runs: {run}", mmap=True) for p in paths]
     return sorted(ckpts, key=lambda c: c["epoch"])
 
 
