@@ -21,6 +21,7 @@ from landscape_ray.cli.main import main
 from landscape_ray.core.errors import SpecError, StoreBusy
 from landscape_ray.store.lock import claim
 from landscape_ray.store.ownership import check_ours, is_marked
+from landscape_ray.store.tiles import Store
 
 from .conftest import ROOT
 
@@ -297,3 +298,18 @@ def test_a_planted_checkpoint_in_a_training_folder_stops_a_rerun_in_one_line(tmp
     line = one_line(capsys, ["train", job, "--set", f"out={run}", "--set", "epochs=2"])
     assert line.startswith(f"out: {run / 'model_1.pt'}") or f"out: cannot read {run / 'model_1.pt'}" in line, line
     assert not marker.exists() and sorted(p.name for p in run.iterdir()) == ["model_1.pt"]
+
+
+@pytest.mark.slow
+def test_a_run_whose_reader_goes_away_completes(tmp_path):
+    """`landscape-ray run … | head -1`: once the reader has its line and goes, the run used to die on its next log
+    line (exit 141, no word, no run summary); it goes on quietly and completes the store."""
+    store = tmp_path / "s.zarr"
+    sets = ["model.checkpoint=null", "grid.x.num=15", "grid.y.num=15", f"output.store={store}", "output.render=[]"]
+    command = [sys.executable, "-m", "landscape_ray", "run", QUICKSTART, *(a for s in sets for a in ("--set", s))]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith(f"store {store}")
+    proc.stdout.close()  # as `head -1` does
+    assert proc.wait(300) == 0, proc.stderr.read()
+    assert Store(store, mode="r").done().all()
+    assert len(Store(store, mode="r").root.attrs["runs"]) == 1

@@ -4,6 +4,9 @@ those that use a cluster).
 
 from __future__ import annotations
 
+import os
+import sys
+
 from landscape_ray import hessian as curvature
 from landscape_ray.cluster.connect import connect, connected, disconnect, run_task
 from landscape_ray.compute.prepare import prepare
@@ -35,6 +38,15 @@ from landscape_ray.store.transaction import claimed
 from landscape_ray.train import train as train_model
 
 
+def say(line: str) -> None:
+    """A run's log line on standard output; once the reader has gone (`… | head -1`), the run goes on quietly
+    (its progress stays on standard error, its results in the store) instead of dying with it."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def overrides(args) -> list[str]:
     """The `--set` overrides, and `--trust-checkpoint` as one."""
     return list(args.set) + (["model.trust_checkpoint=true"] if args.trust_checkpoint else [])
@@ -50,6 +62,7 @@ def run(args) -> None:
             overwrite=args.overwrite,
             address=args.address,
             force=args.force,
+            log=say,
         )
     finally:  # the command is done with Ray (a private cluster stops here rather than in Ray's slower exit hook)
         if not joined:
@@ -62,7 +75,7 @@ def train(args) -> None:
         connect(args.address)
         final = run_task(train_model, spec, device=spec.device)
     else:
-        final = train_model(spec)
+        final = train_model(spec, log=say)
     print(f"final checkpoint: {final}")
 
 
