@@ -157,12 +157,13 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
                 store = install(partial, spec.output.store)
         except BaseException as err:  # noqa: BLE001 - cleanup, then re-raised (Ctrl-C included)
             cancel.set()
-            # The actors go at once, before the wait for the load: on a cluster this call joined or started, with
-            # the disconnect (killed one by one mid-start, Ray logs a stray error line); on a caller's, here.
+            # The actors go before the wait for the load: on a cluster this call joined or started, with the
+            # disconnect (killed one by one mid-start, Ray logs a stray error line); on a caller's, here, once
+            # those still being created are up (a bad input found in milliseconds; not after Ctrl-C).
             if fresh:
                 connect.disconnect()
             elif pool is not None:
-                pool.close()
+                pool.close(settle=0 if isinstance(err, KeyboardInterrupt) else 30)
             failed = loading.exception()  # waits for the load to end, so that nothing it made outlives the run
             if failed is None:
                 _, _, warmup, partial = loading.result()

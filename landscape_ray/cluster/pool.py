@@ -172,7 +172,13 @@ class Pool:
         self.retired.append(slot)
         ray.kill(slot.actor, no_restart=True)
 
-    def close(self) -> None:
+    def close(self, settle: float = 0.0) -> None:
+        """Stop every actor. `settle`: at most this many seconds for actors still being created to come up first
+        (a run that fails within milliseconds of starting them, on a caller's cluster: an actor killed while Ray
+        creates it makes the cluster log a stray error line into the caller's terminal)."""
+        if settle and self.slots:
+            ready = [slot.actor.__ray_ready__.remote() for slot in self.slots]
+            ray.wait(ready, num_returns=len(ready), timeout=settle)
         for slot in list(self.slots):
             self.retire(slot)
 

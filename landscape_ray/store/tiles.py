@@ -29,6 +29,7 @@ from landscape_ray.core.paths import exists, is_remote, naming, zarr_store
 from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store import ownership
+from landscape_ray.store.chunks import ChunkWriter
 
 FORMAT = 2  # 1: no checksums, no input fingerprints, marker written last; 2: today's
 # Stored specs of older formats are brought up to date before validation, one step per format.
@@ -52,55 +53,6 @@ def differences(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')} (store: {a!r}, now: {b!r})"]
 
 
-class ChunkWriter:
-    """Values on their way into a store's chunks: each chunk is gathered in memory and written whole, its variables
-    first and `done` last (a point counts as done only once all its values are on disk).
-
-    A chunk is written once all its points are in, or as it stands on `flush`. One that has points on disk (`kept`:
-    a resumed store, or one written earlier) starts from them, so a flush never writes NaN over a finished point.
-    """
-
-    def __init__(self, grid: Grid, arrays: dict, kept: set[tuple[int, ...]]):
-        self.grid, self.arrays, self.kept = grid, arrays, kept  # arrays: {name: zarr array}, "done" last
-        self.buffers: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
-        self.dirty: set[tuple[int, ...]] = set()
-
-    def add(self, tile: tuple[int, ...], values: dict[str, np.ndarray]) -> None:
-        chunk = self.grid.chunk_of(tile)
-        buffer = self.buffers.get(chunk) or self.start(chunk)
-        corner = [s.start for s in self.grid.chunk_slices(chunk)]
-        where = tuple(slice(s.start - c, s.stop - c) for s, c in zip(self.grid.slices(tile), corner))
-        shape = self.grid.tile_shape(tile)
-        for name, flat in values.items():
-            buffer[name][where] = np.asarray(flat).reshape(shape)
-        buffer["done"][where] = True
-        self.dirty.add(chunk)
-        if buffer["done"].all():
-            self.write(chunk)
-            del self.buffers[chunk]  # a later tile of it (none is expected) starts from the disk
-
-    def start(self, chunk: tuple[int, ...]) -> dict[str, np.ndarray]:
-        where = self.grid.chunk_slices(chunk)
-        if chunk in self.kept:
-            buffer = {name: array[where] for name, array in self.arrays.items()}
-        else:
-            shape = tuple(s.stop - s.start for s in where)
-            buffer = {name: np.full(shape, array.fill_value, array.dtype) for name, array in self.arrays.items()}
-        self.buffers[chunk] = buffer
-        return buffer
-
-    def write(self, chunk: tuple[int, ...]) -> None:
-        where = self.grid.chunk_slices(chunk)
-        for name, array in self.arrays.items():
-            array[where] = self.buffers[chunk][name]
-        self.kept.add(chunk)
-        self.dirty.discard(chunk)
-
-    def flush(self) -> None:
-        for chunk in sorted(self.dirty):
-            self.write(chunk)
-
-
 class Store:
     def __init__(self, path: str | Path, mode: str = "r+"):
         self.path = path if is_remote(path) else Path(path)
@@ -112,8 +64,11 @@ class Store:
             raise SpecError(f"store: cannot read {self.path} ({type(err).__name__}: {err})") from None
         if not marked:
             raise SpecError(f"store: {self.path} is not a landscape_ray store (no {ownership.MARKER} in its zarr.json)")
-        self.root = zarr.open_group(zarr_store(path, mode), mode=mode, zarr_format=3)
-        attrs = self.root.attrs.asdict()
+        try:
+            self.root = zarr.open_group(zarr_store(path, mode), mode=mode, zarr_format=3)
+            attrs = self.root.attrs.asdict()
+        except Exception as err:  # noqa: BLE001 - someone else's metadata: zarr refuses it with many types
+            raise SpecError(f"store: {self.path}: its Zarr metadata cannot be read ({type(err).__name__})") from err
         self.format = attrs.get(ownership.MARKER)
         if type(self.format) is not int or not 1 <= self.format <= FORMAT:  # `true` is an int to isinstance
             raise SpecError(f"store: {self.path} has format {self.format!r}; this version reads 1 to {FORMAT}")
@@ -132,20 +87,57 @@ class Store:
                 f"({err.errors()[0]['loc']}: {err.errors()[0]['msg']})"
             ) from None
         self.inputs = attrs.get("inputs", {})
+        runs = attrs.get("runs", [])
+        if not (isinstance(runs, list) and all(isinstance(r, dict) for r in runs)):
+            raise SpecError(f"store: {self.path}: runs is not a list of run summaries")
+        if not (isinstance(self.inputs, dict) and all(isinstance(v, str) for v in self.inputs.values())):
+            raise SpecError(f"store: {self.path}: inputs is not a table of input fingerprints")
         # The chunks are the arrays'; the work tile is the one `create` recorded in the spec (a list), or the chunk
         # itself in a store whose recorded tile does not cut its chunks into whole tiles (none that we wrote).
-        grid, chunks = Grid.from_spec(self.spec.grid), tuple(self.root["done"].chunks)
+        done = self._array("done")
+        grid, chunks = Grid.from_spec(self.spec.grid), tuple(done.chunks)
         tile = grid.tile if isinstance(self.spec.grid.tile, list) else chunks
         try:
             self.grid = dataclasses.replace(grid, tile=tile, chunks=chunks)
         except ValueError:
             self.grid = dataclasses.replace(grid, tile=chunks, chunks=chunks)
+        self._check_arrays()
         self._read: dict[str, np.ndarray] = {}
         self._damaged: dict[tuple[int, ...], str] = {}
         self._arrays: dict = {}
         self._writer: ChunkWriter | None = None
         self._records: list = []
         self._flushed = time.monotonic()
+
+    def _array(self, name: str):
+        """The grid array `name`, its metadata read (a store's metadata is someone else's file: one line if off)."""
+        try:
+            array = self.root[name]
+            array.shape, array.chunks, array.dtype  # noqa: B018 - parsed here, where a failure can be named
+        except Exception as err:  # noqa: BLE001 - zarr refuses damaged or foreign metadata with many types
+            raise SpecError(
+                f"store: {self.path}: {name}: its Zarr metadata cannot be read ({type(err).__name__})"
+            ) from err
+        if not isinstance(array, zarr.Array):
+            raise SpecError(f"store: {self.path}: {name} is a group, not an array")
+        return array
+
+    def _check_arrays(self) -> None:
+        """Each grid array as this store's grid makes it: its shape, chunks and type (values are read as such)."""
+        expected = {"done": np.dtype(bool), **{name: np.dtype("float64") for name in self.variables}}
+        for name, dtype in expected.items():
+            array = self._array(name)
+            if array.shape != self.grid.shape or tuple(array.chunks) != self.grid.chunks:
+                raise SpecError(
+                    f"store: {self.path}: {name} has shape {array.shape} in chunks {tuple(array.chunks)}; the "
+                    f"store's grid is {self.grid.shape} in chunks {self.grid.chunks}"
+                )
+            if array.dtype != dtype:
+                raise SpecError(f"store: {self.path}: {name} holds {array.dtype}, not {dtype}")
+        for axis, n in zip(self.grid.dims, self.grid.shape):
+            array = self._array(axis)
+            if array.shape != (n,) or array.dtype.kind != "f":
+                raise SpecError(f"store: {self.path}: the axis {axis} has shape {array.shape} of {array.dtype}")
 
     @property
     def variables(self) -> list[str]:
