@@ -38,7 +38,8 @@ from landscape_ray.inputs.data import ImageSplit, load_splits, normalization
 from landscape_ray.inputs.directions import make_directions
 from landscape_ray.inputs.models import build
 from landscape_ray.spec.grid import Grid
-from landscape_ray.spec.schema import DataSpec, DirectionsSpec, GridSpec, TrainSpec
+from landscape_ray.spec.schema import DataSpec, DirectionsSpec, GridSpec
+from landscape_ray.spec.training import TrainSpec
 from landscape_ray.train import train
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]

@@ -60,8 +60,8 @@ def timed(cmd: list[str]) -> tuple[float, str]:
 
 def demo_checkpoint(folder: Path) -> Path:
     """The demo's digits CNN, trained with jobs/quickstart-train.yaml into `folder`."""
-    from landscape_ray.spec.schema import TrainSpec
     from landscape_ray.spec.specfile import load_spec
+    from landscape_ray.spec.training import TrainSpec
     from landscape_ray.train import train
 
     spec = load_spec(ROOT / "jobs" / "quickstart-train.yaml", [f"out={folder}"], model=TrainSpec)

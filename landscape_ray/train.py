@@ -32,7 +32,7 @@ from landscape_ray.core.paths import epoch_checkpoints
 from landscape_ray.inputs.checkpoints import fit_state, read_record
 from landscape_ray.inputs.data import BatchSplit, ImageSplit, load_splits, normalization, normalizer, on_device
 from landscape_ray.inputs.models import load_model
-from landscape_ray.spec.schema import OptimizerSpec, TrainSpec
+from landscape_ray.spec.training import OptimizerSpec, TrainSpec
 
 
 def lr_at(spec: OptimizerSpec, epoch: int) -> float:

@@ -20,8 +20,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 from landscape_ray.compute.evaluator import Evaluator  # noqa: E402
 from landscape_ray.compute.prepare import prepare  # noqa: E402
 from landscape_ray.spec.grid import Grid  # noqa: E402
-from landscape_ray.spec.schema import Spec, TrainSpec  # noqa: E402
+from landscape_ray.spec.schema import Spec  # noqa: E402
 from landscape_ray.spec.specfile import load_spec  # noqa: E402
+from landscape_ray.spec.training import TrainSpec  # noqa: E402
 from landscape_ray.train import train  # noqa: E402
 
 

@@ -15,8 +15,9 @@ from landscape_ray.core.errors import SpecError
 from landscape_ray.inputs.checkpoints import fit_state, read_checkpoint
 from landscape_ray.inputs.data import BatchSplit, ImageSplit, load_split, normalization
 from landscape_ray.inputs.models import DigitsCNN, build, load_model
-from landscape_ray.spec.schema import DataSpec, Spec, TrainSpec
+from landscape_ray.spec.schema import DataSpec, Spec
 from landscape_ray.spec.specfile import load_spec
+from landscape_ray.spec.training import TrainSpec
 
 from .conftest import ROOT
 

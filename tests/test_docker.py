@@ -360,8 +360,8 @@ def test_readme_head_gets_gpus_data_and_the_token(commands):
 
 def test_readme_jobs_are_valid_and_write_to_the_mount(commands):
     from landscape_ray.cli.parser import parser
-    from landscape_ray.spec.schema import TrainSpec
     from landscape_ray.spec.specfile import load_spec
+    from landscape_ray.spec.training import TrainSpec
 
     submits = find(commands, "ray", "job", "submit")
     assert submits, "no ray job submit command"

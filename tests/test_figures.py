@@ -14,8 +14,8 @@ from landscape_ray.inputs.models import DigitsCNN, load_model
 from landscape_ray.inputs.trajectory import pca_directions
 from landscape_ray.pictures import figures
 from landscape_ray.spec.grid import Grid
-from landscape_ray.spec.schema import TrainSpec
 from landscape_ray.spec.specfile import load_spec
+from landscape_ray.spec.training import TrainSpec
 from landscape_ray.store.layout import create
 from landscape_ray.train import train
 

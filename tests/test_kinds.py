@@ -16,7 +16,7 @@ from landscape_ray.inputs.directions import write_directions
 from landscape_ray.inputs.kinds import resolve_directions
 from landscape_ray.inputs.models import build, load_model
 from landscape_ray.job import run
-from landscape_ray.spec.schema import TrainSpec
+from landscape_ray.spec.training import TrainSpec
 from landscape_ray.store.tiles import Store
 from landscape_ray.train import train
 

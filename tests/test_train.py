@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 from landscape_ray.inputs.models import DigitsCNN
-from landscape_ray.spec.schema import TrainSpec
+from landscape_ray.spec.training import TrainSpec
 from landscape_ray.train import lr_at, train
 
 from .conftest import ROOT, quiet

@@ -28,8 +28,8 @@ from landscape_ray.pictures.figures import (
     weight_norm_figure,
 )
 from landscape_ray.spec.grid import Grid
-from landscape_ray.spec.schema import TrainSpec
 from landscape_ray.spec.specfile import load_spec
+from landscape_ray.spec.training import TrainSpec
 from landscape_ray.store.fingerprint import fingerprints
 from landscape_ray.store.layout import build_beside, install
 from landscape_ray.store.ownership import remove

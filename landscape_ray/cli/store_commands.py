@@ -16,8 +16,9 @@ from landscape_ray.core.progress import fmt_seconds
 from landscape_ray.pictures.render import compare as compare_stores
 from landscape_ray.pictures.render import render as render_store
 from landscape_ray.pictures.report import report as write_report
-from landscape_ray.spec.schema import Spec, TrainSpec
+from landscape_ray.spec.schema import Spec
 from landscape_ray.spec.specfile import schema_json
+from landscape_ray.spec.training import TrainSpec
 from landscape_ray.store.layout import upgrade as upgrade_store
 from landscape_ray.store.ownership import previous_path
 from landscape_ray.store.tiles import Store

@@ -31,8 +31,9 @@ from landscape_ray.pictures.figures import (
     weight_norm_figure,
 )
 from landscape_ray.pictures.render import figure
-from landscape_ray.spec.schema import Spec, TrainSpec
+from landscape_ray.spec.schema import Spec
 from landscape_ray.spec.specfile import load_spec
+from landscape_ray.spec.training import TrainSpec
 from landscape_ray.store.tiles import Store
 from landscape_ray.train import train
 

@@ -1,4 +1,4 @@
-"""The job spec: what to evaluate, where, and how — the service's one interface (and the training spec).
+"""The job spec: what to evaluate, where, and how — the service's one interface (training's: training.py).
 
 The pydantic models below validate a spec (unknown keys are errors, floats finite); `specfile.py` reads one from
 YAML with `--set a.b=v` overrides. The resolved spec (defaults filled in) is stored with every output, so a store
@@ -281,32 +281,3 @@ class Spec(Strict):
     def result_fields(self) -> dict:
         """The parts of the spec that decide the numbers in a store (not where or how fast they are made)."""
         return self.model_dump(mode="json", exclude={"compute": True, "output": True, "name": True, "grid": {"tile"}})
-
-
-class OptimizerSpec(Strict):
-    name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, description="SGD only")
-    nesterov: bool = Field(True, description="SGD only")
-    weight_decay: float = Field(5e-4, ge=0)
-    milestones: list[int] = Field(
-        default_factory=lambda: [150, 225, 275], description="epochs where lr is multiplied by gamma"
-    )
-    gamma: float = Field(0.1, gt=0)
-
-
-class TrainSpec(Strict):
-    name: str = "train"
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    data: DataSpec = Field(default_factory=lambda: DataSpec(splits=["train", "test"]))
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    epochs: int = Field(300, ge=1)
-    batch_size: int = Field(128, ge=1)
-    augment: bool | None = Field(None, description="random crop (pad 4) + horizontal flip; None = on for cifar10 only")
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
-    metric: str | None = Field(
-        None, description="'package.module:fn' as eval.metric; its loss_sum / count is minimized"
-    )
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    out: str = Field("runs/train/checkpoints", description="folder for model_{epoch}.pt and final.pt")
