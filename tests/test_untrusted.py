@@ -393,3 +393,18 @@ def test_tampered_store_metadata_is_one_line(tmp_path, capsys, what, command):
     proof = command == "resume" and what == "chunks"
     says = "holds train_loss/c/0/1, which no landscape_ray store has" if proof else says
     assert line.startswith(f"{'output.store' if proof else 'store'}: {store}") and says in line, line
+
+
+@pytest.mark.slow
+def test_ray_that_cannot_start_is_one_line(tmp_path):
+    """Under a 64 KiB file size limit Ray's own processes cannot start (they write logs and session files): the run
+    ends in one line saying so, exit 1 (it was Ray's traceback), and leaves no store."""
+    store = tmp_path / "s.zarr"
+    sets = ["model.checkpoint=null", "grid.x.num=5", "grid.y.num=5", f"output.store={store}", "output.render=[]"]
+    args = " ".join(f"--set '{s}'" for s in sets)
+    command = f"ulimit -f 64; exec {sys.executable} -m landscape_ray run {QUICKSTART} {args}"
+    done = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("run failed: cannot start a private Ray cluster on this machine")
+    assert not store.exists()

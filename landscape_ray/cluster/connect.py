@@ -47,8 +47,14 @@ def connect(address: str | None = None) -> None:
                 ray.init(address=address, logging_level="WARNING", log_to_driver=True)
             except (ValueError, ConnectionError, OSError) as err:
                 raise RunError(f"{where}: cannot join that Ray cluster ({str(err).splitlines()[0]})") from None
-        else:  # the entry point (cli.py) has made it loopback-only and importable from the working directory
-            ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+        else:  # the entry point (cli/main.py) has made it loopback-only and importable from the working directory
+            try:
+                ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+            except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception when its processes do not come up
+                raise RunError(
+                    f"cannot start a private Ray cluster on this machine ({str(err).splitlines()[0]}); its logs are "
+                    "under /tmp/ray/session_latest/logs (a full disk or a file size limit stops its processes)"
+                ) from err
     except SystemExit as err:  # ray.init's own SIGTERM handler is in place while it starts, and exits with 15
         if err.code != signal.SIGTERM:
             raise
