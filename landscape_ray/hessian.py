@@ -144,7 +144,12 @@ def write(store_path, result: dict, spec: Spec) -> None:
 
     The caller holds the store (`transaction.claimed`) and has checked it is ours.
     """
-    root = zarr.open_group(zarr_store(store_path, "a"), mode="a", zarr_format=3)
+    write_group(zarr.open_group(zarr_store(store_path, "a"), mode="a", zarr_format=3), result, spec)
+    consolidate(store_path)
+
+
+def write_group(root, result: dict, spec: Spec) -> None:
+    """`result` as the `hessian` group of the open store `root` (`write`, or a new store's `layout.create` fill)."""
     attrs = {k: result[k] for k in ("split", "samples", "parameters", "at", "seed", "actors", "products", "wall_s")}
     group = root.create_group(
         "hessian", overwrite=True, attributes={**attrs, "spec": spec.model_dump(mode="json"), "versions": versions()}
@@ -179,7 +184,6 @@ def write(store_path, result: dict, spec: Spec) -> None:
         array("density", d["density"], ["density_grid"], sigma=d["sigma"], long_name="spectral density (SLQ)")
         array("density_nodes", d["nodes"], ["slq_run", "slq_node"], long_name="Lanczos quadrature nodes")
         array("density_weights", d["weights"], ["slq_run", "slq_node"], long_name="Lanczos quadrature weights")
-    consolidate(store_path)
 
 
 def summary(result: dict) -> str:

@@ -61,16 +61,14 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: t
     and the new store it writes into while the cluster starts (or None); every input is checked here.
 
     Runs in a thread while the cluster starts. Once `cancel` is set (the run failed meanwhile) it starts no warmup
-    and builds no store. Directions of a kind computed on the cluster (`directions.kind: hessian`) are not there
-    yet, so such a run does not warm up.
+    and builds no store.
     """
     path = spec.output.store
     start = time.perf_counter()
     if not (exists(path) and resume):
         payload = prepare(spec)
         timings["load_s"] = time.perf_counter() - start
-        pending = spec.directions.kind in ON_CLUSTER
-        warmup = None if pending else Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
+        warmup = Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
         if warmup is None or is_remote(path):
             return None, payload, warmup, None
         if cancel.is_set():  # the run failed meanwhile

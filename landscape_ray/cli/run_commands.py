@@ -31,8 +31,7 @@ from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.specfile import load_spec
 from landscape_ray.spec.training import TrainSpec
 from landscape_ray.store.fingerprint import fingerprints
-from landscape_ray.store.layout import build_beside, install
-from landscape_ray.store.ownership import remove
+from landscape_ray.store.layout import create
 from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
 from landscape_ray.train import train as train_model
@@ -160,17 +159,11 @@ def hessian(args) -> None:
             if not joined:
                 disconnect()
         print(curvature.summary(result))
-        with naming(path):
-            if there:
+        if there:
+            with naming(path):
                 curvature.write(path, result, spec)
-            else:
-                inputs = fingerprints(spec, payload.splits)
-                grid = Grid.from_spec(spec.grid)
-                partial = build_beside(path, spec, grid, payload.variables, payload.directions, inputs)
-                try:
-                    curvature.write(partial, result, spec)
-                except BaseException:
-                    remove(partial)
-                    raise
-                install(partial, path)
+        else:  # made whole, beside and swapped in, like a run's (or in place on an object store)
+            inputs = fingerprints(spec, payload.splits)
+            grid, fill = Grid.from_spec(spec.grid), lambda root: curvature.write_group(root, result, spec)
+            create(path, spec, grid, payload.variables, payload.directions, inputs=inputs, fill=fill)
     print(f"written to {path} (group hessian{'' if there else ', in a new store: run --resume computes its surface'})")

@@ -81,20 +81,24 @@ def disconnect() -> None:
     ray.shutdown()
 
 
+def usable_gpus(device: str, field: str) -> float:
+    """The cluster's GPUs that a `device` setting (auto | cpu | cuda, the spec's `field`) lets work use."""
+    gpus = ray.cluster_resources().get("GPU", 0) if device != "cpu" else 0
+    if device == "cuda" and not gpus:
+        raise RunError(f"{field}: cuda requested but the Ray cluster has no GPUs")
+    return gpus
+
+
 def run_task(fn, *args, device: str = "auto"):
     """Run `fn(*args)` as one Ray task (on a GPU when the cluster has one and `device` allows) and return its result."""
-    gpus = 1 if device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    if device == "cuda" and not gpus:
-        raise RunError("device: cuda requested but the Ray cluster has no GPUs")
+    gpus = 1 if usable_gpus(device, "device") >= 1 else 0
     return ray.get(ray.remote(num_cpus=1, num_gpus=gpus)(fn).remote(*args))
 
 
 def plan_actors(spec: Spec) -> tuple[int, dict]:
     """How many actors the cluster has room for now, and the resources each asks for."""
     resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0) if spec.eval.device != "cpu" else 0
-    if spec.eval.device == "cuda" and gpus == 0:
-        raise RunError("eval.device: cuda requested but the Ray cluster has no GPUs")
+    gpus = usable_gpus(spec.eval.device, "eval.device")
     options = {"num_cpus": spec.compute.cpus_per_actor, "num_gpus": spec.compute.gpus_per_actor if gpus else 0}
     if gpus and spec.compute.actors == "auto":
         return max(1, int(gpus / spec.compute.gpus_per_actor)), options

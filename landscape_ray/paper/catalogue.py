@@ -35,6 +35,7 @@ from landscape_ray.paper.plan import (
     scans,
 )
 from landscape_ray.pictures.draw import save
+from landscape_ray.pictures.report import page
 
 SHORT = [("shallow", True), ("deep", True), ("shallow", False), ("deep", False)]
 WIDE = [("shallow", True), ("wide", True), ("shallow", False), ("wide", False)]
@@ -204,13 +205,14 @@ FIGURES = [  # (number, caption, make: Plan -> [(file suffix, Figure)])
 ]
 
 
+STYLE = (  # figures at full width, specs in small print
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:auto}img{max-width:100%;"
+    "border:1px solid #ddd}pre{background:#f6f6f6;font-size:11px;overflow:auto}"
+)
+
+
 def write_index(out: Path, entries: list, size: str) -> Path:
-    head = (
-        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Visualizing the loss landscape ({size})</title>'
-        "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:auto}img{max-width:100%;"
-        "border:1px solid #ddd}pre{background:#f6f6f6;font-size:11px;overflow:auto}</style></head><body>"
-    )
-    parts = [head, f"<h1>Li et al., Visualizing the Loss Landscape of Neural Nets — every figure ({size} scale)</h1>"]
+    parts = []
     for number, caption, files, specs in entries:
         parts.append(f'<section id="fig{number}"><h2>Figure {number}</h2><p>{html.escape(caption)}</p>')
         parts += [f'<img src="{f.name}" alt="Figure {number}">' for f in files]
@@ -218,8 +220,9 @@ def write_index(out: Path, entries: list, size: str) -> Path:
         parts.append(
             f"<details><summary>specs ({len(specs)})</summary><pre>{html.escape(dumped)}</pre></details></section>"
         )
+    heading = f"Li et al., Visualizing the Loss Landscape of Neural Nets — every figure ({size} scale)"
     path = out / "index.html"
-    path.write_text("\n".join(parts) + "</body></html>", encoding="utf-8")
+    path.write_text(page(f"Visualizing the loss landscape ({size})", heading, parts, STYLE), encoding="utf-8")
     return path
 
 

@@ -127,12 +127,16 @@ def report(stores, out, heading: str = "Loss landscapes") -> Path:
     for store in stores:
         part, first = section(store, first)
         body.append(part)
-    page = (
-        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(heading)}</title>'
-        f"<style>{STYLE}</style></head><body><h1>{html.escape(heading)}</h1>\n" + "\n".join(body) + "</body></html>"
-    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    path.write_text(page(heading, heading, body), encoding="utf-8")
     return path
+
+
+def page(title: str, heading: str, body: list[str], style: str = STYLE) -> str:
+    """A self-contained HTML page: this report, or the paper's index (catalogue.py)."""
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body><h1>{html.escape(heading)}</h1>\n" + "\n".join(body) + "</body></html>"
+    )

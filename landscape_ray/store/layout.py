@@ -162,6 +162,7 @@ def create(
                 _build(path, spec, grid, variables, directions, inputs or {})
                 if fill:
                     fill(zarr.open_group(zarr_store(path, "w"), mode="r+"))
+                    consolidate(path)
         except BaseException:
             if exists(path):
                 ownership.remove(path)

@@ -59,15 +59,15 @@ def own_file(path: Path, field: str) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        kind = (
-            "a symbolic link"
-            if stat.S_ISLNK(st.st_mode)
-            else "a folder"
-            if stat.S_ISDIR(st.st_mode)
-            else ("a hard link" if stat.S_ISREG(st.st_mode) else "not a plain file")
-        )
-        raise SpecError(f"{field}: {path} is {kind}, not a lock or owner file of ours; remove it to go on")
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        kind = "a symbolic link"
+    elif stat.S_ISDIR(st.st_mode):
+        kind = "a folder"
+    else:
+        kind = "a hard link" if stat.S_ISREG(st.st_mode) else "not a plain file"
+    raise SpecError(f"{field}: {path} is {kind}, not a lock or owner file of ours; remove it to go on")
 
 
 def write_owner(path: Path, command: str) -> None:

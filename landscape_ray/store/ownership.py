@@ -4,8 +4,8 @@ A user's data is never deleted by accident: only a path this tool can prove it
 made is ever removed.
 
     check_ours(path)               # SpecError unless `path` is a landscape_ray store and nothing else
-        swap(partial, path)        # atomic: the old store or the new one is at `path` at every instant
-        remove(path)               # chunks first, the root zarr.json (the proof) last
+    swap(partial, path)            # atomic: the old store or the new one is at `path` at every instant
+    remove(path)                   # chunks first, the root zarr.json (the proof) last
 
 Proof of ownership: the root `zarr.json` carries `landscape_ray_format` from the
 moment a store is created, and every file under the folder is Zarr metadata
@@ -85,9 +85,9 @@ def _implied(array: dict, index: list[str]) -> bool:
         return False
     if not (isinstance(shape, list) and isinstance(grid, list) and len(index) == len(shape) == len(grid)):
         return False
-    if not all(i.isdigit() for i in index):
+    if not all(i.isdigit() for i in index) or not all(type(c) is int and c > 0 for c in grid):
         return False
-    return all(0 <= int(i) < -(-n // c) for i, n, c in zip(index, shape, grid) if isinstance(c, int) and c > 0)
+    return all(int(i) < -(-n // c) for i, n, c in zip(index, shape, grid))
 
 
 def _reader(path: str | Path):
@@ -119,11 +119,7 @@ def _listing(path: str | Path) -> list[str]:
 def is_marked(path: str | Path) -> bool:
     """Whether the root zarr.json carries this tool's marker, a format number."""
     try:
-        if is_remote(path):
-            fs, root = filesystem(path)
-            meta = json.loads(fs.cat_file(f"{root.rstrip('/')}/zarr.json"))
-        else:
-            meta = json.loads((Path(path) / "zarr.json").read_text())
+        meta = json.loads(_reader(path)("zarr.json"))
     except (FileNotFoundError, NotADirectoryError, ValueError):  # other errors (network, permissions) propagate
         return False
     attributes = meta.get("attributes") if isinstance(meta, dict) else None
