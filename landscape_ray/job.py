@@ -110,9 +110,10 @@ def local_actors(spec: Spec) -> int:
     return connect.cpu_actors(spec, cpus)
 
 
-def cut(spec: Spec, payload, workers: int) -> Grid:
-    """The grid cut into tiles for `workers` actors (`tile: auto` sizes them from the payload's cost estimate)."""
-    return Grid.from_spec(spec.grid, workers=workers, point_seconds=payload.point_seconds)
+def cut(spec: Spec, payload, workers: int, gpus: bool = False) -> Grid:
+    """The grid cut into tiles for `workers` actors (`tile: auto` sizes them from the payload's cost estimate on
+    the driver's CPU, or for GPU actors small, to be grouped at their measured rate)."""
+    return Grid.from_spec(spec.grid, workers=workers, point_seconds=payload.point_seconds, fine=gpus)
 
 
 def new_store(spec: Spec, payload, grid: Grid, timings: dict, overwrite: bool = False, beside: bool = False):
@@ -198,7 +199,8 @@ def run(
         try:
             with pool:
                 if store is None:
-                    store = new_store(spec, payload, cut(spec, payload, workers), timings, overwrite=overwrite)
+                    gpus = any(slot.device == "cuda" for slot in pool.slots)
+                    store = new_store(spec, payload, cut(spec, payload, workers, gpus), timings, overwrite=overwrite)
                 tiles = store.pending_tiles()
                 total = len(store.grid.tiles())
                 early = f" ({warmup.written} by the driver as the cluster started)" if warmup and warmup.written else ""

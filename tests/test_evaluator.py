@@ -331,13 +331,31 @@ def test_fold_auto_folds_only_where_it_agrees_with_the_plain_forward(make, fold,
 
 @pytest.mark.parametrize(
     "channels, size, device, want",
-    [(16, 32, "cpu", 32), (16, 8, "cpu", 512), (64, 32, "cpu", 16), (1, 2, "cpu", 1024), (16, 32, "cuda", 1024)],
+    [(16, 32, "cpu", 32), (16, 8, "cpu", 512), (64, 32, "cpu", 16), (1, 2, "cpu", 1024)],
 )
 def test_auto_batch_size_fits_the_largest_activation_into_2_mib(channels, size, device, want):
     """The largest activation of one sample is channels × size² × 4 bytes: the batch is the power of two that fits
-    2 MiB (CPU, clamped to 16..1024); a GPU gets 1024."""
+    2 MiB (CPU, clamped to 16..1024)."""
     from landscape_ray.compute.speedups import auto_batch_size
 
     net = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(channels * size**2, 2))
     got = auto_batch_size(net, torch.zeros(1, 3, size, size), torch.device(device))
     assert got == want  # e.g. 16 × 32² × 4 B = 64 KiB per sample: 32 of them fill 2 MiB
+
+
+@pytest.mark.parametrize("free_gib", [0.001, 1, 16, 80, 141])
+@pytest.mark.parametrize("samples", [360, 50_000])
+def test_gpu_batch_is_the_largest_power_of_two_whose_activations_fit_half_the_free_memory(free_gib, samples):
+    """The GPU rule with a fake memory budget, against a brute-force search: the largest activation of one sample
+    (measured with hooks, here 16 × 32 × 32 × 4 B) times PEAK_ACTIVATIONS times the batch fits GPU_MEMORY_SHARE of
+    the free bytes; never above GPU_BATCH_MAX nor the split rounded up to a power of two."""
+    from landscape_ray.compute import speedups
+
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 32 * 32, 2))
+    per_sample = speedups.largest_activation(net, torch.zeros(1, 3, 32, 32))
+    assert per_sample == 16 * 32 * 32 * 4
+    free = int(free_gib * 2**30)
+    fits = [2**k for k in range(0, 20) if 2**k * per_sample * speedups.PEAK_ACTIVATIONS <= free / 2]
+    whole = next(2**k for k in range(20) if 2**k >= samples)
+    want = min([max(fits or [1]), speedups.GPU_BATCH_MAX, whole])
+    assert speedups.device_batch(per_sample, free, samples) == want

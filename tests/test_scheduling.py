@@ -12,12 +12,13 @@ import xarray as xr
 import yaml
 
 from landscape_ray.cluster.connect import preflight
-from landscape_ray.cluster.pool import Pool
-from landscape_ray.cluster.scheduler import evaluate_tiles
+from landscape_ray.cluster.pool import Pool, Slot
+from landscape_ray.cluster.scheduler import evaluate_tiles, work_item
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.core.errors import RunError
 from landscape_ray.job import run
 from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.schema import GridSpec
 from landscape_ray.store.tiles import Store
 
 from .conftest import ROOT, make_spec, quiet, reference
@@ -207,3 +208,35 @@ def test_the_driver_writes_tiles_while_its_private_cluster_starts(checkpoint, tm
     assert len(records) == 35 and (records[:, 3] == -1).sum() == summary["actors"]["driver"]["points"]
     assert (records[records[:, 3] == -1, 1] > 0).all()  # the driver's tiles record the seconds they took
     assert not list(tmp_path.glob(".s.zarr.partial-*"))
+
+
+@pytest.mark.parametrize("point_s, actors", [(0.125, 1), (0.125, 4), (10.0, 1)])
+def test_a_work_item_is_seconds_of_consecutive_tiles_at_the_actors_rate(point_s, actors):
+    """51 points in tiles of 1 (a GPU's fine cut), items of 2 s: 16 tiles at 0.125 s a point (exact in binary), one
+    at 10 s, never more than half of what is left per actor; the tiles stay in queue order."""
+    from collections import deque
+
+    grid = Grid.from_spec(GridSpec(x={"num": 51}, tile=1))
+    slot = Slot("a", None, "cuda", info={"point_s": point_s})
+    queue, items, want, left = deque(grid.tiles()), [], [], 51
+    while queue:
+        items.append(work_item(queue, grid, slot, 2.0, actors))
+        want.append(max(1, min(int(2.0 // point_s), left // (2 * actors))))
+        left -= want[-1]
+    assert [len(i) for i in items] == want
+    assert want[0] == (1 if point_s > 2 else min(16, 51 // (2 * actors)))
+    assert [t for i in items for t in i] == grid.tiles()
+    slot.points, slot.seconds = 10, 1.0  # measured on its tiles: 0.1 s a point overrides the warm-up's estimate
+    assert slot.point_seconds() == 0.1
+
+
+def test_work_items_of_several_tiles_give_the_values_of_one_tile_at_a_time(checkpoint, tmp_path):
+    """Tiles of one point, items of up to 100 s: the actors take several tiles per call, and each tile's values land
+    where that tile belongs (equal to the in-process evaluation, bit for bit)."""
+    spec = make_spec(tmp_path / "s.zarr", checkpoint, "grid.tile=1", "compute.item_seconds=100")
+    summary = run(spec, log=quiet)
+    actors = summary["actors"].values()
+    assert sum(a["points"] for a in actors) == 35 and sum(a["items"] for a in actors) < 35, summary["actors"]
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    for name, values in reference(spec).items():
+        np.testing.assert_array_equal(ds[name].values, values, err_msg=name)

@@ -28,6 +28,7 @@ import threading
 
 from landscape_ray.cli.parser import parser
 from landscape_ray.core.errors import EXIT_CODES, Interrupted, RunError, SpecError, unwind
+from landscape_ray.core.paths import cache_dir
 from landscape_ray.core.plugins import import_object
 
 
@@ -52,6 +53,9 @@ def main(argv=None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # where Python lets a handler be set
     sigterm = signal.signal(signal.SIGTERM, unwind) if main_thread else None
     private_ray_on_loopback(getattr(args, "address", None))
+    # Compiled kernels (eval.compile) in this tool's cache, kept between runs and shared by this machine's actors (a
+    # private cluster's inherit it; torch would otherwise pick /tmp once anything in the process touched Inductor).
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir("inductor")))
     try:
         return import_object(args.func, "command")(args) or 0
     except (SpecError, RunError) as err:

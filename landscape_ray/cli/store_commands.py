@@ -67,6 +67,11 @@ RUN_COLUMNS = (  # heading, how to read it from a run summary (job.run's)
     ("retried", lambda r: r.get("retried_tiles", 0)),
     ("cluster s", lambda r: r.get("startup", {}).get("cluster_s")),
     ("first tile s", lambda r: r.get("startup", {}).get("first_tile_s")),
+    # the slowest actor's warm-up before its first tile: compilation (eval.compile), a GPU's batch fitted
+    (
+        "warm s",
+        lambda r: max((a.get("warm_s", 0.0) for n, a in r.get("actors", {}).items() if n != "driver"), default=None),
+    ),
 )
 
 

@@ -19,7 +19,6 @@ import time
 import warnings
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Self
 
 import numpy as np
@@ -33,6 +32,7 @@ from landscape_ray.compute.evaluator import Evaluator
 from landscape_ray.compute.spectrum import extremes
 from landscape_ray.compute.speedups import keep_freed_memory, set_matmul_precision
 from landscape_ray.core.errors import RunError
+from landscape_ray.core.paths import cache_dir
 from landscape_ray.inputs.payload import Payload
 from landscape_ray.spec.schema import Spec
 
@@ -43,7 +43,7 @@ def start_actor_process(threads: int) -> None:
     inside torch on first use; it is torch's, not the user's to act on)."""
     torch.set_num_threads(threads)
     keep_freed_memory()
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "landscape_ray" / "inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir("inductor")))  # every actor of a node, every run
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 
@@ -81,6 +81,9 @@ class EvalActor:
             if spec.eval.curvature
             else None
         )
+        # Compiled (and on a GPU the batch fitted to its memory) before the first tile, which then runs at speed;
+        # one point's seconds after that sizes this actor's work items (scheduler.py).
+        timing = self.evaluator.warm()
         return {
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
@@ -88,6 +91,7 @@ class EvalActor:
             "batch_size": self.evaluator.batch_size,  # resolved here: `auto` depends on the device
             "bn_folded": self.evaluator.folded,
             "uss_bytes": psutil.Process().memory_full_info().uss,
+            **timing,
         }
 
     def evaluate(self, coords: np.ndarray):
@@ -113,7 +117,12 @@ class Slot:
     info: dict = field(default_factory=dict)
     queued: deque = field(default_factory=deque)
     points: int = 0
+    items: int = 0
     seconds: float = 0.0
+
+    def point_seconds(self) -> float:
+        """Seconds a point takes on this actor: measured on its tiles once it has some, else at its warm-up."""
+        return self.seconds / self.points if self.points else self.info.get("point_s", 0.0)
 
 
 class Pool:
@@ -190,7 +199,9 @@ class Pool:
                 "uss_mb": round(s.info["uss_bytes"] / 2**20, 1),
                 "batch_size": s.info["batch_size"],
                 "bn_folded": s.info["bn_folded"],
+                "warm_s": round(s.info.get("warm_s", 0.0), 3),  # compilation included
                 "points": s.points,
+                "items": s.items,  # calls: a work item is one or more tiles
                 "busy_s": round(s.seconds, 3),
                 "points_per_s": round(s.points / s.seconds, 2) if s.seconds else None,
             }

@@ -2,15 +2,18 @@
 
 The driver feeds *ready* actors from its own `ray.wait` loop, so tiles go to
 whichever actor is free and a slow actor never holds the job back; each finished
-tile goes to a callback (the store writer) at once. An actor queues up to
-`compute.in_flight` tiles (so it never waits for the driver) only while the queue
+tile goes to a callback (the store writer) at once. A work item is one tile, or
+consecutive tiles worth about `compute.item_seconds` at the actor's measured rate
+(a GPU's tiles are cut small, so its first values come in seconds; `work_item`),
+never more than a fair share of the queue. An actor queues up to
+`compute.in_flight` items (so it never waits for the driver) only while the queue
 holds more tiles than there are actors; near the end it gets one at a time, and an
-idle actor takes over a tile another actor holds but has not started (the tile is
+idle actor takes over an item another actor holds but has not started (it is
 cancelled there), so no actor idles while work is waiting.
 
 Faults: when an actor dies (its process or its node), every tile it held goes
 back to the front of the queue and a replacement actor is started wherever the
-cluster has room; the tile it was running is blamed (`pool.Blame`). An exception
+cluster has room; the first tile of the item it was running is blamed (`pool.Blame`). An exception
 raised inside an evaluation is a bug or bad input, not a crash, and ends the run
 at once. With `compute.actors: auto` the pool grows when nodes join mid-run.
 
@@ -25,6 +28,7 @@ import math
 import time
 from collections import Counter, deque
 
+import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -33,6 +37,22 @@ from landscape_ray.core.errors import RunError
 from landscape_ray.core.progress import Progress
 from landscape_ray.inputs.payload import Payload
 from landscape_ray.spec.schema import Spec
+
+
+def work_item(queue: deque, grid, slot: Slot, seconds: float, actors: int) -> tuple:
+    """The tiles the next work item of `slot` takes from the front of `queue`: at least one, then more while the
+    item stays under `seconds` at the actor's rate and under a fair share (a half of the queue per actor)."""
+    share = max(1, len(queue) // (2 * max(1, actors)))
+    rate = slot.point_seconds()
+    item = [queue.popleft()]
+    cost = rate * math.prod(grid.tile_shape(item[0]))
+    while queue and len(item) < share:
+        more = rate * math.prod(grid.tile_shape(queue[0]))
+        if cost + more > seconds:
+            break
+        item.append(queue.popleft())
+        cost += more
+    return tuple(item)
 
 
 def evaluate_tiles(
@@ -44,7 +64,7 @@ def evaluate_tiles(
     pool = pool or Pool(spec)
     pool.load(payload, len(tiles))
     queue = deque(tiles)
-    running: dict[ray.ObjectRef, tuple[tuple, Slot]] = {}
+    running: dict[ray.ObjectRef, tuple[tuple, Slot]] = {}  # an item (a tuple of tiles) and its actor
     blame = Blame(spec.compute.max_tile_failures)
     retries: Counter = Counter()
     deaths = 0
@@ -61,7 +81,7 @@ def evaluate_tiles(
         """An actor died: requeue its tiles, blame the one it was running, start a replacement."""
         nonlocal deaths
         deaths += 1
-        lost = [running.pop(r)[0] for r in slot.queued]
+        lost = [tile for r in slot.queued for tile in running.pop(r)[0]]
         if lost:
             blame.charge(lost[0], f"tile {lost[0]} (points {grid.coords(lost[0])[[0, -1]].tolist()})")
         retries.update(lost)
@@ -70,9 +90,9 @@ def evaluate_tiles(
         log(f"{slot.name} died ({why}) with {len(lost)} tile(s) queued; they go to other actors")
         pool.grow(len(queue) + len(running))
 
-    def submit(slot: Slot, tile: tuple) -> None:
-        ref = slot.actor.evaluate.remote(grid.coords(tile))
-        running[ref] = (tile, slot)
+    def submit(slot: Slot, item: tuple) -> None:
+        ref = slot.actor.evaluate.remote(np.concatenate([grid.coords(tile) for tile in item]))
+        running[ref] = (item, slot)
         slot.queued.append(ref)
 
     def dispatch() -> None:
@@ -82,7 +102,7 @@ def evaluate_tiles(
             slot = min(ready, key=lambda s: len(s.queued))
             if len(slot.queued) >= (spec.compute.in_flight if len(queue) > len(pool.slots) else 1):
                 break
-            submit(slot, queue.popleft())
+            submit(slot, work_item(queue, grid, slot, spec.compute.item_seconds, len(pool.slots)))
         # Queue empty: an idle actor takes the newest tile of the most loaded one, which has not started yet.
         for slot in [s for s in ready if not s.queued]:
             donor = max(ready, key=lambda s: len(s.queued))
@@ -131,11 +151,11 @@ def evaluate_tiles(
                     continue
                 if ref not in running:  # already requeued with its dead actor's other tiles
                     continue
-                tile, slot = running[ref]
+                item, slot = running[ref]
                 try:
                     values, seconds = ray.get(ref)
                 except RayTaskError as err:
-                    raise RunError(f"tile {tile} failed on {slot.name}: {err.cause!r}") from None
+                    raise RunError(f"tile {item[0]} failed on {slot.name}: {err.cause!r}") from None
                 except RayActorError:
                     lose(slot, "its process or node is gone")
                     continue
@@ -143,12 +163,19 @@ def evaluate_tiles(
                 slot.queued.remove(ref)
                 n = len(next(iter(values.values())))
                 slot.points += n
+                slot.items += 1
                 slot.seconds += seconds
-                on_tile(
-                    tile,
-                    values,
-                    {"actor": slot.name, "node": slot.info["node"], "seconds": seconds, "retries": retries[tile]},
-                )
+                start_at = 0
+                for tile in item:  # the item's values, tile by tile, in the order its coordinates went
+                    size = math.prod(grid.tile_shape(tile))
+                    part = {k: v[start_at : start_at + size] for k, v in values.items()}
+                    start_at += size
+                    share = seconds * size / n
+                    on_tile(
+                        tile,
+                        part,
+                        {"actor": slot.name, "node": slot.info["node"], "seconds": share, "retries": retries[tile]},
+                    )
                 progress.update(n)
             if progress.tick() and spec.compute.actors == "auto":
                 pool.grow(len(queue) + len(running))  # nodes may have joined

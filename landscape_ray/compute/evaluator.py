@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -112,13 +113,18 @@ class Evaluator:
         ]
         first = next((s for s in self.splits.values() if not isinstance(s, list)), None)  # an image split
         sample = None if first is None else self.normalize(first[0][:1]).contiguous(memory_format=self.memory_format)
-        self.batch_size = auto_batch_size(self.model, sample, self.device) if o.batch_size == "auto" else o.batch_size
+        self.auto_batch = o.batch_size == "auto"
+        largest = max(len(s[1]) if isinstance(s, tuple) else 0 for s in self.splits.values())
+        self.batch_size = auto_batch_size(self.model, sample, self.device, largest) if self.auto_batch else o.batch_size
         runner = self.model
         if o.fold and self.bn_split is None:
             runner = fold_bn(self.model, set(names), quiet=o.fold == "auto")
             if o.fold == "auto" and not self._agrees(runner):
                 runner = self.model
         self.folded = any(isinstance(m, FoldedConv) for m in runner.modules())
+        # Compiled for one batch shape (dynamic=False: static shapes, and CUDA graphs under max-autotune); a split's
+        # shorter last batch runs the same model uncompiled, rather than compiling (and capturing) a second shape.
+        self.eager = runner
         self.runner = compiled(runner, o.compile, self.device)
 
     @torch.no_grad()
@@ -210,8 +216,9 @@ class Evaluator:
         for name, resident in self.splits.items():
             loss, count, sums = torch.zeros((), dtype=torch.float64, device=self.device), 0, {}
             for batch in itertools.islice(self.batches(resident), limit):
+                short = isinstance(batch, tuple) and len(batch[1]) != self.batch_size
                 with self.autocast():
-                    result = self.metric(self.runner, batch)
+                    result = self.metric(self.eager if short else self.runner, batch)
                 loss, count = loss + result[0].double(), count + result[1]
                 for k, v in (result[2] if len(result) > 2 else {}).items():
                     sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=self.device).double()
@@ -224,6 +231,35 @@ class Evaluator:
                     var = max(v.item() / n - mean * mean, 0.0) * n / max(n - 1, 1)
                     out[f"{name}_loss_se"] = math.sqrt(var / n)
         return out
+
+    def warm(self) -> dict[str, float]:
+        """Get ready for the first point before anything is timed: compile (one full batch through the compiled
+        model), and on a GPU with `batch_size: auto` halve the batch until its first forward fits the memory.
+        Returns the seconds this took and one point's seconds at θ* measured after it (`point_s`)."""
+        start = time.perf_counter()
+        while True:
+            try:
+                self.measure(limit=1)
+                break
+            except torch.OutOfMemoryError:
+                if not (self.auto_batch and self.batch_size > 1):
+                    raise
+                self.batch_size //= 2
+                torch.cuda.empty_cache()
+        self.synchronize()
+        warm = time.perf_counter() - start
+        start = time.perf_counter()
+        self.measure(limit=1)
+        self.synchronize()
+        # One batch per split took this long; a point is the longest split's batches (a list: collated batches).
+        batches = max(
+            len(s) if isinstance(s, list) else math.ceil(len(s[1]) / self.batch_size) for s in self.splits.values()
+        )
+        return {"warm_s": warm, "point_s": (time.perf_counter() - start) * batches}
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def evaluate(self, coords: np.ndarray) -> dict[str, np.ndarray]:
         """Values at each coordinate row (α[, β]); θ* is restored afterwards."""

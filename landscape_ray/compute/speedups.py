@@ -1,7 +1,7 @@
 """Speed-ups of the evaluator: batch size, matmul precision, BN folding, torch.compile. None changes which points
 are computed, and the defaults keep every value within 1e-6 relative of the plain fp32 forward:
 
-    batch = auto_batch_size(model, sample, device)   # data.batch_size: auto; on a CPU the batch that fits L2
+    batch = auto_batch_size(model, sample, device)   # data.batch_size: auto; CPU: fits L2, GPU: fits its memory
     set_matmul_precision(device, "tf32")             # eval.precision: TF32 matmuls/convs, cuDNN autotuning
     runner = fold_bn(model, moved={...})             # eval.fold_bn: conv → BN pairs as one conv (BN not moved)
     runner = compiled(runner, True, device)          # eval.compile: torch.compile, Inductor cache kept on disk
@@ -27,18 +27,23 @@ from torch import nn
 UNTRACEABLE = (torch.fx.proxy.TraceError, RuntimeError, TypeError, AttributeError, NotImplementedError)
 # On a CPU a batch runs fastest when its largest activation fits a core's L2 cache (1-2 MiB on x86 server cores):
 # ResNet-20 on CIFAR (64 KiB per image) takes 0.93 s per 1,000-image point at batch 32 and 1.86 s at 1024 on one
-# thread of the dev machine. A GPU wants large batches instead.
+# thread of the dev machine. A GPU wants the largest batch its memory holds instead: the card is busiest (issue 22:
+# resnet56 on an H200 ran at 63k img/s at batch 1024 and 174k at 4096 in bf16), and a whole split at a few batches
+# keeps the driver's per-batch Python out of the way.
 CPU_BATCH_BYTES = 2 * 2**20
 CPU_BATCH_RANGE = (16, 1024)
-GPU_BATCH = 1024
+GPU_BATCH = 1024  # where nothing can be measured (a custom batch structure)
+GPU_BATCH_MAX = 32768
+GPU_MEMORY_SHARE = 0.5  # of the free memory: the rest for the allocator's fragments, cuDNN workspaces, other actors
+# An inference forward holds a layer's input and output at once, plus a residual branch, the normalized batch and
+# the uint8 one: a generous bound on the peak, in units of the largest activation (an estimate, not measured on a
+# card here; the evaluator halves the batch if its first forward runs out of memory anyway).
+PEAK_ACTIVATIONS = 6
 
 
-def auto_batch_size(model: nn.Module, sample: torch.Tensor | None, device: torch.device) -> int:
-    """`data.batch_size: auto`: on a GPU `GPU_BATCH`; on a CPU the largest power of two in `CPU_BATCH_RANGE` whose
-    largest activation (measured with hooks on a one-sample forward of `sample`) fits in `CPU_BATCH_BYTES`."""
-    if device.type != "cpu" or sample is None:
-        return GPU_BATCH
-    sizes = []
+def largest_activation(model: nn.Module, sample: torch.Tensor) -> int:
+    """Bytes of the largest output any leaf module produces for `sample` (hooks on one forward)."""
+    sizes = [0]
 
     def record(module, inputs, output):
         if isinstance(output, torch.Tensor):
@@ -51,10 +56,37 @@ def auto_batch_size(model: nn.Module, sample: torch.Tensor | None, device: torch
     finally:
         for hook in hooks:
             hook.remove()
-    if not sizes or max(sizes) == 0:
+    return max(sizes)
+
+
+def device_batch(per_sample: int, free: int, samples: int) -> int:
+    """The largest power of two whose activations (`PEAK_ACTIVATIONS` × the largest, `per_sample` bytes each) fit
+    `GPU_MEMORY_SHARE` of `free` bytes; never above `GPU_BATCH_MAX`, nor above the split (`samples`) rounded up."""
+    fits = GPU_MEMORY_SHARE * free / max(1, PEAK_ACTIVATIONS * per_sample)
+    whole = 2 ** math.ceil(math.log2(max(1, samples)))  # a bigger batch only pads
+    return int(max(1, min(GPU_BATCH_MAX, whole, 2 ** math.floor(math.log2(max(1.0, fits))))))
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes a new allocation on `device` can take: the driver's free memory plus what torch's cache holds."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def auto_batch_size(model: nn.Module, sample: torch.Tensor | None, device: torch.device, samples: int = 0) -> int:
+    """`data.batch_size: auto`. On a CPU the largest power of two in `CPU_BATCH_RANGE` whose largest activation
+    fits `CPU_BATCH_BYTES`; on a GPU `device_batch` for its free memory (`samples`: the largest split)."""
+    if sample is None:
+        return GPU_BATCH
+    largest = largest_activation(model, sample)
+    if largest == 0:
+        return GPU_BATCH
+    if device.type == "cuda":
+        return device_batch(largest, free_memory(device), samples)
+    if device.type != "cpu":
         return GPU_BATCH
     low, high = CPU_BATCH_RANGE
-    return int(min(high, max(low, 2 ** math.floor(math.log2(CPU_BATCH_BYTES / max(sizes))))))
+    return int(min(high, max(low, 2 ** math.floor(math.log2(CPU_BATCH_BYTES / largest)))))
 
 
 def keep_freed_memory() -> None:
@@ -149,7 +181,7 @@ def fold_bn(model: nn.Module, moved: set[str], quiet: bool = False) -> nn.Module
 
 
 def compiled(model: nn.Module, mode: bool | str, device: torch.device):
-    """torch.compile with Inductor's cache kept in ~/.cache/landscape_ray, so restarts and reruns skip compilation.
+    """torch.compile; actors keep Inductor's cache in `core.paths.cache_dir`, so restarts and reruns skip compilation.
 
     Parameters are graph inputs, so the in-place weight updates of each grid point need no recompilation.
     """

@@ -5,6 +5,7 @@
     fs, root = filesystem(path)         # fsspec filesystem and the path inside it
     natural_glob("runs/x/model_*.pt")   # model_10.pt after model_9.pt
     epoch_checkpoints("runs/x")         # {0: model_0.pt, 1: model_1.pt, ...}
+    cache_dir("inductor")               # ~/.cache/landscape_ray/inductor, or under $LANDSCAPE_RAY_CACHE
 
 Credentials come from the environment, as fsspec reads them.
 """
@@ -13,12 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
 import re
 from pathlib import Path
 
 
 def is_remote(path: str | Path) -> bool:
     return "://" in str(path)
+
+
+def cache_dir(name: str) -> Path:
+    """A folder of this tool's caches (compiled kernels, token arrays), kept between runs and shared by the processes
+    of a machine: `$LANDSCAPE_RAY_CACHE/name`, by default under ~/.cache/landscape_ray."""
+    root = os.environ.get("LANDSCAPE_RAY_CACHE") or Path.home() / ".cache" / "landscape_ray"
+    return Path(root) / name
 
 
 def filesystem(path: str | Path):

@@ -22,6 +22,9 @@ those bounds it aims at the smallest tiles whose per-tile cost (driver and
 store) stays under `OVERHEAD_SHARE` of the compute, given an estimate of the
 seconds one point costs: expensive points get small tiles, which balance best
 at the end of a run. Without an estimate it aims at `TILES_PER_WORKER` tiles each.
+For GPU actors (`fine`), whose speed the driver's CPU cannot estimate, tiles have
+at most `FINE_TILE_POINTS` points and the scheduler gives an actor as many
+consecutive ones at a time as its measured rate calls for.
 """
 
 from __future__ import annotations
@@ -40,12 +43,15 @@ MAX_TILE_POINTS = 256
 MIN_CHUNK_POINTS = 32  # a smaller tile shares its chunk with its neighbours (one ~1 ms file write per tile otherwise)
 TILE_OVERHEAD_S = 0.005  # per tile: ~1 ms of Ray call and store (benchmarks/scale.py), more on a driver sharing cores
 OVERHEAD_SHARE = 0.02
+FINE_TILE_POINTS = 8  # a GPU point of a real model takes 0.1-0.5 s (issue 22): a tile is then a second at most
 
 
-def auto_points(size: int, workers: int, point_seconds: float | None = None) -> int:
+def auto_points(size: int, workers: int, point_seconds: float | None = None, fine: bool = False) -> int:
     """Points per tile for `tile: auto`: the cheapest size that balances, within the bounds above."""
     workers = max(1, workers)
-    most = max(1, min(MAX_TILE_POINTS, size // (MIN_TILES_PER_WORKER * workers)))
+    most = max(1, min(FINE_TILE_POINTS if fine else MAX_TILE_POINTS, size // (MIN_TILES_PER_WORKER * workers)))
+    if fine:
+        return most
     if point_seconds is None or point_seconds <= 0:
         aim = size // (TILES_PER_WORKER * workers)
     else:
@@ -91,13 +97,16 @@ class Grid:
             raise ValueError(f"chunks {self.chunks} are not whole tiles {self.tile} of a {self.shape} grid")
 
     @classmethod
-    def from_spec(cls, spec: GridSpec, workers: int = 1, point_seconds: float | None = None) -> Grid:
-        """The grid of `spec`; `tile: auto` is sized for `workers` actors (and `point_seconds` per point, if known)."""
+    def from_spec(
+        cls, spec: GridSpec, workers: int = 1, point_seconds: float | None = None, fine: bool = False
+    ) -> Grid:
+        """The grid of `spec`; `tile: auto` is sized for `workers` actors (and `point_seconds` per point, if known;
+        `fine`: for GPU actors)."""
         x = np.linspace(spec.x.min, spec.x.max, spec.x.num)
         y = None if spec.y is None else np.linspace(spec.y.min, spec.y.max, spec.y.num)
         shape = (len(x),) if y is None else (len(y), len(x))
         if spec.tile == "auto":
-            tile = auto_chunks(shape, auto_points(math.prod(shape), workers, point_seconds))
+            tile = auto_chunks(shape, auto_points(math.prod(shape), workers, point_seconds, fine))
         elif isinstance(spec.tile, list):
             tile = tuple(min(t, n) for t, n in zip(spec.tile, shape))
         elif y is None:

@@ -75,7 +75,7 @@ class DataSpec(Strict):
     batch_size: PositiveInt | Literal["auto"] = Field(
         "auto",
         description="samples per forward pass; auto: on a CPU the largest batch whose biggest activation fits 2 MiB "
-        "(cache-sized, up to 2x faster), on a GPU 1024",
+        "(cache-sized, up to 2x faster), on a GPU the largest whose activations fit half its free memory",
     )
     normalize: Normalize | None = Field(
         None, description="per-channel mean/std in [0, 1] units; None = the data set's default"
@@ -223,7 +223,7 @@ class EvalSpec(Strict):
     compile: bool | Literal["default", "max-autotune"] = Field(
         False,
         description="torch.compile the model: false, true (= default mode) or max-autotune; "
-        "cached in ~/.cache/landscape_ray",
+        "compiled once per actor before its first tile, kernels cached in ~/.cache/landscape_ray (LANDSCAPE_RAY_CACHE)",
     )
     curvature: bool = Field(
         False,
@@ -237,7 +237,13 @@ class ComputeSpec(Strict):
     actors: int | Literal["auto"] = Field("auto", description="auto: one per GPU, else one per cpus_per_actor CPUs")
     gpus_per_actor: float = Field(1.0, gt=0, description="GPUs per actor when GPUs are used (fractional packs actors)")
     cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per actor")
-    in_flight: int = Field(2, ge=1, description="tiles queued per actor so it never waits for the driver")
+    in_flight: int = Field(2, ge=1, description="work items queued per actor so it never waits for the driver")
+    item_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="a work item is consecutive tiles worth about this many seconds at the actor's measured rate "
+        "(a GPU's tiles are small; never more than a fair share of what is left)",
+    )
     warmup: bool = Field(
         True,
         description="on a private local cluster with CPU actors, the driver computes points while the cluster and "
