@@ -190,7 +190,9 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("directions", help="export a store's directions for directions.kind: file (or the paper's code)")
     q.add_argument("store")
     q.add_argument(
-        "--out", required=True, help="FILE.npz (this service) or FILE.h5 (the paper's code's layout; needs h5py)"
+        "--out",
+        required=True,
+        help="FILE.npz or FILE.safetensors (this service), or FILE.h5 (the paper's layout; h5py)",
     )
     q.add_argument(
         "--spec",

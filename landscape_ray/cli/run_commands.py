@@ -15,7 +15,7 @@ from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import naming
 from landscape_ray.inputs.directions import write_directions
 from landscape_ray.inputs.kinds import ON_CLUSTER
-from landscape_ray.inputs.models import build
+from landscape_ray.inputs.models import build_model
 from landscape_ray.job import run as run_job
 from landscape_ray.paper.catalogue import SIZES
 from landscape_ray.paper.catalogue import paper as make_paper
@@ -122,7 +122,7 @@ def directions(args) -> None:
                 "give --spec with your spec of that model (or write a .npz)"
             )
         spec = load_spec(args.spec)
-        model = build(spec.model.arch, **spec.model.kwargs)
+        model = build_model(spec.model)
     print(write_directions(store.directions(), args.out, model, store.spec.directions.dir_type))
 
 

@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from landscape_ray.compute.language import causal_lm
 from landscape_ray.compute.speedups import FoldedConv, auto_batch_size, compiled, fold_bn
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.plugins import import_object
 from landscape_ray.inputs.data import ImageSplit, as_tensor, normalization, normalizer, on_device
-from landscape_ray.inputs.models import build
+from landscape_ray.inputs.models import build_model
 from landscape_ray.inputs.payload import Payload
 from landscape_ray.spec.schema import Spec
 
@@ -55,9 +56,12 @@ def classification(loss: str = "cross_entropy"):
     return metric
 
 
-def resolve_metric(metric: str | None, loss: str = "cross_entropy"):
-    """`eval.metric` ('package.module:fn') or, when None, the classification metric with `loss`."""
-    return classification(loss) if metric is None else import_object(metric, "eval.metric")
+def resolve_metric(metric: str | None, loss: str = "cross_entropy", dataset: str = ""):
+    """`eval.metric` ('package.module:fn') or, when None, next-token cross-entropy for `dataset: text` and the
+    classification metric with `loss` for the others."""
+    if metric is not None:
+        return import_object(metric, "eval.metric")
+    return causal_lm if dataset == "text" else classification(loss)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,7 +103,12 @@ class Evaluator:
         # Only entries that some direction moves are touched per point; zero directions cost nothing.
         names = [n for n in (directions[0] if directions else ()) if any(np.any(d[n]) for d in directions)]
         self.targets = [live[n].detach() for n in names]
-        self.base = [t.clone() for t in self.targets]
+        # θ* to reset to before each point. On the CPU, where the payload's array already is that tensor (same dtype,
+        # same layout), it is used in place: one read-only copy in Ray's object store for every actor of a node,
+        # instead of one per actor (a language model's weights are most of an actor's memory).
+        self.base = [
+            as_tensor(state[n]) if self._shareable(t, state[n]) else t.clone() for t, n in zip(self.targets, names)
+        ]
         # Directions take the layout of the tensors they move, so the in-place updates run stride-aligned.
         self.directions = [
             [torch.empty_like(t).copy_(as_tensor(d[n])) for t, n in zip(self.targets, names)] for d in directions
@@ -127,6 +136,15 @@ class Evaluator:
         self.eager = runner
         self.runner = compiled(runner, o.compile, self.device)
 
+    def _shareable(self, target: torch.Tensor, array: np.ndarray) -> bool:
+        return (
+            self.device.type == "cpu"
+            and isinstance(array, np.ndarray)
+            and target.is_contiguous()
+            and array.flags.c_contiguous
+            and str(target.dtype).removeprefix("torch.") == str(array.dtype)
+        )
+
     @torch.no_grad()
     def _agrees(self, folded: nn.Module) -> bool:
         """The folded model's fp32 loss on the first batch of the first split is within FOLD_RTOL of the plain one."""
@@ -143,10 +161,10 @@ class Evaluator:
 
     @classmethod
     def from_payload(cls, spec: Spec, payload: Payload, device: str | None = None) -> Evaluator:
-        model = build(spec.model.arch, **spec.model.kwargs)  # weights come from the payload
+        model = build_model(spec.model)  # weights come from the payload
         e = spec.eval
         options = Options(
-            resolve_metric(e.metric, e.loss),
+            resolve_metric(e.metric, e.loss, spec.data.dataset),
             spec.data.batch_size,
             device or resolve_device(e.device),
             payload.bn_split,
@@ -224,6 +242,8 @@ class Evaluator:
                     sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=self.device).double()
             n = int(count)  # one host sync per split and point, not per batch
             out[f"{name}_loss"] = mean = loss.item() / n
+            if getattr(self.metric, "perplexity", False):  # a language model's: exp of the token-weighted mean loss
+                out[f"{name}_ppl"] = math.exp(min(mean, 700.0))  # beyond, float64 overflows
             for k, v in sums.items():
                 if k != "loss_sq":
                     out[f"{name}_{k}"] = v.item() / n

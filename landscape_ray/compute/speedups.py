@@ -22,9 +22,9 @@ import torch.fx
 from torch import nn
 
 # What torch.fx raises for a forward it cannot trace: data-dependent control flow (TraceError), len()/iteration of
-# a traced tensor (RuntimeError), and Python operations a proxy does not support (TypeError, AttributeError,
-# NotImplementedError).
-UNTRACEABLE = (torch.fx.proxy.TraceError, RuntimeError, TypeError, AttributeError, NotImplementedError)
+# a traced tensor (RuntimeError), Python operations a proxy does not support (TypeError, AttributeError,
+# NotImplementedError), and code objects it cannot rebuild (ValueError: transformers' models).
+UNTRACEABLE = (torch.fx.proxy.TraceError, RuntimeError, TypeError, AttributeError, NotImplementedError, ValueError)
 # On a CPU a batch runs fastest when its largest activation fits a core's L2 cache (1-2 MiB on x86 server cores):
 # ResNet-20 on CIFAR (64 KiB per image) takes 0.93 s per 1,000-image point at batch 32 and 1.86 s at 1024 on one
 # thread of the dev machine. A GPU wants the largest batch its memory holds instead: the card is busiest (issue 22:
@@ -146,6 +146,8 @@ def fold_bn(model: nn.Module, moved: set[str], quiet: bool = False) -> nn.Module
 
     Uses torch.fx; a model it cannot trace is returned unchanged, with a warning saying why unless `quiet`.
     """
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):  # nothing to fold (a transformer)
+        return model
     try:
         graph = torch.fx.symbolic_trace(model)
     except UNTRACEABLE as err:

@@ -15,6 +15,10 @@ collated once with a DataLoader into `data.batch_size` batches of NumPy arrays
     normalize = normalizer(mean, std, device)   # uint8 batch → float32 network input, on the device
     images, labels = on_device(splits["train"], device)   # tensors; on the CPU sharing the arrays' memory
 
+A language model's text (`text`: .txt, .jsonl or .parquet files per split, or
+Python's bundled documentation text) becomes a `BatchSplit` of {"input_ids":
+(batch, seq_len)} token windows (text.py), tokenized by `data.tokenizer`.
+
 Data sets: `digits` (scikit-learn's bundled 8×8 digits, 1,437 train / 360 test),
 `cifar10` (a folder holding the standard python-pickle `cifar-10-batches-py`;
 `download: true` fetches it with torchvision), `imagefolder` (`root/{train,test}/
@@ -37,6 +41,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.plugins import import_object
+from landscape_ray.inputs.hf import load_tokenizer
+from landscape_ray.inputs.text import load_text_split
 from landscape_ray.spec.schema import DataSpec
 
 
@@ -204,6 +210,23 @@ def _factory(split: str, spec: DataSpec, index_of) -> BatchSplit:
     return BatchSplit(batches, len(dataset))
 
 
+TEXT_BATCH_TOKENS = 4096  # `batch_size: auto` for text: sequences per batch = this / seq_len (logits: × vocab)
+
+
+def _text(split: str, spec: DataSpec, index_of) -> BatchSplit:
+    """Token windows of the split's files (or the bundled text) as batches of {"input_ids": (b, seq_len)}."""
+    if spec.files is not None and split not in spec.files:
+        raise SpecError(f"data.files: no files for split {split!r} (data.splits has it)")
+    tokenizer = load_tokenizer(spec.tokenizer, "data.tokenizer")
+    files = None if spec.files is None else spec.files[split]
+    windows = load_text_split(files, split, tokenizer, spec.seq_len, spec.sequences, spec.text_field)
+    index = index_of(len(windows))
+    if index is not None:
+        windows = windows[index]
+    size = max(1, TEXT_BATCH_TOKENS // spec.seq_len) if spec.batch_size == "auto" else spec.batch_size
+    return BatchSplit([{"input_ids": windows[i : i + size]} for i in range(0, len(windows), size)], len(windows))
+
+
 DATASETS = {"digits": _digits, "cifar10": _cifar10, "imagefolder": _imagefolder, "synthetic": _synthetic}
 
 
@@ -216,8 +239,8 @@ def subset_index(spec: DataSpec, split: str, size: int) -> np.ndarray | None:
 
 
 def load_split(spec: DataSpec, split: str) -> ImageSplit | BatchSplit:
-    if ":" in spec.dataset:
-        return _factory(split, spec, lambda n: subset_index(spec, split, n))
+    if ":" in spec.dataset or spec.dataset == "text":
+        return (_text if spec.dataset == "text" else _factory)(split, spec, lambda n: subset_index(spec, split, n))
     if spec.dataset not in DATASETS:
         raise SpecError(
             f"data.dataset: unknown data set {spec.dataset!r}; known: {', '.join(DATASETS)} or 'package.module:factory'"

@@ -9,14 +9,17 @@ Kinds (`directions.kind`):
                entry in state_dict order, x before y — so a direction depends only on the
                seed and the model, and the x direction of a surface is the 1D scan's.
                `norm: filter` rescales every filter (slice along dim 0: one conv output
-               channel or linear output unit) to the norm of the same filter of θ*;
+               channel, linear output unit or embedding row; along dim 1 for GPT-2's
+               Conv1D, whose weight is (in, out)) to the norm of the same filter of θ*;
                `layer` rescales whole tensors; `none` leaves them as drawn.
   interpolate  δ = θ_l − θ_s (1D): α = 0 is θ_s = model.checkpoint, α = 1 is `target`.
   plane        δ = θ1 − θ*, η = θ2 − θ* through three models (`targets`).
   pca          the top principal components of a training trajectory (trajectory.py).
   file         read from `path`: this service's .npz export, a store, or the paper's .h5.
-Entries with ≤ 1 dimension (biases, BN) get a zero direction with `ignore: biasbn` (`ignored`);
-a random direction otherwise sets them to θ itself, as in the paper's public code.
+Entries with ≤ 1 dimension (biases, BN, and a transformer's LayerNorm/RMSNorm gains) get a zero
+direction with `ignore: biasbn` (`ignored`); a random direction otherwise sets them to θ itself, as
+in the paper's public code. An entry that shares its tensor with an earlier one (a language model's
+lm_head tied to its embedding) is not in the direction space: it moves once, with the earlier one.
 
     vectors = make_directions(model, spec.directions, ndim=2)   # random: one {name: array} per axis
     dirs = payload.resolve_directions(model, spec)              # any kind: Directions (payload.py)
@@ -25,6 +28,7 @@ a random direction otherwise sets them to θ itself, as in the paper's public co
 from __future__ import annotations
 
 import copy
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +39,7 @@ from torch import nn
 
 from landscape_ray.core.errors import SpecError
 from landscape_ray.inputs.checkpoints import fit_state, read_checkpoint
+from landscape_ray.inputs.hf import load_hf, tied_names
 from landscape_ray.spec.schema import DirectionsSpec, Spec
 
 EPS = 1e-10  # as the paper's code: keeps an all-zero filter of θ* from dividing by zero
@@ -49,12 +54,22 @@ class Directions:
 
 
 def direction_space(model: nn.Module, dir_type: str) -> dict[str, torch.Tensor]:
-    """θ* restricted to the entries a direction spans, in state_dict order."""
-    state = model.state_dict()
+    """θ* restricted to the entries a direction spans, in state_dict order; tied entries once."""
+    tied = tied_names(model)
+    state = {k: v for k, v in model.state_dict().items() if k not in tied}
     if dir_type == "weights":
         names = {name for name, _ in model.named_parameters()}
         return {k: v for k, v in state.items() if k in names}
     return {k: v for k, v in state.items() if v.is_floating_point()}
+
+
+def filter_dims(model: nn.Module) -> dict[str, int]:
+    """Entries whose filters (output units) lie along dim 1, not 0: the weight of GPT-2's `Conv1D` (in, out),
+    recognised by its type (transformers' own), not by its name."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    if conv1d is None:  # transformers not loaded: no such module in this model
+        return {}
+    return {f"{name}.weight": 1 for name, m in model.named_modules() if isinstance(m, conv1d)}
 
 
 def ignored(theta: torch.Tensor, ignore: str) -> bool:
@@ -62,11 +77,14 @@ def ignored(theta: torch.Tensor, ignore: str) -> bool:
     return ignore == "biasbn" and theta.dim() <= 1
 
 
-def normalize(d: torch.Tensor, theta: torch.Tensor, norm: str, ignore: str) -> torch.Tensor:
+def normalize(d: torch.Tensor, theta: torch.Tensor, norm: str, ignore: str, dim: int = 0) -> torch.Tensor:
+    """`d` rescaled as `norm` says against θ*; `dim`: the axis along which a tensor's filters lie."""
     if ignored(theta, ignore):
         return torch.zeros_like(theta)
     if d.dim() <= 1:  # as the paper's code: a bias or BN entry that is not ignored moves along θ itself
         return theta.clone()
+    if norm == "filter" and dim != 0:
+        return normalize(d.movedim(dim, 0), theta.movedim(dim, 0), norm, ignore).movedim(0, dim)
     if norm == "filter":
         scale = theta.flatten(1).norm(dim=1) / (d.flatten(1).norm(dim=1) + EPS)
         return d * scale.view(-1, *([1] * (d.dim() - 1)))
@@ -75,30 +93,49 @@ def normalize(d: torch.Tensor, theta: torch.Tensor, norm: str, ignore: str) -> t
     return d
 
 
-def random_direction(space: dict[str, torch.Tensor], generator: torch.Generator, norm: str, ignore: str):
+def random_direction(
+    space: dict[str, torch.Tensor], generator: torch.Generator, norm: str, ignore: str, dims: dict[str, int]
+):
+    """Gaussian draws in fp32 (a model held in bf16 gets the same directions, rounded once), normalized."""
     out = {}
     for name, theta in space.items():
-        d = torch.randn(theta.shape, generator=generator, dtype=torch.float32).to(theta.dtype)
-        out[name] = normalize(d, theta.detach().cpu(), norm, ignore)
+        d = torch.randn(theta.shape, generator=generator, dtype=torch.float32)
+        exact = theta.detach().cpu()
+        exact = exact.float() if exact.dtype in (torch.bfloat16, torch.float16) else exact
+        out[name] = normalize(d, exact, norm, ignore, dims.get(name, 0)).to(theta.dtype)
     return out
 
 
 def make_directions(model: nn.Module, spec: DirectionsSpec, ndim: int) -> list[dict[str, np.ndarray]]:
     """Random directions, one per grid axis, as NumPy arrays (the form they travel and are stored in)."""
-    space = direction_space(model, spec.dir_type)
+    space, dims = direction_space(model, spec.dir_type), filter_dims(model)
     generator = torch.Generator().manual_seed(spec.seed)
-    dirs = [random_direction(space, generator, spec.norm, spec.ignore) for _ in range(ndim)]
-    return [{k: v.numpy() for k, v in d.items()} for d in dirs]
+    dirs = [random_direction(space, generator, spec.norm, spec.ignore, dims) for _ in range(ndim)]
+    return [{k: to_numpy(v) for k, v in d.items()} for d in dirs]
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a NumPy array; bfloat16, which NumPy lacks, as float32 (exact: every bf16 value is one)."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def difference(model: nn.Module, path: str, spec: Spec, field: str) -> dict[str, np.ndarray]:
     """θ_other − θ* over the direction space, θ_other read from `path` and checked against the model."""
-    other = copy.deepcopy(model)
-    fit_state(other, read_checkpoint(path, spec.model.trust_checkpoint, field), path, field)
+    if spec.model.arch == "hf":  # another folder of the same model (a fine-tuned one, a training checkpoint)
+        other = load_hf(path, spec.model.dtype, spec.model.trust_checkpoint, field)
+    else:
+        other = copy.deepcopy(model)
+        fit_state(other, read_checkpoint(path, spec.model.trust_checkpoint, field), path, field)
     base = direction_space(model, spec.directions.dir_type)
     theirs = direction_space(other, spec.directions.dir_type)
     ignore = spec.directions.ignore
-    return {k: (torch.zeros_like(v) if ignored(v, ignore) else theirs[k] - v).numpy() for k, v in base.items()}
+    return {
+        k: to_numpy(torch.zeros_like(v) if ignored(v, ignore) else theirs[k].float() - v.float())
+        if v.is_floating_point()
+        else to_numpy(theirs[k] - v)
+        for k, v in base.items()
+    }
 
 
 # --- direction files -------------------------------------------------------------------------
@@ -147,10 +184,19 @@ def read_directions(path: str | Path, model: nn.Module, dir_type: str, ndim: int
                 vectors = [{k[2:]: z[k] for k in z.files if k.startswith(f"{a}/")} for a in "xy"]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
             raise SpecError(f"directions.path: {p} is not a direction file ({str(err).splitlines()[0]})") from None
+    elif p.suffix == ".safetensors":  # a flat table of arrays: no code, no pickle
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            z = load_file(p)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise SpecError(f"directions.path: {p} is not a direction file ({str(err).splitlines()[0]})") from None
+        vectors = [{k[2:]: v for k, v in z.items() if k.startswith(f"{a}/")} for a in "xy"]
     elif p.suffix in (".h5", ".hdf5"):
         vectors = _read_h5(p, model, dir_type)
     else:
-        raise SpecError(f"directions.path: {p}: expected a .npz, .h5 or store folder")
+        raise SpecError(f"directions.path: {p}: expected a .npz, .safetensors, .h5 or store folder")
     return fit_directions(vectors, model, dir_type, ndim, str(p))
 
 
@@ -190,11 +236,16 @@ def _read_h5(path: Path, model: nn.Module, dir_type: str) -> list[dict[str, np.n
 def write_directions(
     vectors: list[dict[str, np.ndarray]], path: str | Path, model: nn.Module | None, dir_type: str
 ) -> Path:
-    """Export directions as .npz (this service; keyed by entry name, no `model` needed) or .h5 (the paper's code's
-    layout: the entries in `model`'s order)."""
+    """Export directions as .npz or .safetensors (keyed "x/<entry name>", no `model` needed) or .h5 (the paper's
+    code's layout: the entries in `model`'s order)."""
     path = Path(path)
+    flat = {f"{a}/{k}": np.ascontiguousarray(v) for a, vec in zip("xy", vectors) for k, v in vec.items()}
     if path.suffix == ".npz":
-        np.savez(path, **{f"{a}/{k}": v for a, vec in zip("xy", vectors) for k, v in vec.items()})
+        np.savez(path, **flat)
+    elif path.suffix == ".safetensors":  # what Hugging Face users load anywhere (safetensors.numpy, torch, JAX)
+        from safetensors.numpy import save_file
+
+        save_file(flat, path)
     elif path.suffix in (".h5", ".hdf5"):
         with _h5py().File(path, "w") as f:
             for group, vec in zip(("xdirection", "ydirection"), vectors):
@@ -204,5 +255,5 @@ def write_directions(
                         str(i), data=vec[name] if name in vec else np.zeros(tuple(theta.shape), np.float32)
                     )
     else:
-        raise SpecError(f"--out: {path}: expected a .npz or .h5 file")
+        raise SpecError(f"--out: {path}: expected a .npz, .safetensors or .h5 file")
     return path

@@ -17,7 +17,15 @@ from torch import nn
 
 from landscape_ray.core.errors import SpecError
 from landscape_ray.inputs.data import ImageSplit, load_split, load_splits, normalization
-from landscape_ray.inputs.directions import Directions, difference, fit_directions, make_directions, read_directions
+from landscape_ray.inputs.directions import (
+    Directions,
+    difference,
+    fit_directions,
+    make_directions,
+    read_directions,
+    to_numpy,
+)
+from landscape_ray.inputs.hf import max_positions
 from landscape_ray.inputs.models import load_model
 from landscape_ray.inputs.payload import Payload
 from landscape_ray.inputs.trajectory import pca_directions
@@ -86,6 +94,9 @@ def load_inputs(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) 
     """
     model = load_model(spec)
     splits = load_splits(spec.data)
+    longest = max_positions(model.config) if spec.model.arch == "hf" else None
+    if spec.data.dataset == "text" and longest is not None and spec.data.seq_len > longest:
+        raise SpecError(f"data.seq_len: {spec.data.seq_len} tokens, the model takes at most {longest} positions")
     mean, _ = normalization(spec.data)
     for name, split in splits.items():
         if len(split) == 0:
@@ -99,6 +110,6 @@ def load_inputs(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) 
             warnings.warn(
                 "eval.fold_bn: BN not folded, eval.bn: recompute changes its statistics at every point", stacklevel=2
             )
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    state = {k: to_numpy(v) for k, v in model.state_dict().items()}
     directions = resolve_directions(model, spec) if vectors is None else Directions(vectors, [])
     return Payload(state, directions, splits, bn_split)

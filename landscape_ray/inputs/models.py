@@ -4,6 +4,7 @@
     model = build("mypkg.nets:make_net", width=64)   # any factory returning an nn.Module (plugins.py)
     model = load_model(spec)                         # spec.model: built, its checkpoint loaded, in eval mode
     model = load_model(train_spec, seed=3)           # no checkpoint: the factory's initialisation under seed 3
+    model = build_model(spec.model)                  # the network alone (its weights come later), hf folders too
 
 Checkpoint files are read by checkpoints.py.
 """
@@ -18,6 +19,7 @@ from torch import nn
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.plugins import import_object
 from landscape_ray.inputs.checkpoints import fit_state, read_checkpoint
+from landscape_ray.inputs.hf import build_hf, load_hf
 from landscape_ray.inputs.zoo import ZOO as CIFAR_ZOO
 from landscape_ray.inputs.zoo import ResNet
 
@@ -72,12 +74,21 @@ def build(name: str, **kwargs) -> nn.Module:
     return model
 
 
+def build_model(model_spec) -> nn.Module:
+    """`spec.model`'s network, freshly initialised: `arch: hf` from its folder's config (hf.py), else `build`."""
+    if model_spec.arch == "hf":
+        return build_hf(model_spec.path, model_spec.dtype)
+    return build(model_spec.arch, **model_spec.kwargs)
+
+
 def load_model(spec, seed: int = 0) -> nn.Module:
     """Build `spec.model.arch` and load its checkpoint (when given), in eval mode, on the CPU.
 
     Without a checkpoint the factory's initialisation is drawn under `seed` (training passes its own), so θ*
     is the same on every rerun; the caller's random state is left as it was.
     """
+    if spec.model.arch == "hf":  # θ* is the folder's weights
+        return load_hf(spec.model.path, spec.model.dtype, spec.model.trust_checkpoint)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(spec.model.arch, **spec.model.kwargs)

@@ -35,7 +35,15 @@ class Strict(BaseModel):
 
 
 class ModelSpec(Strict):
-    arch: str = Field("digits_cnn", description="zoo name, or 'package.module:factory' returning an nn.Module")
+    arch: str = Field(
+        "digits_cnn", description="zoo name, 'package.module:factory' returning an nn.Module, or hf (model.path)"
+    )
+    path: str | None = Field(
+        None, description="hf: a Hugging Face model folder as save_pretrained writes it (safetensors weights, local)"
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="hf: the dtype θ* is held and evaluated in (auto: the folder's config)"
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the model factory")
     checkpoint: str | None = Field(
         None, description="θ*: a state_dict file (torch.save); None = the factory's own init"
@@ -48,6 +56,14 @@ class ModelSpec(Strict):
     @classmethod
     def _current_arch(cls, arch: str) -> str:
         return current(arch)
+
+    @model_validator(mode="after")
+    def _hf_fields(self):
+        if (self.arch == "hf") != (self.path is not None):
+            raise ValueError("path: arch hf needs it" if self.arch == "hf" else "path: only arch hf takes it")
+        if self.arch == "hf" and (self.checkpoint or self.kwargs):
+            raise ValueError("arch hf: θ* is the folder's weights (model.path); no checkpoint or kwargs")
+        return self
 
 
 class Normalize(Strict):
@@ -64,7 +80,9 @@ class Normalize(Strict):
 
 
 class DataSpec(Strict):
-    dataset: str = Field("digits", description="digits | cifar10 | imagefolder | synthetic | 'package.module:factory'")
+    dataset: str = Field(
+        "digits", description="digits | cifar10 | imagefolder | synthetic | text | 'package.module:factory'"
+    )
     root: str | None = Field(
         None, description="folder of the data set on disk (cifar10: the folder holding cifar-10-batches-py)"
     )
@@ -83,11 +101,21 @@ class DataSpec(Strict):
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra options of the data set (synthetic: size, shape, classes)"
     )
+    # dataset: text — token windows of text files (or, without files, Python's own bundled documentation text)
+    files: dict[Literal["train", "test"], list[str]] | None = Field(
+        None, description="text: .txt, .jsonl or .parquet files per split; none: the bundled text (pydoc topics)"
+    )
+    text_field: str = Field("text", description="text: the field of a .jsonl record or .parquet column")
+    seq_len: PositiveInt = Field(128, description="text: tokens per sequence (consecutive, non-overlapping windows)")
+    sequences: PositiveInt | None = Field(None, description="text: the first this many sequences (subset: seeded)")
+    tokenizer: str | None = Field(None, description="text: a folder with the tokenizer; default model.path")
 
     @model_validator(mode="after")
     def _unique_splits(self):
         if len(set(self.splits)) != len(self.splits):
             raise ValueError(f"splits repeat a name: {self.splits}")
+        if self.dataset != "text" and self.files is not None:
+            raise ValueError("files: only dataset text takes them")
         return self
 
 
@@ -277,6 +305,14 @@ class Spec(Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _text_needs_a_tokenizer(self):
+        if self.data.dataset == "text" and self.data.tokenizer is None:
+            if self.model.path is None:
+                raise ValueError("data.tokenizer: dataset text needs a tokenizer folder (or model.arch hf's path)")
+            self.data.tokenizer = self.model.path
+        return self
 
     @model_validator(mode="after")
     def _curvature_needs_train(self):

@@ -62,6 +62,9 @@ def checkpoint_paths(spec: Spec) -> list[Path]:
     return paths
 
 
+FOLDER_FILES = (".safetensors", ".bin", "config.json", "tokenizer.json")  # what decides a model folder's numbers
+
+
 def input_files(spec: Spec) -> list[tuple[str, Path]]:
     """(field, file) of every local input file the spec names."""
     d = spec.directions
@@ -74,7 +77,15 @@ def input_files(spec: Spec) -> list[tuple[str, Path]]:
         files += [(f"directions.checkpoints[{i}]", p) for i, p in enumerate(checkpoint_paths(spec))]
     if d.kind == "file" and not is_remote(d.path) and Path(d.path).is_file():
         files.append(("directions.path", d.path))  # a store given as `path` has its own fingerprints
-    return [(field, Path(p).resolve()) for field, p in files if p is not None and not is_remote(p)]
+    if spec.model.path is not None:
+        files.append(("model.path", spec.model.path))
+    local = [(field, Path(p).resolve()) for field, p in files if p is not None and not is_remote(p)]
+    # A model folder (arch hf, and the folders it is interpolated towards): its weights and config, file by file.
+    return [
+        (f"{field} {f.name}" if path.is_dir() else field, f)
+        for field, path in local
+        for f in (sorted(p for p in path.iterdir() if p.name.endswith(FOLDER_FILES)) if path.is_dir() else [path])
+    ]
 
 
 def fingerprints(spec: Spec, splits: dict) -> dict[str, str]:

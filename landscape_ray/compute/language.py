@@ -1,0 +1,37 @@
+"""The causal language-model metric: next-token cross-entropy, summed over tokens, and top-1 accuracy.
+
+    loss_sum, count, sums = causal_lm(model, {"input_ids": ids})           # ids: LongTensor (batch, seq_len)
+    loss_sum, count, sums = causal_lm(model, {"input_ids": ids, "attention_mask": mask})
+    loss = loss_sum / count; acc = sums["acc"] / count                     # what the evaluator reports per split
+
+It has the interface of the evaluator's metrics, `fn(model, batch) -> (loss_sum, count, {name: sum})`. The loss is
+token-weighted: summed over every predicted token of every batch and divided by their number, so loss_sum / count
+of an unpadded batch is what transformers returns with `labels=input_ids`. Targets whose attention_mask is 0
+(padding) are not counted. `causal_lm.perplexity` tells the evaluator to report `<split>_ppl = exp(loss)` too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def causal_lm(model: nn.Module, batch):
+    """(summed next-token loss in float64, number of predicted tokens, {"acc": number predicted right})."""
+    if isinstance(batch, torch.Tensor):  # a batch of token windows without padding
+        batch = {"input_ids": batch}
+    ids, mask = batch["input_ids"], batch.get("attention_mask")
+    # logits in float32 whatever the model's dtype, as transformers' own loss computes them
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()[:, :-1]
+    targets = ids[:, 1:]  # position t predicts token t + 1; the last position predicts nothing here
+    per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    correct = logits.argmax(dim=-1) == targets
+    if mask is None:
+        return per.double().sum(), targets.numel(), {"acc": correct.sum()}
+    keep = mask[:, 1:].bool()  # a padded target is not a token of the text
+    per = torch.where(keep, per.view_as(targets).double(), 0.0)  # not per[keep]: a sum on the device, no host sync
+    return per.sum(), keep.sum(), {"acc": (correct & keep).sum()}
+
+
+causal_lm.perplexity = True  # the evaluator adds <split>_ppl = exp(<split>_loss)
