@@ -226,8 +226,12 @@ def test_a_work_item_is_seconds_of_consecutive_tiles_at_the_actors_rate(point_s,
     assert [len(i) for i in items] == want
     assert want[0] == (1 if point_s > 2 else min(16, 51 // (2 * actors)))
     assert [t for i in items for t in i] == grid.tiles()
-    slot.points, slot.seconds = 10, 1.0  # measured on its tiles: 0.1 s a point overrides the warm-up's estimate
-    assert slot.point_seconds() == 0.1
+    slot.points, slot.seconds = 4, 1.0  # measured on its tiles: 0.25 s a point overrides the warm-up's estimate
+    assert slot.point_seconds() == 0.25
+    # By default a GPU actor's items are 2 s; a CPU actor (tiles sized already) and a rate not yet known: one tile.
+    assert len(work_item(deque(grid.tiles()), grid, slot, None, 1)) == 8
+    cpu, unknown = Slot("c", None, "cpu", points=10, seconds=1.0), Slot("u", None, "cuda")
+    assert [len(work_item(deque(grid.tiles()), grid, s, None, 1)) for s in (cpu, unknown)] == [1, 1]
 
 
 def test_work_items_of_several_tiles_give_the_values_of_one_tile_at_a_time(checkpoint, tmp_path):

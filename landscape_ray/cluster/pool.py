@@ -82,8 +82,10 @@ class EvalActor:
             else None
         )
         # Compiled (and on a GPU the batch fitted to its memory) before the first tile, which then runs at speed;
-        # one point's seconds after that sizes this actor's work items (scheduler.py).
-        timing = self.evaluator.warm()
+        # one point's seconds after that sizes this actor's work items (scheduler.py). A plain CPU actor has nothing
+        # to get ready: its first tile measures its rate.
+        ready = spec.eval.compile or self.evaluator.device.type == "cuda"
+        timing = self.evaluator.warm() if ready else {}
         return {
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),

@@ -38,13 +38,19 @@ from landscape_ray.core.progress import Progress
 from landscape_ray.inputs.payload import Payload
 from landscape_ray.spec.schema import Spec
 
+GPU_ITEM_SECONDS = 2.0  # compute.item_seconds on GPU actors: the first values seconds after an actor is up
 
-def work_item(queue: deque, grid, slot: Slot, seconds: float, actors: int) -> tuple:
+
+def work_item(queue: deque, grid, slot: Slot, seconds: float | None, actors: int) -> tuple:
     """The tiles the next work item of `slot` takes from the front of `queue`: at least one, then more while the
-    item stays under `seconds` at the actor's rate and under a fair share (a half of the queue per actor)."""
+    item stays under `seconds` (None: `GPU_ITEM_SECONDS` on a GPU, else one tile) at the actor's rate, once it is
+    known, and under a fair share (a half of the queue per actor)."""
+    seconds = seconds or (GPU_ITEM_SECONDS if slot.device == "cuda" else 0.0)
     share = max(1, len(queue) // (2 * max(1, actors)))
     rate = slot.point_seconds()
     item = [queue.popleft()]
+    if not (seconds and rate):
+        return tuple(item)
     cost = rate * math.prod(grid.tile_shape(item[0]))
     while queue and len(item) < share:
         more = rate * math.prod(grid.tile_shape(queue[0]))

@@ -266,11 +266,12 @@ class ComputeSpec(Strict):
     gpus_per_actor: float = Field(1.0, gt=0, description="GPUs per actor when GPUs are used (fractional packs actors)")
     cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per actor")
     in_flight: int = Field(2, ge=1, description="work items queued per actor so it never waits for the driver")
-    item_seconds: float = Field(
-        2.0,
+    item_seconds: float | None = Field(
+        None,
         gt=0,
         description="a work item is consecutive tiles worth about this many seconds at the actor's measured rate "
-        "(a GPU's tiles are small; never more than a fair share of what is left)",
+        "(never more than a fair share of what is left); default: 2 on GPU actors, whose tiles are small, and one "
+        "tile at a time on CPU actors, whose tiles are sized from the driver's estimate",
     )
     warmup: bool = Field(
         True,
