@@ -20,6 +20,7 @@ import zarr
 
 from landscape_ray.cli.main import main
 from landscape_ray.core.errors import SpecError, StoreBusy
+from landscape_ray.core.progress import Progress
 from landscape_ray.store.lock import claim
 from landscape_ray.store.ownership import check_ours, is_marked
 from landscape_ray.store.tiles import Store
@@ -322,6 +323,20 @@ def test_a_run_whose_reader_goes_away_completes(tmp_path):
     assert proc.wait(300) == 0, proc.stderr.read()
     assert Store(store, mode="r").done().all()
     assert len(Store(store, mode="r").root.attrs["runs"]) == 1
+
+
+def test_progress_lines_to_a_reader_that_has_gone_do_not_stop_the_run():
+    """CI caught `run … | head -1` exiting 141 when a long run's periodic progress line (not its log lines) met the
+    closed pipe: every line a run writes goes the same quiet way."""
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "w") as stream:
+        progress = Progress(total=4, interval=0.0, stream=stream)
+        progress.update(2)
+        assert progress.tick()  # the write meets EPIPE: no exception, the stream now goes to /dev/null
+        progress.update(2)
+        progress.close()
+        assert os.path.samefile(f"/proc/self/fd/{stream.fileno()}", os.devnull)
 
 
 # --- Tampered store metadata -------------------------------------------------------------------------------------

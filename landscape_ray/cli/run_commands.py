@@ -4,15 +4,13 @@ those that use a cluster).
 
 from __future__ import annotations
 
-import os
-import sys
-
 from landscape_ray import hessian as curvature
 from landscape_ray.cluster.connect import connect, connected, disconnect, run_task
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.compute.speedups import keep_freed_memory
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import naming
+from landscape_ray.core.progress import say
 from landscape_ray.inputs.directions import write_directions
 from landscape_ray.inputs.kinds import ON_CLUSTER
 from landscape_ray.inputs.models import build_model
@@ -35,15 +33,6 @@ from landscape_ray.store.layout import create
 from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
 from landscape_ray.train import train as train_model
-
-
-def say(line: str) -> None:
-    """A run's log line on standard output; once the reader has gone (`… | head -1`), the run goes on quietly
-    (its progress stays on standard error, its results in the store) instead of dying with it."""
-    try:
-        print(line, flush=True)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def overrides(args) -> list[str]:

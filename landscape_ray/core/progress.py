@@ -6,10 +6,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from tqdm import tqdm
+
+
+def say(line: str, stream=None) -> None:
+    """A log line (standard output unless `stream`); once its reader has gone (`landscape-ray run … | head -1`), the
+    stream is pointed at /dev/null and the run goes on quietly (its results go to the store) instead of dying."""
+    stream = stream or sys.stdout
+    try:
+        print(line, file=stream, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def fmt_seconds(s: float) -> str:
@@ -45,11 +56,11 @@ class Progress:
             return False
         self.last = now
         if self.bar is None:
-            print(self.line(), file=self.stream, flush=True)
+            say(self.line(), self.stream)
         return True
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
         else:
-            print(self.line(), file=self.stream, flush=True)
+            say(self.line(), self.stream)
