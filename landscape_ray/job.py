@@ -145,7 +145,7 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
             timings["cluster_s"] = time.perf_counter() - begin
             if spec.directions.kind in ON_CLUSTER:  # directions computed on this cluster first (a resumed store
                 store, payload, warmup, partial = loading.result()  # has its own), by actors that need its CPUs
-                if not payload.directions.vectors:
+                if not payload.directions:
                     payload.directions = hessian.eigen_directions(spec, payload)
                 pool = Pool(spec, workers)
             else:

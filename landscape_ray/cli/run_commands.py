@@ -11,9 +11,9 @@ from landscape_ray.compute.speedups import keep_freed_memory
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import naming
 from landscape_ray.core.progress import say
-from landscape_ray.inputs.directions import write_directions
+from landscape_ray.inputs.directions import make_directions, write_directions
 from landscape_ray.inputs.kinds import ON_CLUSTER
-from landscape_ray.inputs.models import build_model
+from landscape_ray.inputs.models import build_model, load_model
 from landscape_ray.job import run as run_job
 from landscape_ray.paper.catalogue import SIZES
 from landscape_ray.paper.catalogue import paper as make_paper
@@ -28,7 +28,7 @@ from landscape_ray.pictures.figures import (
 from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.specfile import load_spec
 from landscape_ray.spec.training import TrainSpec
-from landscape_ray.store.fingerprint import fingerprints
+from landscape_ray.store.fingerprint import changed, fingerprints
 from landscape_ray.store.layout import create
 from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
@@ -112,7 +112,21 @@ def directions(args) -> None:
             )
         spec = load_spec(args.spec)
         model = build_model(spec.model)
-    print(write_directions(store.directions(), args.out, model, store.spec.directions.dir_type))
+    vectors = store.directions() or drawn_directions(store)
+    print(write_directions(vectors, args.out, model, store.spec.directions.dir_type))
+
+
+def drawn_directions(store: Store) -> list[dict]:
+    """A `directions.regenerate` store keeps the recipe (its spec), not the arrays: they are drawn here against θ*,
+    whose files must still be those the store was computed with."""
+    spec = store.spec
+    if not spec.directions.regenerate:
+        raise SpecError(f"store: {store.path} holds no directions")
+    now = {k: v for k, v in fingerprints(spec, {}).items() if k.startswith("model.")}
+    diff = changed({k: v for k, v in store.inputs.items() if k.startswith("model.")}, now)
+    if diff:
+        raise SpecError("store: " + "; ".join(diff))
+    return make_directions(load_model(spec), spec.directions, 1 if spec.grid.y is None else 2)
 
 
 def hessian(args) -> None:

@@ -14,7 +14,9 @@ the work an actor was running when it died is blamed and handed to a replacement
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import time
 import warnings
 from collections import Counter, deque
@@ -35,6 +37,8 @@ from landscape_ray.core.errors import RunError
 from landscape_ray.core.paths import cache_dir
 from landscape_ray.inputs.payload import Payload
 from landscape_ray.spec.schema import Spec
+
+PEAK_WAIT_S = 2.0  # at the end of a run, how long the pool waits for its actors' peak memory
 
 
 def start_actor_process(threads: int) -> None:
@@ -106,6 +110,10 @@ class EvalActor:
                 lam[i] = extremes(self.curvature)
             values["train_lambda_max"], values["train_lambda_min"] = lam[:, 0], lam[:, 1]
         return values, time.perf_counter() - start
+
+    def peak_rss(self) -> int:
+        """The most resident memory this process has held, in bytes (pages of the shared θ* it read included)."""
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 @dataclass
@@ -190,6 +198,13 @@ class Pool:
         if settle and self.slots:
             ready = [slot.actor.__ray_ready__.remote() for slot in self.slots]
             ray.wait(ready, num_returns=len(ready), timeout=settle)
+        # The peak memory of each idle, loaded actor, for the run's record (a busy one, at an interrupt, is not waited
+        # for: its tile would run first).
+        peaks = {slot.actor.peak_rss.remote(): slot for slot in self.slots if slot.info and not slot.queued}
+        done, _ = ray.wait(list(peaks), num_returns=len(peaks), timeout=PEAK_WAIT_S) if peaks else ([], [])
+        for ref in done:
+            with contextlib.suppress(ray.exceptions.RayError):
+                peaks[ref].info["peak_rss_bytes"] = ray.get(ref)
         for slot in list(self.slots):
             self.retire(slot)
 
@@ -198,7 +213,8 @@ class Pool:
             s.name: {
                 "node": s.info["node"][:12],
                 "pid": s.info["pid"],
-                "uss_mb": round(s.info["uss_bytes"] / 2**20, 1),
+                "uss_mb": round(s.info["uss_bytes"] / 2**20, 1),  # its own memory once loaded
+                "peak_rss_mb": round(s.info["peak_rss_bytes"] / 2**20, 1) if "peak_rss_bytes" in s.info else None,
                 "batch_size": s.info["batch_size"],
                 "bn_folded": s.info["bn_folded"],
                 "warm_s": round(s.info.get("warm_s", 0.0), 3),  # compilation included

@@ -33,8 +33,9 @@ from landscape_ray.compute.speedups import FoldedConv, auto_batch_size, compiled
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.plugins import import_object
 from landscape_ray.inputs.data import ImageSplit, as_tensor, normalization, normalizer, on_device
+from landscape_ray.inputs.directions import Recipe, ignored
 from landscape_ray.inputs.models import build_model
-from landscape_ray.inputs.payload import Payload
+from landscape_ray.inputs.payload import BFloat16, Payload
 from landscape_ray.spec.schema import Spec
 
 FOLD_RTOL = 1e-6  # fold_bn: auto folds only when the loss of the first batch moves less than this, relative
@@ -101,7 +102,13 @@ class Evaluator:
         self.model.load_state_dict({k: as_tensor(v) for k, v in state.items()})
         live = self.model.state_dict(keep_vars=True)
         # Only entries that some direction moves are touched per point; zero directions cost nothing.
-        names = [n for n in (directions[0] if directions else ()) if any(np.any(d[n]) for d in directions)]
+        self.recipe = directions if isinstance(directions, Recipe) else None
+        if self.recipe is not None:
+            names = [n for n in self.recipe.names if not ignored(live[n], self.recipe.ignore)]
+            directions = []
+        else:
+            names = [n for n in (directions[0] if directions else ()) if any(np.any(d[n]) for d in directions)]
+        self.names = names
         self.targets = [live[n].detach() for n in names]
         # θ* to reset to before each point. On the CPU, where the payload's array already is that tensor (same dtype,
         # same layout), it is used in place: one read-only copy in Ray's object store for every actor of a node,
@@ -109,9 +116,14 @@ class Evaluator:
         self.base = [
             as_tensor(state[n]) if self._shareable(t, state[n]) else t.clone() for t, n in zip(self.targets, names)
         ]
-        # Directions take the layout of the tensors they move, so the in-place updates run stride-aligned.
+        # Directions take the layout (and dtype) of the tensors they move, so the in-place updates run stride-aligned;
+        # where the payload's array already is that, it is used in place (shared, as θ* is).
         self.directions = [
-            [torch.empty_like(t).copy_(as_tensor(d[n])) for t, n in zip(self.targets, names)] for d in directions
+            [
+                as_tensor(d[n]) if self._shareable(t, d[n]) else torch.empty_like(t).copy_(as_tensor(d[n]))
+                for t, n in zip(self.targets, names)
+            ]
+            for d in directions
         ]
         self.normalize = normalizer(mean, std, self.device)
         self.splits = {name: self._resident(s) for name, s in splits.items()}
@@ -136,14 +148,11 @@ class Evaluator:
         self.eager = runner
         self.runner = compiled(runner, o.compile, self.device)
 
-    def _shareable(self, target: torch.Tensor, array: np.ndarray) -> bool:
-        return (
-            self.device.type == "cpu"
-            and isinstance(array, np.ndarray)
-            and target.is_contiguous()
-            and array.flags.c_contiguous
-            and str(target.dtype).removeprefix("torch.") == str(array.dtype)
-        )
+    def _shareable(self, target: torch.Tensor, array) -> bool:
+        if self.device.type != "cpu" or not isinstance(array, (np.ndarray, BFloat16)):
+            return False
+        shared = as_tensor(array)
+        return target.is_contiguous() and shared.is_contiguous() and shared.dtype == target.dtype
 
     @torch.no_grad()
     def _agrees(self, folded: nn.Module) -> bool:
@@ -174,7 +183,8 @@ class Evaluator:
             e.compile,
             e.fold_bn,
         )
-        return cls(model, payload.state, payload.directions.vectors, payload.splits, *normalization(spec.data), options)
+        directions = payload.directions.recipe or payload.directions.vectors
+        return cls(model, payload.state, directions, payload.splits, *normalization(spec.data), options)
 
     def batches(self, resident):
         """Batches ready for the metric: image splits are sliced and normalized here, on the device."""
@@ -203,8 +213,19 @@ class Evaluator:
     def set_point(self, coord) -> None:
         """θ = θ* + Σ c_k d_k, written into the model's own tensors."""
         self.reset()
-        for c, d in zip(coord, self.directions):
-            torch._foreach_add_(self.targets, d, alpha=float(c))
+        if self.recipe is None:
+            for c, d in zip(coord, self.directions):
+                torch._foreach_add_(self.targets, d, alpha=float(c))
+            return
+        # Regenerated directions: entry by entry, so no more than one entry's draws exist at a time; the sum in fp32,
+        # rounded once into the model's dtype.
+        moves = [(axis, float(c)) for axis, c in enumerate(coord) if c]
+        for target, base, name in zip(self.targets, self.base, self.names):
+            if moves:
+                point = base.to(self.device, torch.float32, copy=True)
+                for axis, c in moves:
+                    point.add_(self.recipe.entry(axis, name, base).to(self.device), alpha=c)
+                target.copy_(point)
 
     @torch.no_grad()
     def recompute_bn(self) -> None:

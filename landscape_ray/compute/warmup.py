@@ -54,11 +54,7 @@ class Warmup:
         directions are still to come: `directions.kind: hessian` computes them on the cluster once it is up)."""
         e = spec.eval
         cpu = e.device == "cpu" or (e.device == "auto" and not torch.cuda.is_available())
-        if (
-            not (spec.compute.warmup and local_cluster and cpu and payload.directions.vectors)
-            or e.compile
-            or e.curvature
-        ):
+        if not (spec.compute.warmup and local_cluster and cpu and payload.directions) or e.compile or e.curvature:
             return None
         warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), grid)
         # An actor runs `cpus_per_actor` torch threads; the driver evaluates as one does while it warms up, and

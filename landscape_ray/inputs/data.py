@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.plugins import import_object
 from landscape_ray.inputs.hf import load_tokenizer
+from landscape_ray.inputs.payload import BFloat16
 from landscape_ray.inputs.text import load_text_split
 from landscape_ray.spec.schema import DataSpec
 
@@ -170,11 +171,19 @@ def _synthetic(split: str, spec: DataSpec) -> ImageSplit:
     return ImageSplit(images, rng.integers(0, opts["classes"], size=opts["size"]).astype(np.int64))
 
 
-def as_tensor(array: np.ndarray) -> torch.Tensor:
+def as_tensor(array: np.ndarray | BFloat16) -> torch.Tensor:
     """Share a (possibly read-only, object-store-backed) array without copying; we never write to it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
+        if isinstance(array, BFloat16):
+            return torch.from_numpy(array.bits).view(torch.bfloat16)
         return torch.from_numpy(array)
+
+
+def as_array(tensor: torch.Tensor) -> np.ndarray | BFloat16:
+    """A CPU tensor in a form that travels without copies and comes back bit for bit with `as_tensor`."""
+    tensor = tensor.detach().cpu()
+    return BFloat16(tensor.view(torch.int16).numpy()) if tensor.dtype == torch.bfloat16 else tensor.numpy()
 
 
 def tree_map(fn, tree, leaf_type):

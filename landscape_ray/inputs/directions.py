@@ -28,6 +28,7 @@ lm_head tied to its embedding) is not in the direction space: it moves once, wit
 from __future__ import annotations
 
 import copy
+import hashlib
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -51,6 +52,10 @@ class Directions:
     labels: list[str]  # axis descriptions for pictures
     axis_attrs: list[dict] = field(default_factory=list)  # e.g. PCA's explained_variance_ratio
     trajectory: dict | None = None  # PCA: {"epoch": ints, "x": coords, "y": coords}
+    recipe: Recipe | None = None  # directions.regenerate: drawn where used, `vectors` empty
+
+    def __bool__(self) -> bool:  # directions to evaluate with (a hessian kind's come once the cluster is up)
+        return bool(self.vectors) or self.recipe is not None
 
 
 def direction_space(model: nn.Module, dir_type: str) -> dict[str, torch.Tensor]:
@@ -93,25 +98,68 @@ def normalize(d: torch.Tensor, theta: torch.Tensor, norm: str, ignore: str, dim:
     return d
 
 
-def random_direction(
-    space: dict[str, torch.Tensor], generator: torch.Generator, norm: str, ignore: str, dims: dict[str, int]
-):
-    """Gaussian draws in fp32 (a model held in bf16 gets the same directions, rounded once), normalized."""
-    out = {}
-    for name, theta in space.items():
+def exact(theta: torch.Tensor) -> torch.Tensor:
+    """θ* of one entry on the CPU, in fp32 where the model holds it in 16 bits (norms are taken at full precision)."""
+    theta = theta.detach().cpu()
+    return theta.float() if theta.dtype in (torch.bfloat16, torch.float16) else theta
+
+
+def entry_seed(seed: int, axis: int, name: str) -> int:
+    """`seeding: entry`: the seed of one entry's draw, the same in every process and on every machine."""
+    digest = hashlib.blake2b(f"{seed}/{axis}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds are below 2**63
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Random directions as the way to draw them: any entry's direction, alone, on demand (a CPU generator, so
+    every device gets the same numbers). What `directions.regenerate` keeps instead of 2 × N floats."""
+
+    seed: int
+    norm: str
+    ignore: str
+    seeding: str  # stream | entry
+    ndim: int
+    names: tuple[str, ...] = ()  # the direction space (direction_space), in state_dict order
+    dims: dict[str, int] = field(default_factory=dict)  # entries whose filters lie along dim 1 (filter_dims)
+
+    @classmethod
+    def of(cls, model: nn.Module, spec: DirectionsSpec, ndim: int) -> Recipe:
+        names = tuple(direction_space(model, spec.dir_type))
+        return cls(spec.seed, spec.norm, spec.ignore, spec.seeding or "stream", ndim, names, filter_dims(model))
+
+    def entry(self, axis: int, name: str, theta: torch.Tensor) -> torch.Tensor:
+        """The fp32 direction of one entry along `axis`, normalized against θ* (`theta`, any dtype or device)."""
+        generator = torch.Generator().manual_seed(entry_seed(self.seed, axis, name))
         d = torch.randn(theta.shape, generator=generator, dtype=torch.float32)
-        exact = theta.detach().cpu()
-        exact = exact.float() if exact.dtype in (torch.bfloat16, torch.float16) else exact
-        out[name] = normalize(d, exact, norm, ignore, dims.get(name, 0)).to(theta.dtype)
-    return out
+        return normalize(d, exact(theta), self.norm, self.ignore, self.dims.get(name, 0))
+
+    def vectors(self, space: dict[str, torch.Tensor]) -> list[dict[str, np.ndarray]]:
+        """All entries of every axis, as NumPy arrays (the form directions travel, are stored and exported in),
+        rounded once to the dtype of the entry they move."""
+        if self.seeding == "entry":
+            draws = [{k: self.entry(a, k, v) for k, v in space.items()} for a in range(self.ndim)]
+        else:  # the paper's: one generator, entry after entry in state_dict order, x before y
+            generator = torch.Generator().manual_seed(self.seed)
+            draws = [
+                {
+                    k: normalize(
+                        torch.randn(v.shape, generator=generator, dtype=torch.float32),
+                        exact(v),
+                        self.norm,
+                        self.ignore,
+                        self.dims.get(k, 0),
+                    )
+                    for k, v in space.items()
+                }
+                for _ in range(self.ndim)
+            ]
+        return [{k: to_numpy(d.to(space[k].dtype)) for k, d in draw.items()} for draw in draws]
 
 
 def make_directions(model: nn.Module, spec: DirectionsSpec, ndim: int) -> list[dict[str, np.ndarray]]:
-    """Random directions, one per grid axis, as NumPy arrays (the form they travel and are stored in)."""
-    space, dims = direction_space(model, spec.dir_type), filter_dims(model)
-    generator = torch.Generator().manual_seed(spec.seed)
-    dirs = [random_direction(space, generator, spec.norm, spec.ignore, dims) for _ in range(ndim)]
-    return [{k: to_numpy(v) for k, v in d.items()} for d in dirs]
+    """Random directions, one per grid axis, as NumPy arrays; a model held in bf16 gets the fp32 draws rounded once."""
+    return Recipe.of(model, spec, ndim).vectors(direction_space(model, spec.dir_type))
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -16,18 +16,18 @@ import numpy as np
 from torch import nn
 
 from landscape_ray.core.errors import SpecError
-from landscape_ray.inputs.data import ImageSplit, load_split, load_splits, normalization
+from landscape_ray.inputs.data import ImageSplit, as_array, load_split, load_splits, normalization
 from landscape_ray.inputs.directions import (
     Directions,
+    Recipe,
     difference,
     fit_directions,
     make_directions,
     read_directions,
-    to_numpy,
 )
 from landscape_ray.inputs.hf import max_positions
 from landscape_ray.inputs.models import load_model
-from landscape_ray.inputs.payload import Payload
+from landscape_ray.inputs.payload import BFloat16, Payload
 from landscape_ray.inputs.trajectory import pca_directions
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store.tiles import Store
@@ -37,6 +37,8 @@ def _random(model: nn.Module, spec: Spec, ndim: int) -> Directions:
     d = spec.directions
     norm = {"filter": "filter-normalized", "layer": "layer-normalized", "none": "unnormalized"}[d.norm]
     labels = [f"{a}: {norm} random direction ({d.dir_type}, seed {d.seed})" for a in "xy"[:ndim]]
+    if d.regenerate:  # drawn where used, entry by entry: no process holds them whole
+        return Directions([], labels, recipe=Recipe.of(model, d, ndim))
     return Directions(make_directions(model, d, ndim), labels)
 
 
@@ -110,6 +112,13 @@ def load_inputs(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) 
             warnings.warn(
                 "eval.fold_bn: BN not folded, eval.bn: recompute changes its statistics at every point", stacklevel=2
             )
-    state = {k: to_numpy(v) for k, v in model.state_dict().items()}
-    directions = resolve_directions(model, spec) if vectors is None else Directions(vectors, [])
+    state = {k: as_array(v) for k, v in model.state_dict().items()}
+    directions = Directions(vectors, []) if vectors else resolve_directions(model, spec)
+    # A model held in bf16 gets its directions in bf16 too (as its evaluators would hold them), so that they travel
+    # and are shared in two bytes a parameter; kept float32 they would take twice θ*'s memory in every actor.
+    live = dict(model.state_dict())
+    directions.vectors = [
+        {k: as_array(live[k].new_tensor(np.asarray(v))) if isinstance(state[k], BFloat16) else v for k, v in d.items()}
+        for d in directions.vectors
+    ]
     return Payload(state, directions, splits, bn_split)

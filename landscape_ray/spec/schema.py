@@ -146,6 +146,16 @@ class DirectionsSpec(Strict):
     targets: list[str] | None = Field(None, description="plane: checkpoints θ1, θ2; directions θ1 − θ*, θ2 − θ*")
     checkpoints: list[str] | str | None = Field(None, description="pca: checkpoints θ0 … θn, a list or a glob")
     path: str | None = Field(None, description="file: a direction file (.npz, .h5 of the paper's code) or a store")
+    seeding: Literal["stream", "entry"] | None = Field(
+        None,
+        description="random: stream (one generator, entries in order, x then y: the paper's) or entry (each entry "
+        "from its own seed, hash of (seed, axis, name)); default entry for model.arch hf or regenerate, else stream",
+    )
+    regenerate: bool = Field(
+        False,
+        description="random: keep no direction arrays; every process redraws an entry's direction when it sets a "
+        "point (memory of θ* alone, for models near the memory's size); the store records the recipe",
+    )
 
     @model_validator(mode="after")
     def _kind_fields(self):
@@ -160,6 +170,10 @@ class DirectionsSpec(Strict):
                 raise ValueError(f"{name}: kind {kind} needs it" if self.kind == kind else f"{name}: {verb} it")
         if self.kind == "plane" and len(self.targets) != 2:
             raise ValueError(f"targets: a plane needs exactly 2 checkpoints, got {len(self.targets)}")
+        if self.kind != "random" and (self.regenerate or self.seeding is not None):
+            raise ValueError(f"{'regenerate' if self.regenerate else 'seeding'}: only random directions are drawn")
+        if self.regenerate and self.seeding == "stream":
+            raise ValueError("seeding: regenerate draws each entry alone, which needs seeding entry")
         if self.kind not in ("random", "hessian") and self.norm not in (None, "none"):
             raise ValueError(f"norm: only random and hessian directions are normalized (kind is {self.kind})")
         norm, ignore = KIND_DEFAULTS[self.kind]
@@ -313,6 +327,13 @@ class Spec(Strict):
             if self.model.path is None:
                 raise ValueError("data.tokenizer: dataset text needs a tokenizer folder (or model.arch hf's path)")
             self.data.tokenizer = self.model.path
+        return self
+
+    @model_validator(mode="after")
+    def _seeding(self):
+        d = self.directions
+        if d.kind == "random" and d.seeding is None:
+            d.seeding = "entry" if d.regenerate or self.model.arch == "hf" else "stream"
         return self
 
     @model_validator(mode="after")

@@ -114,7 +114,7 @@ def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, input
     for axis, vector in zip("xy", getattr(directions, "vectors", directions)):
         group = root.require_group(f"directions/{axis}")
         for name, array in vector.items():
-            group.create_array(name, data=array, **CODECS)
+            group.create_array(name, data=np.asarray(array), **CODECS)  # a bf16 model's: as float32
     # The store keeps the tile it was cut into, so that a --resume cuts it the same way (tile: auto depends on the
     # actors of the run that made it).
     tiled = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.tile)})})

@@ -277,6 +277,9 @@ class Store:
         return rate, (done.size - done.sum()) / rate
 
     def directions(self) -> list[dict[str, np.ndarray]]:
+        """The direction arrays; none for `directions.regenerate`, whose spec is the recipe."""
+        if "directions" not in self.root:
+            return []
         return [
             {name: array[...] for name, array in self.root[f"directions/{axis}"].arrays()}
             for axis in ("x", "y")[: len(self.grid.shape)]
