@@ -1,17 +1,21 @@
 """Training with a checkpoint per epoch: the θ* (and the trajectory θ0 … θn) that landscapes are drawn around.
 
     landscape-ray train jobs/quickstart-train.yaml
+    landscape-ray train jobs/llm/tiny-gpt2-train.yaml     # model.arch hf: a save_pretrained folder per epoch
 
 writes `model_0.pt` (the initialisation), `model_1.pt` … `model_N.pt` and `final.pt`
-into `out`. Each is a dict {'state_dict', 'epoch', 'train_loss', 'train_acc',
-'test_loss', 'test_acc', 'optimizer', 'spec', 'steps', 'weight_norm',
-'step_weight_norms'} readable with `torch.load(weights_only=True)`: `steps` counts
-the optimizer steps so far, `weight_norm` is ‖θ‖₂ over every parameter at the end
-of the epoch and `step_weight_norms` (float64 tensor) the same after each step of
-the epoch (the paper's Fig. 11, by epoch and by iteration; one fused norm per step,
-so nearly free). A rerun continues from the last epoch on disk;
-shuffling and augmentation are seeded per epoch, so a resumed training gives the
-same weights as an uninterrupted one.
+into `out`; for `model.arch: hf`, folders `epoch_0` … `epoch_N` and `final` as
+`save_pretrained` writes them (safetensors, config, the data's tokenizer) with the
+same record in each folder's `training.pt`, so that interpolation and PCA take them
+like any other Hugging Face folder. A config folder without weights starts from the
+config's initialisation under `seed`; one with weights is fine-tuned.
+
+Each record is a dict {'state_dict', 'epoch', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'optimizer',
+'spec', 'steps', 'weight_norm', 'step_weight_norms'} readable with `torch.load(weights_only=True)`: `steps` counts
+the optimizer steps so far, `weight_norm` is ‖θ‖₂ over every parameter at the end of the epoch and
+`step_weight_norms` (float64 tensor) the same after each step of the epoch (the paper's Fig. 11, by epoch and by
+iteration; one fused norm per step, so nearly free). A rerun continues from the last epoch on disk; shuffling and
+augmentation are seeded per epoch, so a resumed training gives the same weights as an uninterrupted one.
 
 The defaults are the paper's CIFAR-10 recipe (appendix 9.7): SGD with Nesterov
 momentum 0.9, batch 128, weight decay 5e-4, lr 0.1 divided by 10 at epochs 150,
@@ -21,6 +25,7 @@ momentum 0.9, batch 128, weight decay 5e-4, lr 0.1 divided by 10 at epochs 150,
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -31,6 +36,7 @@ from landscape_ray.core.errors import SpecError
 from landscape_ray.core.paths import epoch_checkpoints
 from landscape_ray.inputs.checkpoints import fit_state, read_record
 from landscape_ray.inputs.data import BatchSplit, ImageSplit, load_splits, normalization, normalizer, on_device
+from landscape_ray.inputs.hf import build_hf, fitting_state, holds_weights, load_tokenizer
 from landscape_ray.inputs.models import load_model
 from landscape_ray.spec.training import OptimizerSpec, TrainSpec
 
@@ -49,9 +55,77 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.stack([c.flip(-1) if f < 0.5 else c for c, f in zip(crops, flip)])
 
 
-def last_epoch(out: Path) -> int | None:
-    epochs = list(epoch_checkpoints(out))
-    return max(epochs) if epochs else None
+class Checkpoints:
+    """`model_<epoch>.pt` files in `out`, each the record of `record` with the weights in its state_dict."""
+
+    def __init__(self, spec: TrainSpec):
+        self.spec, self.out = spec, Path(spec.out)
+
+    def last_epoch(self) -> int | None:
+        epochs = list(epoch_checkpoints(self.out))
+        return max(epochs) if epochs else None
+
+    def path(self, epoch: int) -> Path:
+        return self.out / f"model_{epoch}.pt"
+
+    def save(self, epoch: int, model, ckpt: dict) -> None:
+        partial = self.path(epoch).with_suffix(".partial")
+        torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **ckpt}, partial)
+        partial.replace(self.path(epoch))  # a killed training never leaves a truncated checkpoint behind
+
+    def load(self, epoch: int, model) -> dict:
+        """The record of `epoch`, its weights loaded into `model` (a file on disk, maybe not ours: read as data)."""
+        ckpt = read_record(self.path(epoch), "out")
+        fit_state(model, ckpt["state_dict"], str(self.path(epoch)), "out")
+        return ckpt
+
+    def finish(self) -> Path:
+        final = self.out / "final.pt"
+        torch.save(read_record(self.path(self.spec.epochs), "out"), final)
+        return final
+
+
+class FolderCheckpoints(Checkpoints):
+    """`epoch_<n>` save_pretrained folders in `out`, each with the data's tokenizer and the record (less the
+    weights) in `training.pt`."""
+
+    def last_epoch(self) -> int | None:
+        epochs = [int(p.name[6:]) for p in self.out.glob("epoch_*") if p.name[6:].isdigit() and p.is_dir()]
+        return max(epochs) if epochs else None
+
+    def path(self, epoch: int) -> Path:
+        return self.out / f"epoch_{epoch}"
+
+    def save(self, epoch: int, model, ckpt: dict) -> None:
+        partial = self.out / f".epoch_{epoch}.partial"
+        shutil.rmtree(partial, ignore_errors=True)  # a killed save's leftover, in our own output folder
+        model.save_pretrained(partial)
+        load_tokenizer(self.spec.data.tokenizer, "data.tokenizer").save_pretrained(partial)
+        torch.save(ckpt, partial / "training.pt")
+        partial.replace(self.path(epoch))  # a folder appears whole or not at all
+
+    def load(self, epoch: int, model) -> dict:
+        folder = self.path(epoch)
+        model.load_state_dict(fitting_state(str(folder), model, field="out"), strict=False)
+        return read_record(folder / "training.pt", "out", weights=False)
+
+    def finish(self) -> Path:
+        final, partial = self.out / "final", self.out / ".final.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(self.path(self.spec.epochs), partial)
+        if final.exists():  # a rerun's: replaced by the same epoch's copy
+            shutil.rmtree(final)
+        partial.replace(final)
+        return final
+
+
+def initial_model(spec: TrainSpec):
+    """The model to train: θ0 from the checkpoint or folder weights, or the initialisation drawn under `seed`."""
+    if spec.model.arch == "hf" and not holds_weights(spec.model.path):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            return build_hf(spec.model.path, spec.model.dtype)
+    return load_model(spec, seed=spec.seed)
 
 
 def make_optimizer(spec: OptimizerSpec, params):
@@ -63,6 +137,8 @@ def make_optimizer(spec: OptimizerSpec, params):
             nesterov=spec.nesterov and spec.momentum > 0,
             weight_decay=spec.weight_decay,
         )
+    if spec.name == "adamw":  # decoupled weight decay, what transformers are trained with
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
@@ -109,7 +185,8 @@ def train(spec: TrainSpec, log=print) -> Path:
         raise SpecError("data.splits: training needs the train split")
     out = Path(spec.out)
     device = resolve_device(spec.device)
-    model = load_model(spec, seed=spec.seed).to(device)
+    checkpoints = (FolderCheckpoints if spec.model.arch == "hf" else Checkpoints)(spec)
+    model = initial_model(spec).to(device)
     params = list(model.parameters())
     optimizer = make_optimizer(spec.optimizer, params)
     splits = load_splits(spec.data.model_copy(update={"batch_size": spec.batch_size}))
@@ -118,27 +195,26 @@ def train(spec: TrainSpec, log=print) -> Path:
     data = TrainBatches(splits["train"], spec, device)
     mean, std = normalization(spec.data)
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    metric = resolve_metric(spec.metric, spec.loss)
+    metric = resolve_metric(spec.metric, spec.loss, spec.data.dataset)
     meter = Evaluator(
         model, state, [], splits, mean, std, Options(metric=metric, batch_size=spec.data.batch_size, device=device)
     )
     out.mkdir(parents=True, exist_ok=True)
 
-    start = last_epoch(out)
+    start = checkpoints.last_epoch()
     if start is not None:
-        last = out / f"model_{start}.pt"  # a file on disk, maybe not ours: read as data, checked, one line if off
-        ckpt = read_record(last, "out")
-        fit_state(model, ckpt["state_dict"], str(last), "out")
+        last = checkpoints.path(start)
+        ckpt = checkpoints.load(start, model)
         if "optimizer" in ckpt:
             try:
                 optimizer.load_state_dict(ckpt["optimizer"])
             except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
                 raise SpecError(f"out: {last} holds an optimizer state that does not fit ({err})") from err
         steps = ckpt.get("steps", 0)
-        log(f"resuming from {out / f'model_{start}.pt'} (epoch {start})")
+        log(f"resuming from {last} (epoch {start})")
     else:
         start = steps = 0
-        save(out / "model_0.pt", model, optimizer, spec, 0, meter.measure(), steps, weight_norm(params), [])
+        checkpoints.save(0, model, record(optimizer, spec, 0, meter.measure(), steps, weight_norm(params), []))
 
     for epoch in range(start + 1, spec.epochs + 1):
         for group in optimizer.param_groups:
@@ -158,31 +234,20 @@ def train(spec: TrainSpec, log=print) -> Path:
                 norms.append(weight_norm(params))
         steps += len(norms)
         metrics = meter.measure()
-        save(out / f"model_{epoch}.pt", model, optimizer, spec, epoch, metrics, steps, weight_norm(params), norms)
+        checkpoints.save(epoch, model, record(optimizer, spec, epoch, metrics, steps, weight_norm(params), norms))
         log(
             f"epoch {epoch}/{spec.epochs} lr {lr_at(spec.optimizer, epoch - 1):.3g} "
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         )
-    final = out / "final.pt"
-    ckpt = read_record(out / f"model_{spec.epochs}.pt", "out")
-    torch.save(ckpt, final)
-    return final
+    return checkpoints.finish()
 
 
-def save(
-    path: Path,
-    model,
-    optimizer,
-    spec: TrainSpec,
-    epoch: int,
-    metrics: dict,
-    steps: int,
-    norm: torch.Tensor,
-    step_norms: list[torch.Tensor],
-) -> None:
+def record(
+    optimizer, spec: TrainSpec, epoch: int, metrics: dict, steps: int, norm: torch.Tensor, step_norms: list
+) -> dict:
+    """What a checkpoint holds besides the weights."""
     step_norms = torch.stack(step_norms).cpu() if step_norms else torch.zeros(0, dtype=torch.float64)
-    ckpt = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    return {
         "epoch": epoch,
         "optimizer": optimizer.state_dict(),
         "spec": spec.model_dump(mode="json"),
@@ -191,6 +256,3 @@ def save(
         "weight_norm": float(norm),
         "step_weight_norms": step_norms,
     }
-    partial = path.with_suffix(".partial")
-    torch.save(ckpt, partial)
-    partial.replace(path)  # a killed training never leaves a truncated checkpoint behind

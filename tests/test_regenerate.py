@@ -111,6 +111,20 @@ def test_a_bf16_model_travels_and_is_shared_in_its_own_two_bytes(make_hf, tmp_pa
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-2)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_an_evaluators_model_is_the_folders_in_every_tensor(make_hf, tmp_path, family):
+    """An evaluator builds its network without drawing initial weights (its state comes from the payload): every
+    parameter and buffer, the ones outside the state_dict (rotary frequencies) too, is the folder's model's."""
+    folder = make_hf(family)
+    ev = Evaluator.from_payload(spec_of(folder, tmp_path / "s.zarr"), prepare(spec_of(folder, tmp_path / "s.zarr")))
+    reference = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, attn_implementation="eager")
+    mine = dict(ev.model.named_parameters()) | dict(ev.model.named_buffers())
+    theirs = dict(reference.named_parameters()) | dict(reference.named_buffers())
+    assert mine.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert torch.equal(mine[name], tensor), name
+
+
 @pytest.mark.slow
 def test_an_actor_holds_a_100m_model_once_with_regenerated_directions(tmp_path):
     """Peak resident memory of the actor of a real run, less that of the same run on a tiny model (Python, torch,

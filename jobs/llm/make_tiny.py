@@ -1,6 +1,7 @@
 """A tiny GPT-2 trained on the bundled text, as two `save_pretrained` folders for the LLM jobs in jobs/llm/.
 
     .venv/bin/python jobs/llm/make_tiny.py --out runs/llm/tiny-gpt2 [--steps 300] [--seed 0]
+    .venv/bin/python jobs/llm/make_tiny.py --config-only --out runs/llm/tiny-gpt2-config   # for landscape-ray train
 
 Writes the trained model at --out and its initial weights at --out + "-init" (the interpolation's start), each
 with the tokenizer. A byte-level BPE tokenizer (vocabulary 512) is trained on the train split of Python's bundled
@@ -48,6 +49,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="AdamW steps of %d windows of %d tokens" % (BATCH, WINDOW))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--config-only", action="store_true", help="write the config and tokenizer only (no weights)")
     args = p.parse_args()
     start = time.perf_counter()
 
@@ -68,6 +70,12 @@ def main() -> None:
         embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
+    if args.config_only:  # what `landscape-ray train jobs/llm/tiny-gpt2-train.yaml` starts from
+        config.architectures = ["GPT2LMHeadModel"]
+        config.save_pretrained(args.out)
+        tokenizer.save_pretrained(args.out)
+        print(f"config and tokenizer in {args.out}")
+        return
     torch.manual_seed(args.seed)  # the same seed gives the same initial weights and the same windows
     model = GPT2LMHeadModel(config)
     init = f"{args.out}-init"

@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     # Compiled kernels (eval.compile) in this tool's cache, kept between runs and shared by this machine's actors (a
     # private cluster's inherit it; torch would otherwise pick /tmp once anything in the process touched Inductor).
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir("inductor")))
+    # transformers' loading and saving bars (a language model's folder, every epoch of a training) would bury the
+    # command's own lines; read when transformers is first imported, so set before that.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return import_object(args.func, "command")(args) or 0
     except (SpecError, RunError) as err:

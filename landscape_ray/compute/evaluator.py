@@ -170,7 +170,7 @@ class Evaluator:
 
     @classmethod
     def from_payload(cls, spec: Spec, payload: Payload, device: str | None = None) -> Evaluator:
-        model = build_model(spec.model)  # weights come from the payload
+        model = build_model(spec.model, initialise=False)  # every entry of its state comes from the payload
         e = spec.eval
         options = Options(
             resolve_metric(e.metric, e.loss, spec.data.dataset),

@@ -54,11 +54,12 @@ def _read(path: Path, trust: bool, field: str, mmap: bool):
         raise SpecError(f"{field}: cannot read {path}: {first}") from err  # chained: `--debug` shows torch's error
 
 
-def read_record(path: str | Path, field: str, mmap: bool = False) -> dict:
+def read_record(path: str | Path, field: str, mmap: bool = False, weights: bool = True) -> dict:
     """A checkpoint as `landscape-ray train` writes it (a dict with its `state_dict`, `epoch`, metrics, optimizer
-    state and weight norms), read as weights only; anything else is one line naming the file."""
+    state and weight norms; `weights=False`: the same without the state_dict, the `training.pt` of a model folder),
+    read as weights only; anything else is one line naming the file."""
     record = _read(Path(path), False, field, mmap)
-    if not (isinstance(record, dict) and isinstance(record.get("state_dict"), dict)):
+    if not (isinstance(record, dict) and (isinstance(record.get("state_dict"), dict) or not weights)):
         raise SpecError(f"{field}: {path} is not a checkpoint of landscape-ray train (no state_dict)")
     kinds = {"epoch": int, "steps": int, "step_weight_norms": torch.Tensor}
     for key, value in record.items():

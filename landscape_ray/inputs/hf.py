@@ -12,6 +12,7 @@ Nothing is downloaded (`local_files_only`), custom code (`auto_map`) is refused,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -69,9 +70,12 @@ def hf_config(path: str, field: str = "model.path"):
         raise SpecError(f"{field}: cannot read {file}: {_first(err)}") from err
 
 
-def build_hf(path: str, dtype: str = "float32", field: str = "model.path") -> nn.Module:
-    """The model of the folder's config with freshly initialised weights (no weights read), in eval mode."""
+def build_hf(path: str, dtype: str = "float32", field: str = "model.path", initialise: bool = True) -> nn.Module:
+    """The model of the folder's config with freshly initialised weights (no weights read), in eval mode.
+    `initialise=False`: the weights are left as allocated, for a caller that loads every entry of its state_dict
+    next (an actor: drawing a billion random numbers first would take it longer than the loading)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.initialization import no_init_weights
 
     config = hf_config(path, field)
     if dtype == "auto":  # the config's dtype (or torch_dtype, which transformers reads into it); float32 if none
@@ -82,8 +86,10 @@ def build_hf(path: str, dtype: str = "float32", field: str = "model.path") -> nn
     auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
     # eager attention: deterministic on CPU, as a plain loop; fork_rng: the initialisation leaves the caller's RNG be
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), contextlib.nullcontext() if initialise else no_init_weights():
             model = auto.from_config(config, dtype=DTYPES[dtype], attn_implementation="eager")
+        if not initialise:  # skipping the initialisation also skips the tying of lm_head to the embedding
+            model.tie_weights()
     except HF_ERRORS as err:
         raise SpecError(f"{field}: cannot build {auto.__name__} from {path}/config.json: {_first(err)}") from err
     return model.eval()
@@ -114,6 +120,11 @@ def _read_weights(file: Path, pickled: bool, field: str) -> dict[str, torch.Tens
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SpecError(f"{field}: {file} holds no state_dict (a dict of tensors)")
     return state
+
+
+def holds_weights(path: str) -> bool:
+    """Whether the folder has weights (any of FORMATS), or only a config to build a model from."""
+    return any((Path(path) / name).is_file() for single, index, _ in FORMATS for name in (single, index))
 
 
 def read_hf_state(path: str, trust: bool = False, field: str = "model.path") -> dict[str, torch.Tensor]:
@@ -164,9 +175,8 @@ def _misfit(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     return problems
 
 
-def load_hf(path: str, dtype: str = "float32", trust: bool = False, field: str = "model.path") -> nn.Module:
-    """The folder's model with its weights, in eval mode; one line when the weights do not fit the config."""
-    model = build_hf(path, dtype, field)
+def fitting_state(path: str, model: nn.Module, trust: bool = False, field: str = "model.path") -> dict:
+    """The weights of the folder at `path`, by `model`'s state_dict names, checked to fit it (one line if not)."""
     state = read_hf_state(path, trust, field)
     own, prefix = model.state_dict(), getattr(model, "base_model_prefix", "")
     # weights saved from the base model (GPT-2's own files: "h.0..." for "transformer.h.0...")
@@ -174,8 +184,14 @@ def load_hf(path: str, dtype: str = "float32", trust: bool = False, field: str =
     problems = _misfit(model, state)
     if problems:
         more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
-        raise SpecError(f"{field}: the weights in {path} do not fit its config.json: {'; '.join(problems[:8])}{more}")
-    model.load_state_dict(state, strict=False)
+        raise SpecError(f"{field}: the weights in {path} do not fit the model: {'; '.join(problems[:8])}{more}")
+    return state
+
+
+def load_hf(path: str, dtype: str = "float32", trust: bool = False, field: str = "model.path") -> nn.Module:
+    """The folder's model with its weights, in eval mode; one line when the weights do not fit the config."""
+    model = build_hf(path, dtype, field, initialise=False)  # every entry is loaded next (fitting_state checks)
+    model.load_state_dict(fitting_state(path, model, trust, field), strict=False)
     model.tie_weights()  # the tied names share one tensor again, whichever of them the file held
     return model.eval()
 

@@ -74,10 +74,11 @@ def build(name: str, **kwargs) -> nn.Module:
     return model
 
 
-def build_model(model_spec) -> nn.Module:
-    """`spec.model`'s network, freshly initialised: `arch: hf` from its folder's config (hf.py), else `build`."""
+def build_model(model_spec, initialise: bool = True) -> nn.Module:
+    """`spec.model`'s network, freshly initialised: `arch: hf` from its folder's config (hf.py), else `build`.
+    `initialise=False`: a language model's weights are left as allocated (the caller loads its whole state next)."""
     if model_spec.arch == "hf":
-        return build_hf(model_spec.path, model_spec.dtype)
+        return build_hf(model_spec.path, model_spec.dtype, initialise=initialise)
     return build(model_spec.arch, **model_spec.kwargs)
 
 

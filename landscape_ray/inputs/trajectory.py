@@ -1,12 +1,11 @@
 """PCA directions of an optimization trajectory, and the trajectory projected onto them (paper §7).
 
-Given checkpoints θ0 … θn (`directions.checkpoints`: a list or a glob, ordered by
-epoch) and the centre θ* (`model.checkpoint`, usually θn), the rows of
-M = [θi − θ*] are centred and their top two principal components become the
-x and y directions; the explained-variance ratio of each is kept for the axis
-labels. Every checkpoint is then projected onto the plane by least squares
-(solving the 2 × 2 normal equations, so the coordinates are exact even if the
-stored directions are not exactly orthogonal).
+Given checkpoints θ0 … θn (`directions.checkpoints`: a list or a glob, ordered by epoch; files, or save_pretrained
+folders for `model.arch: hf`) and the centre θ* (`model.checkpoint` or `model.path`, usually θn), the rows of M =
+[θi − θ*] are centred and their top two principal components become the x and y directions; the explained-variance
+ratio of each is kept for the axis labels. Every checkpoint is then projected onto the plane by least squares
+(solving the 2 × 2 normal equations, so the coordinates are exact even if the stored directions are not exactly
+orthogonal).
 
 Memory stays small for big models and long trajectories: checkpoints are
 memory-mapped, M is never formed — only its (n × n) Gram matrix, accumulated
@@ -28,6 +27,7 @@ from torch import nn
 from landscape_ray.core.errors import SpecError
 from landscape_ray.inputs.checkpoints import load_checkpoint
 from landscape_ray.inputs.directions import Directions, direction_space, ignored
+from landscape_ray.inputs.hf import fitting_state
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store.fingerprint import checkpoint_paths
 
@@ -55,7 +55,11 @@ def pca_directions(model: nn.Module, spec: Spec) -> Directions:
     names = [k for k, v in theta.items() if not ignored(v, d.ignore)]  # the others stay zero
     states, epochs = [], []
     for i, path in enumerate(paths):
-        state, meta = load_checkpoint(path, spec.model.trust_checkpoint, f"directions.checkpoints[{i}]", mmap=True)
+        field, trust = f"directions.checkpoints[{i}]", spec.model.trust_checkpoint
+        if path.is_dir():  # a save_pretrained folder (landscape-ray train of an HF model writes one per epoch)
+            state, meta = fitting_state(str(path), model, trust, field), {}
+        else:
+            state, meta = load_checkpoint(path, trust, field, mmap=True)
         bad = [k for k in names if k not in state or state[k].shape != theta[k].shape]
         if bad:
             raise SpecError(f"directions.checkpoints[{i}]: {path} does not fit the model at {bad[0]}")

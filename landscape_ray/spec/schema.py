@@ -311,6 +311,14 @@ class OutputSpec(Strict):
     )
 
 
+def default_tokenizer(model: ModelSpec, data: DataSpec) -> None:
+    """`dataset: text` is tokenized with data.tokenizer, by default the tokenizer of model.arch hf's folder."""
+    if data.dataset == "text" and data.tokenizer is None:
+        if model.path is None:
+            raise ValueError("data.tokenizer: dataset text needs a tokenizer folder (or model.arch hf's path)")
+        data.tokenizer = model.path
+
+
 class Spec(Strict):
     name: str = "surface"
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -323,10 +331,7 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _text_needs_a_tokenizer(self):
-        if self.data.dataset == "text" and self.data.tokenizer is None:
-            if self.model.path is None:
-                raise ValueError("data.tokenizer: dataset text needs a tokenizer folder (or model.arch hf's path)")
-            self.data.tokenizer = self.model.path
+        default_tokenizer(self.model, self.data)
         return self
 
     @model_validator(mode="after")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from landscape_ray.spec.schema import DataSpec, ModelSpec, Strict
+from landscape_ray.spec.schema import DataSpec, ModelSpec, Strict, default_tokenizer
 
 
 class OptimizerSpec(Strict):
-    name: Literal["sgd", "adam"] = "sgd"
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, description="SGD only")
     nesterov: bool = Field(True, description="SGD only")
@@ -40,4 +40,12 @@ class TrainSpec(Strict):
     )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    out: str = Field("runs/train/checkpoints", description="folder for model_{epoch}.pt and final.pt")
+    out: str = Field(
+        "runs/train/checkpoints",
+        description="folder for model_{epoch}.pt and final.pt (model.arch hf: folders epoch_{epoch} and final)",
+    )
+
+    @model_validator(mode="after")
+    def _text_needs_a_tokenizer(self):
+        default_tokenizer(self.model, self.data)
+        return self
