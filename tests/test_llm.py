@@ -194,3 +194,17 @@ def test_directions_exported_as_safetensors_give_the_same_plane(make_hf, tmp_pat
     run(spec_of(folder, tmp_path / "b.zarr", "directions.kind=file", f"directions.path={out}"), log=quiet)
     a, b = xr.open_zarr(tmp_path / "a.zarr"), xr.open_zarr(tmp_path / "b.zarr")
     np.testing.assert_array_equal(a["test_loss"].values, b["test_loss"].values)
+
+
+def test_the_standard_error_is_over_windows(make_hf, tmp_path):
+    """`test_loss_se`: the sample standard error of the windows' mean losses, as a plain loop computes them."""
+    folder = make_hf("llama")
+    spec = spec_of(folder, tmp_path / "s.zarr")
+    got = Evaluator.from_payload(spec, prepare(spec), "cpu").evaluate(np.zeros((1, 2)))
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    ids = torch.from_numpy(cut(tokenizer(bundled_text("test"))["input_ids"], SEQ)[:SEQUENCES])
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, attn_implementation="eager").eval()
+    with torch.no_grad():
+        windows = np.array([float(model(w[None], labels=w[None]).loss) for w in ids])
+    assert got["test_loss"][0] == pytest.approx(windows.mean(), rel=1e-5)
+    assert got["test_loss_se"][0] == pytest.approx(windows.std(ddof=1) / np.sqrt(len(windows)), rel=1e-4)

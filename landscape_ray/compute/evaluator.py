@@ -7,12 +7,14 @@ points before it; at (0, 0) they are θ* bit for bit), then runs the metric over
     ev = Evaluator.from_payload(spec, prepare(spec))            # prepare: payload.py
     out = ev.evaluate(np.array([[0.0, 0.0], [0.5, -0.25]]))     # out["train_loss"]: one value per coordinate
 
-A metric is `fn(model, batch) -> (loss_sum, count[, {name: sum}])`; the default, `classification`, gives the
-mean loss and the accuracy, `eval.metric: package.module:fn` any other. Each sum becomes `<split>_<name>` (sum /
-count); `loss_sq` becomes `<split>_loss_se`, the standard error of the mean loss, when `data.subset` samples the
-split. Sums accumulate in float64 on the device, one host sync per split and point. Speed-ups: speedups.py;
-`batch_size="auto"` and `fold="auto"` (the defaults) pick the batch that runs fastest on the device and fold BN only
-where the folded forward agrees with the plain one within `FOLD_RTOL` on the first batch.
+A metric is `fn(model, batch) -> (loss_sum, count[, {name: sum}])`; the default, `classification`, gives the mean
+loss and the accuracy, `eval.metric: package.module:fn` any other. Each sum becomes `<split>_<name>` (sum / count);
+`loss_sq` becomes `<split>_loss_se`, the standard error of the mean loss, when `data.subset` samples the split or
+the split is text (a metric that returns `loss_units` gives squared losses of that many units, such as token
+windows, instead of one per counted item). Sums accumulate in float64 on the device, one host sync per split and
+point. Speed-ups: speedups.py; `batch_size="auto"` and `fold="auto"` (the defaults) pick the batch that runs fastest
+on the device and fold BN only where the folded forward agrees with the plain one within `FOLD_RTOL` on the first
+batch.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ class Evaluator:
             spec.data.batch_size,
             device or resolve_device(e.device),
             payload.bn_split,
-            spec.data.subset is not None,
+            spec.data.subset is not None or spec.data.dataset == "text",  # windows: a sample of the text
             e.precision,
             e.channels_last,
             e.compile,
@@ -265,12 +267,13 @@ class Evaluator:
             out[f"{name}_loss"] = mean = loss.item() / n
             if getattr(self.metric, "perplexity", False):  # a language model's: exp of the token-weighted mean loss
                 out[f"{name}_ppl"] = math.exp(min(mean, 700.0))  # beyond, float64 overflows
+            units = int(sums.pop("loss_units", n))  # what loss_sq squares: one per counted item unless the metric says
             for k, v in sums.items():
                 if k != "loss_sq":
                     out[f"{name}_{k}"] = v.item() / n
                 elif self.standard_error:
-                    var = max(v.item() / n - mean * mean, 0.0) * n / max(n - 1, 1)
-                    out[f"{name}_loss_se"] = math.sqrt(var / n)
+                    var = max(v.item() / units - mean * mean, 0.0) * units / max(units - 1, 1)
+                    out[f"{name}_loss_se"] = math.sqrt(var / units)
         return out
 
     def warm(self) -> dict[str, float]:

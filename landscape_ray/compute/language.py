@@ -5,9 +5,11 @@
     loss = loss_sum / count; acc = sums["acc"] / count                     # what the evaluator reports per split
 
 It has the interface of the evaluator's metrics, `fn(model, batch) -> (loss_sum, count, {name: sum})`. The loss is
-token-weighted: summed over every predicted token of every batch and divided by their number, so loss_sum / count
-of an unpadded batch is what transformers returns with `labels=input_ids`. Targets whose attention_mask is 0
-(padding) are not counted. `causal_lm.perplexity` tells the evaluator to report `<split>_ppl = exp(loss)` too.
+token-weighted: summed over every predicted token of every batch and divided by their number, so loss_sum / count of
+an unpadded batch is what transformers returns with `labels=input_ids`. `loss_sq` and `loss_units` (the squared mean
+loss of each window, and the number of windows) give the evaluator `<split>_loss_se`, the standard error of the loss
+over windows. Targets whose attention_mask is 0 (padding) are not counted. `causal_lm.perplexity` tells the
+evaluator to report `<split>_ppl = exp(loss)` too.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ def causal_lm(model: nn.Module, batch):
     targets = ids[:, 1:]  # position t predicts token t + 1; the last position predicts nothing here
     per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     correct = logits.argmax(dim=-1) == targets
-    if mask is None:
-        return per.double().sum(), targets.numel(), {"acc": correct.sum()}
-    keep = mask[:, 1:].bool()  # a padded target is not a token of the text
+    keep = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask[:, 1:].bool()  # padding is not text
     per = torch.where(keep, per.view_as(targets).double(), 0.0)  # not per[keep]: a sum on the device, no host sync
-    return per.sum(), keep.sum(), {"acc": (correct & keep).sum()}
+    # each window's mean loss, for the standard error over windows (the sample the text was cut into)
+    window = per.sum(1) / keep.sum(1).clamp(min=1)
+    sums = {"acc": (correct & keep).sum(), "loss_sq": window.square().sum(), "loss_units": len(ids)}
+    return per.sum(), keep.sum() if mask is not None else targets.numel(), sums
 
 
 causal_lm.perplexity = True  # the evaluator adds <split>_ppl = exp(<split>_loss)
