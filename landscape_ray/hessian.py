@@ -71,9 +71,9 @@ def compute(
     the connected cluster (connect.connect), from the inputs in `payload` (prepare.prepare)."""
     check_request(top, which, probes, steps, actors, tol)
     split = spec.data.splits[0]
-    if at is not None and len(at) != len(payload.directions.vectors):
+    if at is not None and len(at) != payload.directions.ndim:
         raise SpecError(
-            f"--at: the spec's directions span {len(payload.directions.vectors)} axes, got {len(at)} "
+            f"--at: the spec's directions span {payload.directions.ndim} axes, got {len(at)} "
             f"coordinate(s) {','.join(map(str, at))}"
         )
     local = Curvature.from_payload(spec, payload, split, "cpu")  # zero-copy views of the payload: a cheap check

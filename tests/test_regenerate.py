@@ -17,6 +17,8 @@ import xarray as xr
 from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM
 
+from landscape_ray.cluster.shards import ShardedOperator
+from landscape_ray.compute.curvature import Curvature
 from landscape_ray.compute.evaluator import Evaluator
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.inputs.data import as_tensor
@@ -109,6 +111,24 @@ def test_a_bf16_model_travels_and_is_shared_in_its_own_two_bytes(make_hf, tmp_pa
         assert np.array_equal(ev.evaluate(at)["test_loss"], losses[-1])  # θ* intact after a point
     # The same directions; regenerated ones add in fp32 and round once, kept ones are rounded to bf16 first.
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-2)
+
+
+def test_hessian_vector_products_at_a_point_of_regenerated_directions(make_hf, tmp_path):
+    """The sharded Hessian's actors (and eval.curvature) take the recipe as the evaluator does: the same products at
+    a point off θ* as with the kept directions it draws."""
+    folder = make_hf("qwen2")
+    products = []
+    for regenerate in (True, False):
+        spec = spec_of(folder, tmp_path / "s.zarr", f"directions.regenerate={regenerate}")
+        payload = prepare(spec)
+        with ShardedOperator(spec, payload, "test", at=(0.3, -0.2), actors=2) as op:
+            v = np.random.default_rng(0).standard_normal(op_dim(spec, payload)).astype(np.float32)
+            products.append(op.matvec(v))
+    np.testing.assert_allclose(products[0], products[1], rtol=1e-4, atol=1e-6)
+
+
+def op_dim(spec, payload) -> int:
+    return Curvature.from_payload(spec, payload, "test", "cpu").dim
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])

@@ -21,7 +21,7 @@ from landscape_ray.cluster.connect import plan_actors
 from landscape_ray.cluster.pool import Blame, start_actor_process
 from landscape_ray.compute.curvature import Curvature, shards
 from landscape_ray.core.errors import RunError
-from landscape_ray.inputs.directions import Directions
+from landscape_ray.inputs.directions import Directions, Recipe
 from landscape_ray.inputs.payload import Payload
 from landscape_ray.spec.schema import Spec
 
@@ -29,9 +29,10 @@ from landscape_ray.spec.schema import Spec
 class ShardWorker:
     """One shard's Hessian-vector products (the body of a Ray actor; plain Python, importable without a cluster)."""
 
-    def __init__(self, spec: dict, state: dict, directions: list, shard, split: str, at, device: str, threads: int):
+    def __init__(self, spec: dict, state: dict, directions, shard, split: str, at, device: str, threads: int):
         start_actor_process(threads)
-        payload = Payload(state, Directions(directions, []), {split: shard})
+        recipe = directions if isinstance(directions, Recipe) else None  # directions.regenerate: drawn here
+        payload = Payload(state, Directions([] if recipe else directions, [], recipe=recipe), {split: shard})
         self.curvature = Curvature.from_payload(Spec.model_validate(spec), payload, split, device, at)
 
     def hvp(self, v: np.ndarray) -> tuple[np.ndarray, int]:
@@ -47,7 +48,7 @@ class ShardedOperator:
         self.spec, self.split, self.at, self.log = spec, split, at, log
         self.spec_json = spec.model_dump(mode="json")
         self.state = ray.put(payload.state)
-        self.directions = ray.put(payload.directions.vectors)
+        self.directions = ray.put(payload.directions.travelling)
         self.shards = [ray.put(s) for s in shards(payload.splits[split], actors or planned)]
         if not self.options["num_gpus"]:  # more CPU actors than CPUs share them rather than wait forever for one
             share = ray.cluster_resources().get("CPU", 1) / len(self.shards)

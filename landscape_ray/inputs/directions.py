@@ -57,6 +57,15 @@ class Directions:
     def __bool__(self) -> bool:  # directions to evaluate with (a hessian kind's come once the cluster is up)
         return bool(self.vectors) or self.recipe is not None
 
+    @property
+    def ndim(self) -> int:
+        return self.recipe.ndim if self.recipe is not None else len(self.vectors)
+
+    @property
+    def travelling(self) -> list[dict[str, np.ndarray]] | Recipe:
+        """What evaluators are given: the arrays, or the recipe they draw them from."""
+        return self.recipe or self.vectors
+
 
 def direction_space(model: nn.Module, dir_type: str) -> dict[str, torch.Tensor]:
     """θ* restricted to the entries a direction spans, in state_dict order; tied entries once."""
