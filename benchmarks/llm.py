@@ -12,7 +12,7 @@ its README shows, `random_plane(model, metric, steps=..., normalization="filter"
 `landscape-ray run jobs/llm/tiny-gpt2-plane.yaml` (no pictures) in a fresh process and a fresh private Ray, with 1
 and 2 actors (the driver computes points while the cluster starts, as by default), and with 2 actors and no
 driver warmup. Walls run from the command to its exit, start-up included. Peak memory: the peak RSS of each driver
-process (getrusage), and for the service each actor's USS as the store's run record holds it (`info --json`).
+process (getrusage), and for the service each actor's peak RSS as the store's run record holds it (`info --json`).
 The two draw their own random directions (and the peer's grid is its own), so only time and memory compare.
 """
 
@@ -108,8 +108,9 @@ def small_folder(folder: Path, tokenizer_from: Path) -> Path:
     return folder
 
 
-def service(folder: Path, store: Path, args, actors: int, warmup: bool) -> dict:
+def service(folder: Path, store: Path, args, actors: int, warmup: bool, regenerate: bool = False) -> dict:
     sets = [
+        f"directions.regenerate={str(regenerate).lower()}",
         f"model.path={folder}",
         f"data.seq_len={args.seq_len}",
         f"data.sequences={args.sequences}",
@@ -152,8 +153,10 @@ def main() -> None:
         config = json.loads((folder / "config.json").read_text())
         shape = f"{config['n_layer']} layers x {config['n_embd']}, vocabulary {config['vocab_size']}"
         runs = {
-            (actors, warmup): service(folder, tmp / f"{actors}{warmup}.zarr", args, actors, warmup)
-            for actors, warmup in ((1, True), (2, True), (2, False))
+            (actors, warmup, regenerate): service(
+                folder, tmp / f"{actors}{warmup}{regenerate}.zarr", args, actors, warmup, regenerate
+            )
+            for actors, warmup, regenerate in ((1, True, False), (2, True, False), (2, False, False), (2, True, True))
         }
 
     n = args.steps**2
@@ -165,16 +168,17 @@ def main() -> None:
         f"| loss_landscapes.random_plane, {threads} torch threads (its call alone: {float(call_s):.1f} s) "
         f"| {peer_s:.1f} | {n / peer_s:.2f} | - | process RSS {float(peer_mb):.0f} |"
     )
-    for (actors, warmup), r in runs.items():
+    for (actors, warmup, regenerate), r in runs.items():
         workers = r["record"]["actors"]
         by_driver = workers.get("driver", {}).get("points", 0)
-        uss = [f"{w['uss_mb']:.0f}" for name, w in workers.items() if name != "driver" and w.get("uss_mb")]
-        memory = f"driver RSS {r['driver_mb']:.0f}" + (f"; actor USS {', '.join(uss)}" if uss else "; no actor ran")
+        peaks = [f"{w['peak_rss_mb']:.0f}" for n, w in workers.items() if n != "driver" and w.get("peak_rss_mb")]
+        memory = f"driver RSS {r['driver_mb']:.0f}" + (f"; actor RSS {', '.join(peaks)}" if peaks else "; no actor ran")
         name = f"landscape-ray run, {actors} actor{'s' * (actors > 1)} × 1 thread" + ("" if warmup else ", no warmup")
+        name += ", directions regenerated" if regenerate else ""
         row = f"| {name} | {r['wall_s']:.1f} | {n / r['wall_s']:.2f} | {by_driver} / {n - by_driver} | {memory} |"
         print(row)
     print(f"\npeer loss range {float(low):.3f} .. {float(high):.3f} (its own directions and grid: not comparable)")
-    for (actors, warmup), r in runs.items():
+    for (actors, warmup, _), r in runs.items():
         startup = ", ".join(f"{k} {v}" for k, v in r["record"].get("startup", {}).items())
         print(f"service {actors} actor(s){'' if warmup else ', no warmup'}: {startup}")
 

@@ -40,6 +40,7 @@ from torch import nn
 
 from landscape_ray.core.errors import SpecError
 from landscape_ray.inputs.checkpoints import fit_state, read_checkpoint
+from landscape_ray.inputs.data import as_array
 from landscape_ray.inputs.hf import load_hf, tied_names
 from landscape_ray.spec.schema import DirectionsSpec, Spec
 
@@ -144,26 +145,18 @@ class Recipe:
         return normalize(d, exact(theta), self.norm, self.ignore, self.dims.get(name, 0))
 
     def vectors(self, space: dict[str, torch.Tensor]) -> list[dict[str, np.ndarray]]:
-        """All entries of every axis, as NumPy arrays (the form directions travel, are stored and exported in),
-        rounded once to the dtype of the entry they move."""
-        if self.seeding == "entry":
-            draws = [{k: self.entry(a, k, v) for k, v in space.items()} for a in range(self.ndim)]
-        else:  # the paper's: one generator, entry after entry in state_dict order, x before y
-            generator = torch.Generator().manual_seed(self.seed)
-            draws = [
-                {
-                    k: normalize(
-                        torch.randn(v.shape, generator=generator, dtype=torch.float32),
-                        exact(v),
-                        self.norm,
-                        self.ignore,
-                        self.dims.get(k, 0),
-                    )
-                    for k, v in space.items()
-                }
-                for _ in range(self.ndim)
-            ]
-        return [{k: to_numpy(d.to(space[k].dtype)) for k, d in draw.items()} for draw in draws]
+        """All entries of every axis, in the dtype of the entry they move (rounded once; a bf16 model's as BFloat16)
+        and the form directions travel, are stored and exported in. Entry by entry: no more than one entry's fp32
+        draws exist at a time besides the result."""
+        generator = torch.Generator().manual_seed(self.seed)  # seeding stream: entry after entry, x before y
+
+        def draw(axis: int, name: str, theta: torch.Tensor) -> torch.Tensor:
+            if self.seeding == "entry":
+                return self.entry(axis, name, theta)
+            d = torch.randn(theta.shape, generator=generator, dtype=torch.float32)
+            return normalize(d, exact(theta), self.norm, self.ignore, self.dims.get(name, 0))
+
+        return [{k: as_array(draw(a, k, v).to(v.dtype)) for k, v in space.items()} for a in range(self.ndim)]
 
 
 def make_directions(model: nn.Module, spec: DirectionsSpec, ndim: int) -> list[dict[str, np.ndarray]]:

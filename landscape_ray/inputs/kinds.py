@@ -89,6 +89,11 @@ def resolve_directions(model: nn.Module, spec: Spec) -> Directions:
     return DIRECTION_KINDS[kind](model, spec, ndim)
 
 
+def bf16(theta, direction) -> bool:
+    """An entry held in bf16 whose direction is not yet."""
+    return isinstance(theta, BFloat16) and not isinstance(direction, BFloat16)
+
+
 def load_inputs(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) -> Payload:
     """θ*, the data and the directions, loaded once on the CPU and checked against each other.
 
@@ -118,7 +123,7 @@ def load_inputs(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) 
     # and are shared in two bytes a parameter; kept float32 they would take twice θ*'s memory in every actor.
     live = dict(model.state_dict())
     directions.vectors = [
-        {k: as_array(live[k].new_tensor(np.asarray(v))) if isinstance(state[k], BFloat16) else v for k, v in d.items()}
+        {k: as_array(live[k].new_tensor(np.asarray(v))) if bf16(state[k], v) else v for k, v in d.items()}
         for d in directions.vectors
     ]
     return Payload(state, directions, splits, bn_split)
