@@ -21,8 +21,7 @@ from landscape_ray.cluster.shards import ShardedOperator
 from landscape_ray.compute.curvature import Curvature
 from landscape_ray.compute.evaluator import Evaluator
 from landscape_ray.compute.prepare import prepare
-from landscape_ray.inputs.data import as_tensor
-from landscape_ray.inputs.payload import BFloat16
+from landscape_ray.inputs.data import BFloat16, as_tensor
 from landscape_ray.job import run
 from landscape_ray.store.tiles import Store
 

@@ -34,10 +34,10 @@ from landscape_ray.compute.language import causal_lm
 from landscape_ray.compute.speedups import FoldedConv, auto_batch_size, compiled, fold_bn
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.plugins import import_object
-from landscape_ray.inputs.data import ImageSplit, as_tensor, normalization, normalizer, on_device
+from landscape_ray.inputs.data import BFloat16, ImageSplit, as_tensor, normalization, normalizer, on_device
 from landscape_ray.inputs.directions import Recipe, ignored
 from landscape_ray.inputs.models import build_model
-from landscape_ray.inputs.payload import BFloat16, Payload
+from landscape_ray.inputs.payload import Payload
 from landscape_ray.spec.schema import Spec
 
 FOLD_RTOL = 1e-6  # fold_bn: auto folds only when the loss of the first batch moves less than this, relative

@@ -42,7 +42,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.plugins import import_object
 from landscape_ray.inputs.hf import load_tokenizer
-from landscape_ray.inputs.payload import BFloat16
 from landscape_ray.inputs.text import load_text_split
 from landscape_ray.spec.schema import DataSpec
 
@@ -169,6 +168,23 @@ def _synthetic(split: str, spec: DataSpec) -> ImageSplit:
     rng = np.random.default_rng(0 if split == "train" else 1)
     images = rng.integers(0, 256, size=(opts["size"], *opts["shape"]), dtype=np.uint8)
     return ImageSplit(images, rng.integers(0, opts["classes"], size=opts["size"]).astype(np.int64))
+
+
+@dataclass
+class BFloat16:
+    """A bfloat16 entry of θ* as its bits (NumPy has no bfloat16), so a model held in bf16 travels and is shared in
+    its own two bytes a parameter; `inputs.data.as_tensor` views it back."""
+
+    bits: np.ndarray  # int16
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.bits.shape
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """As float32, exactly (every bfloat16 is one): what NumPy, a store and a direction file see."""
+        floats = (self.bits.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        return floats if dtype is None else floats.astype(dtype, copy=False)
 
 
 def as_tensor(array: np.ndarray | BFloat16) -> torch.Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from landscape_ray.core.errors import SpecError
-from landscape_ray.inputs.data import ImageSplit, as_array, load_split, load_splits, normalization
+from landscape_ray.inputs.data import BFloat16, ImageSplit, as_array, load_split, load_splits, normalization
 from landscape_ray.inputs.directions import (
     Directions,
     Recipe,
@@ -27,7 +27,7 @@ from landscape_ray.inputs.directions import (
 )
 from landscape_ray.inputs.hf import max_positions
 from landscape_ray.inputs.models import load_model
-from landscape_ray.inputs.payload import BFloat16, Payload
+from landscape_ray.inputs.payload import Payload
 from landscape_ray.inputs.trajectory import pca_directions
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store.tiles import Store
