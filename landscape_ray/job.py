@@ -13,6 +13,8 @@ Order matters for the promise that a user's data is never lost or mixed:
    tiles go in while the cluster starts; a failure or Ctrl-C removes it);
 4. only tiles not done (or damaged) are computed, with the store's own directions,
    so the result equals an uninterrupted run; Ctrl-C keeps every finished tile.
+   A progressive grid (`grid.mode`, spec/passes.py) computes them in passes, coarse
+   to fine, each finished before the next begins.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from landscape_ray.core.paths import exists, is_remote, naming
 from landscape_ray.inputs.kinds import ON_CLUSTER
 from landscape_ray.pictures.render import render
 from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.passes import Passes
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store import ownership
 from landscape_ray.store.fingerprint import changed, fingerprints
@@ -68,7 +72,11 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: t
     if not (exists(path) and resume):
         payload = prepare(spec)
         timings["load_s"] = time.perf_counter() - start
-        warmup = Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
+        # The driver's warmup computes whole tiles from the end of the grid: in a progressive run it would spend the
+        # cluster's start on the fine points of one corner instead of the first, coarse, picture.
+        warmup = None
+        if spec.grid.mode == "uniform":
+            warmup = Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
         if warmup is None or is_remote(path):
             return None, payload, warmup, None
         if cancel.is_set():  # the run failed meanwhile
@@ -201,23 +209,43 @@ def run(
                 if store is None:
                     gpus = any(slot.device == "cuda" for slot in pool.slots)
                     store = new_store(spec, payload, cut(spec, payload, workers, gpus), timings, overwrite=overwrite)
-                tiles = store.pending_tiles()
-                total = len(store.grid.tiles())
-                early = f" ({warmup.written} by the driver as the cluster started)" if warmup and warmup.written else ""
-                log(f"store {path}: {total - len(tiles)}/{total} tiles done{early}, {len(tiles)} to compute")
+                work = Passes(store.grid, spec.grid.mode)
+                passes = work.pending(store.done(), store.damaged())  # the pieces of tiles to compute, pass by pass
+                left = Counter(piece.level for pieces in passes for piece in pieces)
+                if work.count == 1:
+                    total, early = len(store.grid.tiles()), ""
+                    if warmup and warmup.written:
+                        early = f" ({warmup.written} by the driver as the cluster started)"
+                    log(f"store {path}: {total - left[0]}/{total} tiles done{early}, {left[0]} to compute")
+                else:
+                    done = store.done()
+                    log(
+                        f"store {path}: {int(done.sum())}/{done.size} points done, {len(passes)} of {work.count} "
+                        f"passes to compute (the first: a point every {work.stride} steps along each axis)"
+                    )
                 summary = {"tiles": 0, "points": 0}
-                if tiles or (warmup is not None and warmup.written):  # the driver may have done them all already
+                if passes or (warmup is not None and warmup.written):  # the driver may have done them all already
                     started = process_start()  # the command's, for the first tile's latency
                     if warmup is not None and warmup.first_written:  # into the store while it was built beside
                         timings["first_tile_s"] = warmup.first_written - started
 
-                    def on_tile(tile, values, record):
+                    def on_tile(piece, values, record):
                         timings.setdefault("first_tile_s", time.time() - started)
-                        store.write_tile(tile, values, record)
+                        store.write_tile(piece.tile, values, record, work.mask(piece))
+                        left[piece.level] -= 1
+                        if work.count > 1 and not left[piece.level]:  # the barrier: no later pass has begun
+                            store.flush()  # the pass's picture on disk, for `render` while the run goes on
+                            timings.setdefault("first_pass_s", time.time() - started)
+                            spacing = work.spacing(piece.level)
+                            log(
+                                f"pass {piece.level + 1}/{work.count} done: every point of the grid at a spacing of "
+                                f"{spacing} step{'s' if spacing > 1 else ''} is in the store"
+                            )
 
+                    first, *later = passes or [[]]
                     try:
                         summary = evaluate_tiles(
-                            spec, payload, store.grid, tiles, on_tile, log=log, pool=pool, warmup=warmup
+                            spec, payload, work, first, on_tile, log=log, pool=pool, warmup=warmup, later=later
                         )
                     except KeyboardInterrupt:
                         store.flush()

@@ -16,6 +16,7 @@ from landscape_ray.core.progress import fmt_seconds
 from landscape_ray.pictures.render import compare as compare_stores
 from landscape_ray.pictures.render import render as render_store
 from landscape_ray.pictures.report import report as write_report
+from landscape_ray.spec.passes import Passes
 from landscape_ray.spec.schema import Spec
 from landscape_ray.spec.specfile import schema_json
 from landscape_ray.spec.training import TrainSpec
@@ -100,6 +101,12 @@ def info(args) -> None:
     done = store.done()
     print(f"store: {store.path} (format {store.format})")
     print(f"progress: {int(done.sum())}/{done.size} points done ({100 * done.mean():.1f}%)")
+    passes = Passes(store.grid, store.spec.grid.mode)
+    if passes.count > 1:  # progressive: pass 1 is a picture of the whole grid, each further pass sharpens it
+        print(f"passes ({store.spec.grid.mode}, coarse to fine; render draws the passes done, interpolated between):")
+        for level, (n, total) in enumerate(passes.progress(done)):
+            spacing = passes.spacing(level)
+            print(f"  pass {level + 1}: {n}/{total} points (lattice every {spacing} step{'s' * (spacing > 1)})")
     previous = None if is_remote(store.path) else previous_path(store.path)
     if previous is not None and previous.exists():
         print(f"previous: {previous} holds the whole store this one replaces, kept until this one is complete")

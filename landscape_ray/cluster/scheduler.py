@@ -11,6 +11,10 @@ holds more tiles than there are actors; near the end it gets one at a time, and 
 idle actor takes over an item another actor holds but has not started (it is
 cancelled there), so no actor idles while work is waiting.
 
+Passes: a progressive grid's points come in passes, coarse to fine (spec/passes.py), and a pass is queued only once
+every tile of the one before it is written. The barrier is what makes the store after a pass exactly that pass's
+lattice, whatever the number of actors or their speed; it costs at most the last item of each pass.
+
 Faults: when an actor dies (its process or its node), every tile it held goes
 back to the front of the queue and a replacement actor is started wherever the
 cluster has room; the first tile of the item it was running is blamed (`pool.Blame`). An exception
@@ -24,7 +28,6 @@ at once. With `compute.actors: auto` the pool grows when nodes join mid-run.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter, deque
 
@@ -51,9 +54,9 @@ def work_item(queue: deque, grid, slot: Slot, seconds: float | None, actors: int
     item = [queue.popleft()]
     if not (seconds and rate):
         return tuple(item)
-    cost = rate * math.prod(grid.tile_shape(item[0]))
+    cost = rate * grid.points(item[0])
     while queue and len(item) < share:
-        more = rate * math.prod(grid.tile_shape(queue[0]))
+        more = rate * grid.points(queue[0])
         if cost + more > seconds:
             break
         item.append(queue.popleft())
@@ -62,14 +65,27 @@ def work_item(queue: deque, grid, slot: Slot, seconds: float | None, actors: int
 
 
 def evaluate_tiles(
-    spec: Spec, payload: Payload, grid, tiles: list, on_tile, log=print, pool: Pool | None = None, warmup=None
+    spec: Spec,
+    payload: Payload,
+    grid,
+    tiles: list,
+    on_tile,
+    log=print,
+    pool: Pool | None = None,
+    warmup=None,
+    later: list[list] = (),
 ) -> dict:
     """Evaluate `tiles` on the actors of `pool` (started now if None), calling `on_tile(tile, values, record)`
-    as each finishes. The pool is closed when this returns. A `warmup` (warmup.py: points the driver computes until
-    the first actor is ready) supplies the queued tiles whose points it has all done."""
+    as each finishes, then each pass of `later` once every tile before it is written. The pool is closed when this
+    returns. A `warmup` (warmup.py: points the driver computes until the first actor is ready) supplies the queued
+    tiles whose points it has all done.
+
+    `grid` says what a tile is: a `Grid` (tiles), or a progressive grid's `Passes` (pieces of tiles): its
+    `coords(tile)` are sent to an actor and `points(tile)` counts them."""
     pool = pool or Pool(spec)
-    pool.load(payload, len(tiles))
+    pool.load(payload, max(len(p) for p in (tiles, *later)))
     queue = deque(tiles)
+    passes = deque(later)
     running: dict[ray.ObjectRef, tuple[tuple, Slot]] = {}  # an item (a tuple of tiles) and its actor
     blame = Blame(spec.compute.max_tile_failures)
     retries: Counter = Counter()
@@ -77,7 +93,7 @@ def evaluate_tiles(
     # The run's clock and count start with its first computation: the warmup's, which may have written tiles already.
     start = warmup.began if warmup is not None else time.perf_counter()
     early, early_points = (warmup.written, warmup.taken) if warmup is not None else (0, 0)
-    progress = Progress(early_points + sum(math.prod(grid.tile_shape(t)) for t in tiles), start=start)
+    progress = Progress(early_points + sum(grid.points(t) for p in (tiles, *later) for t in p), start=start)
     progress.update(early_points)
     begin = time.perf_counter()
     first_ready = None  # seconds from here until the first actor could take a tile (its start-up: torch, model, data)
@@ -125,8 +141,13 @@ def evaluate_tiles(
             on_tile(tile, values, {"actor": "driver", "node": "driver", "seconds": seconds, "retries": 0})
             progress.update(len(next(iter(values.values()))))
 
+    def next_pass() -> bool:
+        """Queue the next pass (every tile before it is written); False when none is left."""
+        queue.extend(passes.popleft() if passes else ())
+        return bool(queue)
+
     try:
-        while queue or running:
+        while queue or running or next_pass():
             if warmup is not None:
                 if any(s.info for s in pool.slots):  # an actor is up: the driver stops, its finished tiles go in
                     warmup.stop()
@@ -173,7 +194,7 @@ def evaluate_tiles(
                 slot.seconds += seconds
                 start_at = 0
                 for tile in item:  # the item's values, tile by tile, in the order its coordinates went
-                    size = math.prod(grid.tile_shape(tile))
+                    size = grid.points(tile)
                     part = {k: v[start_at : start_at + size] for k, v in values.items()}
                     start_at += size
                     share = seconds * size / n
@@ -197,7 +218,7 @@ def evaluate_tiles(
         actors["driver"] = warmup_summary
     points = sum(a["points"] for a in actors.values())
     return {
-        "tiles": early + len(tiles),
+        "tiles": early + len(tiles) + sum(len(p) for p in later),
         "points": points,
         "wall_s": round(wall, 3),
         "first_actor_ready_s": None if first_ready is None else round(first_ready, 3),  # None: the driver did all

@@ -4,9 +4,10 @@ A store's values come out masked where missing or non-finite (`values`), a
 `Scale` fixes one colour range and one set of contour levels for any number of
 panels, and the `draw_*` functions paint one store onto one matplotlib Axes:
 a 2D field as contour lines, filled contours, heatmap or 3D surface, a training
-path over it, or the loss/accuracy curves of a 1D scan. `new_figure` makes a
-plain `matplotlib.figure.Figure` with its own Agg canvas: no pyplot state, so
-a notebook keeps its backend and servers need no display.
+path over it, or the loss/accuracy curves of a 1D scan; a field partly interpolated
+(a running progressive job, store/filled.py) gets a faint dot at each point
+computed. `new_figure` makes a plain `matplotlib.figure.Figure` with its own Agg
+canvas: no pyplot state, so a notebook keeps its backend and servers need no display.
 
     fig = new_figure((6, 5))
     sc = scale([values(ds, "train_loss")[0]])       # default levels: the basin gets its own lines
@@ -187,15 +188,33 @@ def scale(
     return Scale(lo, hi, ticks, log)
 
 
+def computed(ds: xr.Dataset, z: np.ma.MaskedArray) -> np.ndarray | None:
+    """The points computed (`done`) when some values drawn in `z` were not (interpolated: store/filled.py), else
+    None."""
+    if "done" not in ds:
+        return None
+    done = ds["done"].values
+    return done if (~done & ~np.ma.getmaskarray(z)).any() else None
+
+
+def caption(ax, done: np.ndarray, text2d: bool = False) -> None:
+    """Say, in a corner, how much of what is drawn was computed."""
+    line = f"{int(done.sum())} of {done.size} points computed (dots), the rest interpolated"
+    (ax.text2D if text2d else ax.text)(0.01, 0.01, line, transform=ax.transAxes, fontsize=6, alpha=0.7)
+
+
 def draw_field(ax, ds: xr.Dataset, var: str, kind: str, sc: Scale):
     """One 2D variable as `kind` on `ax` (a 3D Axes for 'surface'); returns the mappable for the colour bar."""
     z, _ = values(ds, var, sc.log)
     x, y = ds["x"].values, ds["y"].values
     X, Y = np.meshgrid(x, y)  # (y, x), like the arrays
+    done = computed(ds, z)
     if kind == "surface":
         # Clip to the scale so panels share a z range and a given vmax flattens the top rather than leaving the box.
         art = ax.plot_surface(X, Y, z.clip(sc.lo, sc.hi).filled(np.nan), cmap="viridis", norm=sc.norm, linewidth=0)
         ax.set(xlabel=axis_label(ds, "x", short=True), ylabel=axis_label(ds, "y", short=True), zlim=(sc.lo, sc.hi))
+        if done is not None:
+            caption(ax, done, text2d=True)
         return art
     if kind == "contour":
         art = ax.contour(X, Y, z, levels=sc.levels, cmap="summer", norm=sc.norm)
@@ -208,6 +227,9 @@ def draw_field(ax, ds: xr.Dataset, var: str, kind: str, sc: Scale):
         art = ax.pcolormesh(x, y, z, cmap="viridis", norm=sc.norm, shading="nearest")
     else:
         raise SpecError(f"kind: unknown {kind!r}; choose from {', '.join(RENDER_KINDS)}")
+    if done is not None:
+        ax.plot(X[done], Y[done], "o", color="white", mec="black", ms=2, mew=0.3, alpha=0.6, zorder=2)
+        caption(ax, done)
     ax.set(xlabel=axis_label(ds, "x"), ylabel=axis_label(ds, "y"))
     return art
 
@@ -268,6 +290,9 @@ def draw_curves(ax, ds: xr.Dataset, variables=None, log: bool = False):
         colour = colours.setdefault(metric, f"C{len(colours) + 2}")  # further metrics: C4, C5, … clear of blue and red
         y = values(ds, v)[0]
         target.plot(x, y, style, color=colour, lw=1.5, label=v)
+        done = computed(ds, y)
+        if done is not None:  # partly interpolated: a dot at each point computed
+            target.plot(x[done], y[done], ".", color=colour, ms=3)
         if v + "_se" in ds:
             se = np.ma.masked_invalid(ds[v + "_se"].values)
             target.fill_between(x, (y - se).filled(np.nan), (y + se).filled(np.nan), color=colour, alpha=0.2, lw=0)

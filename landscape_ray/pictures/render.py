@@ -2,8 +2,9 @@
 comparison panels of several stores on one scale (the paper's Fig. 4, 5, 7, 8).
 
 Works on complete and partial stores alike: points not yet computed (NaN) and NaN/inf losses are masked,
-so a running job can be watched. Arrays are (y, x) and every kind is drawn against the stored coordinates,
-so non-square grids come out the right way round. A PCA store's training path is drawn over its contour,
+so a running job can be watched; a progressive job's are interpolated from the passes done, with a faint dot
+at each point computed (store/filled.py). Arrays are (y, x) and every kind is drawn against the stored
+coordinates, so non-square grids come out the right way round. A PCA store's training path is drawn over its contour,
 contourf and heatmap pictures (Fig. 10). Every function takes a store path or an xarray Dataset.
 
     render("runs/demo/surface.zarr", kinds=["contour", "surface"], log=True)    # files next to the store
@@ -76,7 +77,7 @@ def figure(
     1D stores: the curves of `variables` (default every loss and accuracy) with shared axes limits.
     Panels are titled from the store's metadata (`title`) unless `titles` are given.
     """
-    dss = [dataset(s) for s in stores]
+    dss = [dataset(s, filled=True) for s in stores]
     if not dss:
         raise SpecError("compare: no stores given")
     if len({is_2d(ds) for ds in dss}) > 1:
@@ -128,7 +129,7 @@ def render(
     html or vtp, `<var>_surface[_log].<fmt>` (export.py). 1D stores: one `curves_1d[_log].<fmt>` of
     `variables` (default every loss and accuracy). `style`: vmin, vmax, levels, level_step.
     """
-    ds = dataset(store)
+    ds = dataset(store, filled=True)
     if out is None and isinstance(store, xr.Dataset):
         raise SpecError("out: needed to render a Dataset (it has no folder of its own)")
     if fmt not in FORMATS:

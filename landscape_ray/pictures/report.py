@@ -89,18 +89,19 @@ def summary(ds) -> str:
 def section(store, first: bool) -> tuple[str, bool]:
     """The HTML of one store, and whether plotly.js is still to be inlined."""
     ds = dataset(store)
+    drawn = dataset(store, filled=True)  # a running progressive job's pictures: interpolated between (render.py)
     parts = [f"<section><h2>{html.escape(title(ds))}</h2><p><code>{html.escape(str(store))}</code></p>"]
     try:
         if is_2d(ds):
             parts += [
-                png(figure([ds], v, kind))
+                png(figure([drawn], v, kind))
                 for v in ds.data_vars
                 if v.endswith("_loss")
                 for kind in ("contour", "contourf")
             ]
         else:
-            parts.append(png(figure([ds])))
-        parts.append(interactive(ds, first))
+            parts.append(png(figure([drawn])))
+        parts.append(interactive(drawn, first))
         first = False
     except SpecError as err:  # a store with nothing computed yet still gets its spec and progress
         parts.append(f"<p>No pictures: {html.escape(str(err))}</p>")

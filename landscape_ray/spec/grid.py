@@ -147,6 +147,9 @@ class Grid:
     def tile_shape(self, tile: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(s.stop - s.start for s in self.slices(tile))
 
+    def points(self, tile: tuple[int, ...]) -> int:
+        return math.prod(self.tile_shape(tile))
+
     def chunk_indices(self) -> list[tuple[int, ...]]:
         """Indices of every chunk of the store's arrays, row-major."""
         counts = [math.ceil(n / c) for n, c in zip(self.shape, self.chunks)]

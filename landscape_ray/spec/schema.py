@@ -217,6 +217,11 @@ class GridSpec(Strict):
         description="points per work item (small tiles share a Zarr chunk): auto (several tiles per actor), an int, "
         "or [cols] for 1D / [rows, cols] for 2D",
     )
+    mode: Literal["uniform", "progressive"] = Field(
+        "uniform",
+        description="uniform: every point in one pass; progressive: the same points coarse to fine (every 2^k-th "
+        "point along each axis first, then the points between), a picture of the whole grid after the first pass",
+    )
 
     @model_validator(mode="after")
     def _default_num(self):

@@ -22,15 +22,18 @@ class ChunkWriter:
         self.buffers: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
         self.dirty: set[tuple[int, ...]] = set()
 
-    def add(self, tile: tuple[int, ...], values: dict[str, np.ndarray]) -> None:
+    def add(self, tile: tuple[int, ...], values: dict[str, np.ndarray], mask: np.ndarray | None = None) -> None:
+        """A tile's values (flat, row-major), or with `mask` (a progressive grid's pass: spec/passes.py) those of the
+        points of its block where `mask` is true."""
         chunk = self.grid.chunk_of(tile)
         buffer = self.buffers.get(chunk) or self.start(chunk)
         corner = [s.start for s in self.grid.chunk_slices(chunk)]
         where = tuple(slice(s.start - c, s.stop - c) for s, c in zip(self.grid.slices(tile), corner))
         shape = self.grid.tile_shape(tile)
+        mask = np.ones(shape, dtype=bool) if mask is None else mask
         for name, flat in values.items():
-            buffer[name][where] = np.asarray(flat).reshape(shape)
-        buffer["done"][where] = True
+            buffer[name][where][mask] = flat  # the block is a view of the buffer: its masked points are written
+        buffer["done"][where][mask] = True
         self.dirty.add(chunk)
         if buffer["done"].all():
             self.write(chunk)

@@ -2,6 +2,7 @@
 
     ds = dataset("runs/demo/surface.zarr")   # lazy; NaN marks points not computed yet
     ds.train_loss.sel(x=0, y=0)
+    ds = dataset(path, filled=True)           # a running progressive job's picture: interpolated between (filled.py)
 
 Reading a store imports neither torch, Ray, SciPy nor matplotlib.
 """
@@ -13,13 +14,17 @@ import sys
 import xarray as xr
 
 from landscape_ray.core.paths import zarr_store
+from landscape_ray.spec.passes import Passes
+from landscape_ray.store.filled import fill
 from landscape_ray.store.tiles import Store
 
 
-def dataset(store) -> xr.Dataset:
-    """`store` itself if it is a Dataset, else the store at that path (lazy unless some chunk is damaged).
+def dataset(store, filled: bool = False) -> xr.Dataset:
+    """`store` itself if it is a Dataset, else the store at that path (lazy unless some chunk is damaged or it is
+    `filled`).
 
     Damaged tiles (a chunk missing or failing its checksum) read as missing points, with one line on stderr.
+    `filled`: a progressive store's points not evaluated yet are interpolated from the passes done (filled.py).
     """
     if isinstance(store, xr.Dataset):
         return store
@@ -30,4 +35,6 @@ def dataset(store) -> xr.Dataset:
         print(f"{checked.path}: {len(damaged)} damaged tiles (run verify); drawn as missing", file=sys.stderr)
         names = [*checked.variables, "done"]
         ds = ds.drop_vars(names).load().assign({name: (ds[name].dims, checked.read(name)) for name in names})
+    if filled:
+        ds = fill(ds, Passes(checked.grid, checked.spec.grid.mode))
     return ds

@@ -198,15 +198,18 @@ class Store:
         done, bad = self.done(), self.damaged()
         return [t for t in self.grid.tiles() if t in bad or not done[self.grid.slices(t)].all()]
 
-    def write_tile(self, tile: tuple[int, ...], values: dict[str, np.ndarray], record: dict | None = None) -> None:
-        """Take a finished tile's values (flat, in `grid.coords` order). Its chunk is written once all its points are
-        in; what is left is written by `flush()`, which the writer calls before it lets go of the store."""
+    def write_tile(
+        self, tile: tuple[int, ...], values: dict[str, np.ndarray], record: dict | None = None, mask=None
+    ) -> None:
+        """Take a finished tile's values (flat, in `grid.coords` order; with `mask`, a pass of a progressive grid,
+        those of its points where `mask` is true). Its chunk is written once all its points are in; what is left is
+        written by `flush()`, which the writer calls before it lets go of the store."""
         with naming(self.path):
             if self._writer is None:
                 self._writer = self._open_writer()
             self._read.clear()
             self._damaged.clear()
-            self._writer.add(tile, values)
+            self._writer.add(tile, values, mask)
             if record is not None:
                 name = record["actor"]  # actor-N, or the driver (warmup.py): -1
                 actor = int(name.rpartition("-")[2]) if name.startswith("actor-") else -1
