@@ -22,7 +22,7 @@ from landscape_ray.job import run
 from .conftest import ROOT, make_spec, quiet
 
 NOTEBOOKS = ROOT / "notebooks"
-TESTED = {"explore_surface.ipynb", "trajectory.ipynb", "watch_job.ipynb"}
+TESTED = {"api.ipynb", "explore_surface.ipynb", "trajectory.ipynb", "watch_job.ipynb"}
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +170,14 @@ def test_watch_job_sees_a_running_job_through_to_the_end(ray_cluster, checkpoint
     assert readings[-1] == (81, 81) and "progress: 81/81 points" in out and "81/81 points done" in out
     assert [d for d, _ in readings] == sorted(d for d, _ in readings)  # done only grows
     assert images(nb) == 2  # the last refresh (earlier ones were cleared) and the final contour
+
+
+def test_api(ray_cluster, python_kernel, tmp_path):
+    """The notebook's own model class (its kernel's __main__) on the session's cluster, trained and drawn."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    nb = execute("api.ipynb", {"LANDSCAPE_STORE": str(tmp_path / "plane.zarr"), "LANDSCAPE_ADDRESS": address})
+    out = text(nb)
+    assert "441/441 points" in out and "trained: loss" in out
+    at_theta0, at_theta = map(float, re.search(r"loss at θ₀ (\S+), at θ\* (\S+)", out).groups())
+    assert at_theta < at_theta0
+    assert images(nb) == 2  # the contour, the interpolation

@@ -19,6 +19,7 @@ batch.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -172,10 +173,11 @@ class Evaluator:
 
     @classmethod
     def from_payload(cls, spec: Spec, payload: Payload, device: str | None = None) -> Evaluator:
-        model = build_model(spec.model, initialise=False)  # every entry of its state comes from the payload
+        # Every entry of its state comes from the payload. A handed model is copied: the caller's stays as it was.
+        model = build_model(spec.model, initialise=False) if payload.model is None else copy.deepcopy(payload.model)
         e = spec.eval
         options = Options(
-            resolve_metric(e.metric, e.loss, spec.data.dataset),
+            payload.metric or resolve_metric(e.metric, e.loss, spec.data.dataset),
             spec.data.batch_size,
             device or resolve_device(e.device),
             payload.bn_split,
@@ -185,7 +187,7 @@ class Evaluator:
             e.compile,
             e.fold_bn,
         )
-        directions = payload.directions.recipe or payload.directions.vectors
+        directions = payload.directions.travelling
         return cls(model, payload.state, directions, payload.splits, *normalization(spec.data), options)
 
     def batches(self, resident):

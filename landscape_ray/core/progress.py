@@ -1,4 +1,4 @@
-"""Progress of a run: a tqdm bar on a terminal, plain periodic lines in logs.
+"""Progress of a run: a tqdm bar on a terminal or in a notebook (tqdm.auto), plain periodic lines in logs.
 
 `ray job logs`, CI and files get one line every `interval` seconds
 (points done/total, points/s, ETA) instead of a bar's carriage returns.
@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 
 def say(line: str, stream=None) -> None:
@@ -35,7 +35,8 @@ class Progress:
         self.stream = stream or sys.stdout
         self.last = time.perf_counter()
         self.start = self.last if start is None else start
-        self.bar = tqdm(total=total, unit="pt", file=self.stream, dynamic_ncols=True) if self.stream.isatty() else None
+        live = self.stream.isatty() or "ipykernel" in sys.modules  # a terminal, or a Jupyter cell (a widget bar)
+        self.bar = tqdm(total=total, unit="pt", file=self.stream, dynamic_ncols=True) if live else None
 
     def update(self, n: int) -> None:
         self.done += n

@@ -5,6 +5,8 @@ The directions come from `DIRECTION_KINDS`, one entry per `directions.kind`: a f
 
     payload = load_inputs(spec)                  # Payload: state, directions, splits
     payload = load_inputs(spec, vectors=store.directions())   # a resumed store's own directions
+    with handing({spec.model.object: model, spec.data.object: splits}):   # model.arch, data.dataset: object
+        payload = load_inputs(spec)      # the objects a Python call handed over (handed.py); the model travels too
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from landscape_ray.inputs.directions import (
     make_directions,
     read_directions,
 )
+from landscape_ray.inputs.handed import HANDED, handed
 from landscape_ray.inputs.hf import max_positions
 from landscape_ray.inputs.models import load_model
 from landscape_ray.inputs.payload import Payload
@@ -100,7 +103,7 @@ def load_inputs(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) 
     `vectors`: directions already made (a resumed store's), so they are not computed again (a PCA can be costly).
     """
     model = load_model(spec)
-    splits = load_splits(spec.data)
+    splits = handed(spec.data.object, "data.dataset") if spec.data.dataset == "object" else load_splits(spec.data)
     longest = max_positions(model.config) if spec.model.arch == "hf" else None
     if spec.data.dataset == "text" and longest is not None and spec.data.seq_len > longest:
         raise SpecError(f"data.seq_len: {spec.data.seq_len} tokens, the model takes at most {longest} positions")
@@ -126,4 +129,7 @@ def load_inputs(spec: Spec, vectors: list[dict[str, np.ndarray]] | None = None) 
         {k: as_array(live[k].new_tensor(np.asarray(v))) if bf16(state[k], v) else v for k, v in d.items()}
         for d in directions.vectors
     ]
-    return Payload(state, directions, splits, bn_split)
+    payload = Payload(state, directions, splits, bn_split)
+    if spec.model.arch == "object":  # the network travels too: no spec can build it where the actors are
+        payload.model, payload.metric = model, HANDED.get(spec.eval.metric)
+    return payload

@@ -4,6 +4,7 @@
     model = build("mypkg.nets:make_net", width=64)   # any factory returning an nn.Module (plugins.py)
     model = load_model(spec)                         # spec.model: built, its checkpoint loaded, in eval mode
     model = load_model(train_spec, seed=3)           # no checkpoint: the factory's initialisation under seed 3
+    model = load_model(api_spec)                     # model.arch: object: the one a Python call handed (handed.py)
     model = build_model(spec.model)                  # the network alone (its weights come later), hf folders too
 
 Checkpoint files are read by checkpoints.py.
@@ -19,6 +20,7 @@ from torch import nn
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.plugins import import_object
 from landscape_ray.inputs.checkpoints import fit_state, read_checkpoint
+from landscape_ray.inputs.handed import handed
 from landscape_ray.inputs.hf import build_hf, load_hf
 from landscape_ray.inputs.zoo import ZOO as CIFAR_ZOO
 from landscape_ray.inputs.zoo import ResNet
@@ -90,6 +92,8 @@ def load_model(spec, seed: int = 0) -> nn.Module:
     """
     if spec.model.arch == "hf":  # θ* is the folder's weights
         return load_hf(spec.model.path, spec.model.dtype, spec.model.trust_checkpoint)
+    if spec.model.arch == "object":  # θ* is the weights of the model a Python call handed over, as it is
+        return handed(spec.model.object, "model.arch")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(spec.model.arch, **spec.model.kwargs)

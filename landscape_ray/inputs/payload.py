@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only: this module stays free of torch, for the driver's scheduler to import
+    from typing import Callable
+
+    from torch import nn
+
     from landscape_ray.inputs.data import BatchSplit, BFloat16, ImageSplit
     from landscape_ray.inputs.directions import Directions
 
@@ -26,3 +30,7 @@ class Payload:
     bn_split: ImageSplit | BatchSplit | None = None  # the train split, for eval.bn: recompute
     variables: list[str] = field(default_factory=list)
     point_seconds: float | None = None  # a rough cost of one point on the driver's CPU, for tile: auto
+    # `model.arch: object` (inputs/handed.py): the network a Python call handed over, which no spec can build (its
+    # class may live only in the caller's __main__: Ray pickles it by value), and the metric function it handed.
+    model: nn.Module | None = None
+    metric: Callable | None = None

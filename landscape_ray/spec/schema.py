@@ -36,7 +36,12 @@ class Strict(BaseModel):
 
 class ModelSpec(Strict):
     arch: str = Field(
-        "digits_cnn", description="zoo name, 'package.module:factory' returning an nn.Module, or hf (model.path)"
+        "digits_cnn",
+        description="zoo name, 'package.module:factory' returning an nn.Module, hf (model.path), or object (a model "
+        "a Python call handed over: landscape_ray.plane)",
+    )
+    object: str | None = Field(
+        None, description="arch object: the SHA-256 of the handed model's state_dict, by which the call holds it"
     )
     path: str | None = Field(
         None, description="hf: a Hugging Face model folder as save_pretrained writes it (safetensors weights, local)"
@@ -63,6 +68,11 @@ class ModelSpec(Strict):
             raise ValueError("path: arch hf needs it" if self.arch == "hf" else "path: only arch hf takes it")
         if self.arch == "hf" and (self.checkpoint or self.kwargs):
             raise ValueError("arch hf: θ* is the folder's weights (model.path); no checkpoint or kwargs")
+        if (self.arch == "object") != (self.object is not None):
+            need = "arch object needs it" if self.arch == "object" else "only arch object takes it"
+            raise ValueError(f"object: {need}")
+        if self.arch == "object" and (self.checkpoint or self.kwargs):
+            raise ValueError("arch object: θ* is the handed model's weights; no checkpoint or kwargs")
         return self
 
 
@@ -81,7 +91,12 @@ class Normalize(Strict):
 
 class DataSpec(Strict):
     dataset: str = Field(
-        "digits", description="digits | cifar10 | imagefolder | synthetic | text | 'package.module:factory'"
+        "digits",
+        description="digits | cifar10 | imagefolder | synthetic | text | 'package.module:factory' | object (data a "
+        "Python call handed over: landscape_ray.plane)",
+    )
+    object: str | None = Field(
+        None, description="dataset object: the SHA-256 of the handed splits' arrays, by which the call holds them"
     )
     root: str | None = Field(
         None, description="folder of the data set on disk (cifar10: the folder holding cifar-10-batches-py)"
@@ -116,6 +131,9 @@ class DataSpec(Strict):
             raise ValueError(f"splits repeat a name: {self.splits}")
         if self.dataset != "text" and self.files is not None:
             raise ValueError("files: only dataset text takes them")
+        if (self.dataset == "object") != (self.object is not None):
+            need = "dataset object needs it" if self.dataset == "object" else "only dataset object takes it"
+            raise ValueError(f"object: {need}")
         return self
 
 

@@ -90,6 +90,8 @@ def input_files(spec: Spec) -> list[tuple[str, Path]]:
 
 def fingerprints(spec: Spec, splits: dict) -> dict[str, str]:
     table = {f"{field} {path}": file_hash(path) for field, path in input_files(spec)}
+    if spec.model.object is not None:  # a model a Python call handed over: its state_dict's hash (api.py)
+        table["model.object"] = spec.model.object
     table.update({f"data.{name}": array_hash(split) for name, split in splits.items()})
     return table
 

@@ -1,0 +1,117 @@
+"""`landscape_ray.plane` against `loss_landscapes.random_plane`, side by side in one process, from the call to the
+values: the same in-memory MLP and data, a 21 × 21 filter-normalized plane.
+
+    .venv/bin/python -m benchmarks.api                     # (a) small: 3,000 samples; (b) large: peer ≥ 30 s
+    .venv/bin/python -m benchmarks.api --cases small --samples 3000
+    pip install loss-landscapes==3.0.6                     # the peer (the `bench` extra), if missing
+
+The peer runs as its README shows: `random_plane(model, Loss(cross_entropy, x, y), distance=2, steps=21,
+normalization="filter")`, the whole data as one batch, one torch thread (on a machine of few cores a second
+thread only contends; its CPU time per point is what counts). `plane` runs with its defaults
+(a private Ray cluster, `actors: auto`) three ways: the first call of the process (Ray starts in it), a second call
+(the cluster is up; the actors start again), and, for scale, the service's evaluator alone in this process (what a
+driver that computes a small job by itself would take: `Evaluator.evaluate` on every point). The directions are each
+tool's own random draw, so the values differ; the work per point is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from loss_landscapes import random_plane
+from loss_landscapes.metrics import Loss
+from torch import nn
+
+import landscape_ray
+from landscape_ray.api import split_of, state_hash
+from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.compute.prepare import prepare
+from landscape_ray.inputs.handed import handing
+from landscape_ray.store.tiles import Store
+
+CASES = {  # name: (samples, features, width): an MLP features → width → width → 10
+    "small": (3000, 64, 64),
+    "large": (6000, 256, 512),
+}
+
+
+def mlp(features: int, width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(features, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
+    )
+
+
+def peer(model, x, y, steps: int) -> float:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    surface = random_plane(model, Loss(F.cross_entropy, x, y), distance=2, steps=steps, normalization="filter")
+    seconds = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    assert surface.shape == (steps, steps) and np.isfinite(surface).all()
+    return seconds
+
+
+def ours(model, x, y, steps: int, out: str) -> float:
+    start = time.perf_counter()
+    ds = landscape_ray.plane(model, (x, y), x=(-1, 1, steps), y=(-1, 1, steps), store=out, log=lambda *_: None)
+    seconds = time.perf_counter() - start
+    assert bool(ds.done.all()) and np.isfinite(ds.train_loss.values).all()
+    return seconds
+
+
+def alone(store: str, model, x, y) -> float:
+    """Every point of `store`'s spec by the service's evaluator in this process, one torch thread as an actor (the
+    objects the spec names held as the call held them)."""
+    spec = Store(store, mode="r").spec
+    held = model.cpu().eval()
+    with handing({spec.model.object: held, spec.data.object: {"train": split_of((x, y), None, "data")}}):
+        start = time.perf_counter()
+        assert state_hash(held.state_dict()) == spec.model.object
+        evaluator = Evaluator.from_payload(spec, prepare(spec), "cpu")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(spec.compute.cpus_per_actor)
+        grid = np.stack(np.meshgrid(*(np.linspace(a.min, a.max, a.num) for a in (spec.grid.x, spec.grid.y))), -1)
+        evaluator.evaluate(grid.reshape(-1, 2))
+        torch.set_num_threads(threads)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="small,large", help="comma-separated: " + ", ".join(CASES))
+    parser.add_argument("--samples", type=int, help="override the samples of every case")
+    parser.add_argument("--steps", type=int, default=21)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, name in enumerate(args.cases.split(",")):
+            samples, features, width = CASES[name]
+            samples = args.samples or samples
+            model = mlp(features, width)
+            x, y = torch.randn(samples, features), torch.randint(0, 10, (samples,))
+            peer_s = peer(model, x, y, args.steps)
+            first = ours(model, x, y, args.steps, f"{tmp}/{name}-1.zarr")
+            second = ours(model, x, y, args.steps, f"{tmp}/{name}-2.zarr")
+            driver = alone(f"{tmp}/{name}-1.zarr", model, x, y)
+            label = f"({'ab'[n]}) {name}: MLP {features}-{width}-{width}-10, {samples:,} samples"
+            rows.append((label, peer_s, first, second, driver))
+            print(f"{label}: peer {peer_s:.1f} s, plane {first:.1f} s (first call) {second:.1f} s (second)", flush=True)
+    print(f"\n{args.steps} × {args.steps}, {torch.get_num_threads()} CPU threads\n")
+    print(
+        "| job | loss_landscapes.random_plane | plane, first call (Ray starts) | plane, second call "
+        "| the evaluator alone, 1 thread | first call / peer |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for label, peer_s, first, second, driver in rows:
+        print(f"| {label} | {peer_s:.1f} s | {first:.1f} s | {second:.1f} s | {driver:.1f} s | {first / peer_s:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
