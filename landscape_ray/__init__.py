@@ -4,12 +4,13 @@
     ds = landscape_ray.open("runs/demo/surface.zarr")   # an xarray Dataset
     ds.train_loss.plot()
     ds = landscape_ray.open(path, filled=True)           # a running progressive job: interpolated where not done
-    ds = landscape_ray.plane(model, loader)              # the model in your notebook: api.py (scan, interpolate)
+    ds = landscape_ray.plane(model, loader)              # the model in your notebook: api.py (scan, interpolate,
+                                                         # hessian)
 
 Packages by layer, bottom to top (each imports only from those below it; docs/ARCHITECTURE.md):
 core (errors, paths, plugins), spec (the job, the grid), store (Zarr, ownership), inputs (models, data,
 directions), compute (the plain-torch evaluator, curvature), cluster (the only Ray code), pictures; then
-hessian, train, job (spec → store → pictures), paper/ and cli/ on top.
+hessians, train, job (spec → store → pictures), paper/ and cli/ on top.
 """
 
 __version__ = "0.1.0"
@@ -26,7 +27,8 @@ def open(path, filled: bool = False):  # noqa: A001 - mirrors xarray.open_zarr f
     return dataset(path, filled)
 
 
-API = ("plane", "scan", "interpolate")  # api.py, imported on first use: it loads torch and Ray, `open` needs neither
+# api.py, imported on first use: it loads torch and Ray, `open` needs neither
+API = ("plane", "scan", "interpolate", "hessian")
 
 
 def __getattr__(name: str):

@@ -5,6 +5,7 @@
     ds.train_loss.plot()                                          # an xarray Dataset of the store
     ds = landscape_ray.scan(model, (x, y), x=(-1, 1, 51))        # a 1D scan
     ds = landscape_ray.interpolate(model_a, model_b, loader)     # θ_a → θ_b (α = 0 at θ_a, 1 at θ_b)
+    h = landscape_ray.hessian(model, loader, top=3, trace=True)  # eigenpairs, trace (h["eigenvalues"], ...)
     ds = landscape_ray.plane(model, {"train": train_loader, "test": test_loader}, store="runs/p.zarr",
                              metric=my_metric, eval={"precision": "bf16"}, **{"compute.cpus_per_actor": 2})
 
@@ -48,7 +49,7 @@ import xarray as xr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from landscape_ray import job
+from landscape_ray import hessians, job
 from landscape_ray.compute.evaluator import classification
 from landscape_ray.compute.language import causal_lm
 from landscape_ray.core.errors import Interrupted, SpecError
@@ -88,7 +89,60 @@ def interpolate(model_a, model_b, data, *, x=(-0.5, 1.5, 41), store=None, **opti
     return landscape(model_a, data, {"kind": "interpolate", "target": str(target)}, x, None, store=store, **options)
 
 
-def landscape(
+def hessian(
+    model,
+    data,
+    *,
+    top=1,
+    which="largest",
+    trace=False,
+    density=False,
+    at=None,
+    probes=100,
+    steps=80,
+    tol=1e-4,
+    actors=None,
+    address=None,
+    **options,
+) -> dict:
+    """The Hessian of the mean loss over the first split of `data` at θ* (or at θ* + Σ at_k d_k of the call's
+    directions): `top` eigenpairs at the `which` end(s) (largest, smallest, both), Hutchinson's `trace` and the
+    Lanczos `density`, from Hessian-vector products sharded over `actors` Ray actors (hessians.py, as
+    `landscape-ray hessian`). Returns the result (`eigenvalues`, `eigenvectors` as {parameter name: array} each,
+    `trace` and `trace_se`, `density`, ...),
+    also written into the store's `hessian` group (the store of the same `plane` call, or a new one)."""
+    hessians.check_request(top, which, probes, steps, actors, tol)
+    plane_of = (model, data, {"kind": "random"}, (-1, 1, 21), (-1, 1, 21))  # plane's store: its group hessian
+    spec, objects, _ = specified(*plane_of, address=address, **options)
+    request = dict(top=top, which=which, trace=trace, density=density, probes=probes, steps=steps, tol=tol)
+    with ONE_CALL, handing(objects):
+        try:
+            result, _ = hessians.run(spec, address, at=None if at is None else tuple(at), actors=actors, **request)
+        except SpecError as err:
+            raise type(err)(as_call(str(err))) from None
+    if "eigenvectors" in result:  # by the model's own parameter names, as directions are
+        result["eigenvectors"] = hessians.vectors_of(result)
+    return result
+
+
+def landscape(model, data, directions: dict, x, y, *, log=print, **options) -> xr.Dataset:
+    """The store of one spec as a Dataset, computed (or completed, or read back) by `job.run` (`specified`'s
+    keywords; `log`: the run's lines)."""
+    spec, objects, resume = specified(model, data, directions, x, y, **options)
+    overwrite, force = options.get("overwrite", False), options.get("force", False)
+    path = spec.output.store  # job.run's first line says where, and what is left to compute
+    with ONE_CALL, handing(objects):
+        try:
+            job.run(spec, resume=resume, overwrite=overwrite, address=options.get("address"), force=force, log=log)
+        except Interrupted as err:  # Ctrl-C: every finished tile is in the store, returned as it is
+            log(as_call(str(err)))
+            return dataset(path)
+        except SpecError as err:
+            raise type(err)(as_call(str(err))) from None
+    return dataset(path)
+
+
+def specified(
     model,
     data,
     directions: dict,
@@ -106,12 +160,11 @@ def landscape(
     resume=False,
     overwrite=False,
     force=False,
-    log=print,
     **spec,
-) -> xr.Dataset:
-    """The store of one spec as a Dataset, computed (or completed, or read back) by `job.run`. `norm`, `ignore`:
-    the spec's defaults for the kind when None (filter, biasbn for random directions); `force`: more than 10⁷
-    points; `log`: the run's lines."""
+) -> tuple[Spec, dict, bool]:
+    """The call as a checked spec, the objects it hands over (by the names the spec gives them), and whether the
+    store is to be resumed. `norm`, `ignore`: the spec's defaults for the kind when None (filter, biasbn for random
+    directions); `force`: more than 10⁷ points."""
     net = held(model, "model")
     section = spec.get("data") if isinstance(spec.get("data"), dict) else {}
     batch = spec.get("data.batch_size", section.get("batch_size"))
@@ -139,7 +192,6 @@ def landscape(
         path = f"runs/api/{resolved.name}-{digest}.zarr"
         resolved = resolved.model_copy(update={"output": resolved.output.model_copy(update={"store": path})})
         resume = resume or (exists(path) and not overwrite)
-    path = resolved.output.store  # job.run's first line says where, and what is left to compute
     objects = {resolved.model.object: net, resolved.data.object: splits}
     if handed_metric is not None and metric_name != LM_METRIC:
         objects[metric_name] = handed_metric
@@ -147,15 +199,7 @@ def landscape(
     if address is None and not os.environ.get("RAY_ADDRESS") and os.getcwd() not in paths:
         # A private cluster's workers import the user's modules from the working directory, as the CLI's do.
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), *paths]))
-    with ONE_CALL, handing(objects):
-        try:
-            job.run(resolved, resume=resume, overwrite=overwrite, address=address, force=force, log=log)
-        except Interrupted as err:  # Ctrl-C: every finished tile is in the store, returned as it is
-            log(as_call(str(err)))
-            return dataset(path)
-        except SpecError as err:
-            raise type(err)(as_call(str(err))) from None
-    return dataset(path)
+    return resolved, objects, resume
 
 
 def as_call(message: str) -> str:

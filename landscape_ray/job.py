@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from landscape_ray import hessian
+from landscape_ray import hessians
 from landscape_ray.cluster import connect
 from landscape_ray.cluster.pool import Pool
 from landscape_ray.cluster.scheduler import evaluate_tiles
@@ -154,7 +154,7 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
             if spec.directions.kind in ON_CLUSTER:  # directions computed on this cluster first (a resumed store
                 store, payload, warmup, partial = loading.result()  # has its own), by actors that need its CPUs
                 if not payload.directions:
-                    payload.directions = hessian.eigen_directions(spec, payload)
+                    payload.directions = hessians.eigen_directions(spec, payload)
                 pool = Pool(spec, workers)
             else:
                 pool = Pool(spec, workers)

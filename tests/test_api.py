@@ -221,3 +221,31 @@ def test_bad_arguments_name_themselves(tmp_path):
         assert message in str(err.value), (message, str(err.value))
     assert isinstance(err.value.__cause__, RuntimeError)  # the model's own error, with its traceback
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_hessian_of_a_model_object_equals_the_exact_hessian(ray_cluster, tmp_path):
+    """landscape_ray.hessian against torch.autograd.functional.hessian of the same mean loss (float32 operator, so
+    to 1e-4); the result also lands in the store's hessian group, beside a plane of the same call."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    x, y = torch.randn(200, 4), torch.randint(0, 3, (200,))
+    store = tmp_path / "s.zarr"
+    batches = {"data.batch_size": 50}  # four batches: two shards
+    got = landscape_ray.hessian(model, (x, y), top=2, which="both", trace=True, actors=2, store=store, **batches)
+    names = [n for n, _ in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+
+    def loss(vector):
+        params, at = {}, 0
+        for name, p in model.named_parameters():
+            params[name] = vector[at : at + p.numel()].view(p.shape)
+            at += p.numel()
+        out = torch.func.functional_call(model.double(), params, (x.double(),))
+        return torch.nn.functional.cross_entropy(out, y)
+
+    exact = np.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat).numpy())
+    want = np.sort(np.concatenate([exact[:2], exact[-2:]]))
+    np.testing.assert_allclose(np.sort(got["eigenvalues"]), want, rtol=1e-4, atol=1e-6)
+    assert abs(got["trace"] - exact.sum()) <= 4 * got["trace_se"] + 1e-5 * abs(exact.sum())
+    assert got["actors"] == 2 and sorted(got["eigenvectors"][0]) == sorted(names)
+    assert "hessian" in Store(store, mode="r").root

@@ -21,14 +21,14 @@ import zarr
 from torch import nn
 from torch.func import functional_call
 
-from landscape_ray import hessian
+from landscape_ray import hessians
 from landscape_ray.cluster.shards import ShardedOperator
 from landscape_ray.compute import spectrum
 from landscape_ray.compute.curvature import Curvature
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.compute.spectrum import extremes
 from landscape_ray.core.errors import SpecError
-from landscape_ray.hessian import eigen_directions, parse_at, write
+from landscape_ray.hessians import eigen_directions, parse_at, write
 from landscape_ray.inputs.data import load_split
 from landscape_ray.inputs.models import load_model
 from landscape_ray.spec.specfile import load_spec
@@ -70,8 +70,8 @@ ARCHS = ["tests.test_curvature:tiny_mlp", "tests.test_curvature:tiny_bn_cnn"]
 
 
 def compute(spec, **request):
-    """`hessian.compute` on the spec's inputs (directions only where the products are taken away from θ*)."""
-    return hessian.compute(spec, prepare(spec, vectors=None if request.get("at") else []), **request)
+    """`hessians.compute` on the spec's inputs (directions only where the products are taken away from θ*)."""
+    return hessians.compute(spec, prepare(spec, vectors=None if request.get("at") else []), **request)
 
 
 def hessian_scan(store, h: float = 0.01):

@@ -21,6 +21,7 @@ from landscape_ray.compute.prepare import prepare
 from landscape_ray.core.errors import SpecError
 from landscape_ray.inputs.text import bundled_text
 from landscape_ray.job import run
+from landscape_ray.pictures.draw import title
 from landscape_ray.spec.specfile import load_spec
 from landscape_ray.store.tiles import Store
 
@@ -134,6 +135,8 @@ def test_interpolation_between_two_hf_folders_equals_the_plain_loop(make_hf, tmp
     # α = 1 is the other folder's own model
     other = by_hand(end, [{}], [[0.0]])[0]
     assert abs(by_hand(start, directions, [[1.0]])[0] - other) < 1e-5 * other
+    # pictures name a language model by its folder, with its perplexity at θ*
+    assert title(ds) == f"{start.name} — test perplexity {np.exp(by_hand(start, [{}], [[0.0]])[0]):.4g}"
 
 
 @pytest.mark.parametrize(

@@ -4,15 +4,12 @@ those that use a cluster).
 
 from __future__ import annotations
 
-from landscape_ray import hessian as curvature
+from landscape_ray import hessians as curvature
 from landscape_ray.cluster.connect import connect, connected, disconnect, run_task
-from landscape_ray.compute.prepare import prepare
 from landscape_ray.compute.speedups import keep_freed_memory
 from landscape_ray.core.errors import SpecError
-from landscape_ray.core.paths import naming
 from landscape_ray.core.progress import say
 from landscape_ray.inputs.directions import make_directions, write_directions
-from landscape_ray.inputs.kinds import ON_CLUSTER
 from landscape_ray.inputs.models import build_model, load_model
 from landscape_ray.job import run as run_job
 from landscape_ray.paper.catalogue import SIZES
@@ -25,13 +22,10 @@ from landscape_ray.pictures.figures import (
     weight_histograms,
     weight_norm_figure,
 )
-from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.specfile import load_spec
 from landscape_ray.spec.training import TrainSpec
 from landscape_ray.store.fingerprint import changed, fingerprints
-from landscape_ray.store.layout import create
 from landscape_ray.store.tiles import Store
-from landscape_ray.store.transaction import claimed
 from landscape_ray.train import train as train_model
 
 
@@ -134,39 +128,19 @@ def hessian(args) -> None:
     top = args.top if args.top is not None or args.trace or args.density else 1
     at = curvature.parse_at(args.at)
     curvature.check_request(top, args.which, args.probes, args.steps, args.actors, args.tol)  # before inputs load
-    path = spec.output.store
-    joined = connected()
-    with claimed(path, "landscape-ray hessian", replace=True) as there:  # one writer, only into a store of ours
-        # A new store is a whole landscape store of the spec, no point computed yet (`run --resume` computes
-        # them), so it needs the spec's directions; so do products away from θ* (--at).
-        directed = at is not None or not there
-        payload = prepare(spec, vectors=None if directed else [])
-        try:
-            connect(args.address)
-            if directed and spec.directions.kind in ON_CLUSTER:
-                payload.directions = curvature.eigen_directions(spec, payload)
-            result = curvature.compute(
-                spec,
-                payload,
-                top=top,
-                trace=args.trace,
-                density=args.density,
-                which=args.which,
-                at=at,
-                actors=args.actors,
-                probes=args.probes,
-                steps=args.steps,
-                tol=args.tol,
-            )
-        finally:
-            if not joined:
-                disconnect()
-        print(curvature.summary(result))
-        if there:
-            with naming(path):
-                curvature.write(path, result, spec)
-        else:  # made whole, beside and swapped in, like a run's (or in place on an object store)
-            inputs = fingerprints(spec, payload.splits)
-            grid, fill = Grid.from_spec(spec.grid), lambda root: curvature.write_group(root, result, spec)
-            create(path, spec, grid, payload.variables, payload.directions, inputs=inputs, fill=fill)
-    print(f"written to {path} (group hessian{'' if there else ', in a new store: run --resume computes its surface'})")
+    result, there = curvature.run(
+        spec,
+        args.address,
+        top=top,
+        trace=args.trace,
+        density=args.density,
+        which=args.which,
+        at=at,
+        actors=args.actors,
+        probes=args.probes,
+        steps=args.steps,
+        tol=args.tol,
+    )
+    print(curvature.summary(result))
+    where = "" if there else ", in a new store: run --resume computes its surface"
+    print(f"written to {spec.output.store} (group hessian{where})")

@@ -73,6 +73,13 @@ RUN_COLUMNS = (  # heading, how to read it from a run summary (job.run's)
         "warm s",
         lambda r: max((a.get("warm_s", 0.0) for n, a in r.get("actors", {}).items() if n != "driver"), default=None),
     ),
+    # the largest actor's peak resident memory (shared θ* pages it read included)
+    (
+        "peak MB",
+        lambda r: (
+            max((a.get("peak_rss_mb") or 0 for n, a in r.get("actors", {}).items() if n != "driver"), default=0) or None
+        ),
+    ),
 )
 
 

@@ -29,10 +29,11 @@ from landscape_ray.spec.schema import Spec
 class ShardWorker:
     """One shard's Hessian-vector products (the body of a Ray actor; plain Python, importable without a cluster)."""
 
-    def __init__(self, spec: dict, state: dict, directions, shard, split: str, at, device: str, threads: int):
+    def __init__(self, spec: dict, state: dict, directions, handed, shard, split: str, at, device: str, threads: int):
         start_actor_process(threads)
         recipe = directions if isinstance(directions, Recipe) else None  # directions.regenerate: drawn here
         payload = Payload(state, Directions([] if recipe else directions, [], recipe=recipe), {split: shard})
+        payload.model, payload.metric = handed  # model.arch object: the network (and metric) a Python call handed
         self.curvature = Curvature.from_payload(Spec.model_validate(spec), payload, split, device, at)
 
     def hvp(self, v: np.ndarray) -> tuple[np.ndarray, int]:
@@ -49,6 +50,7 @@ class ShardedOperator:
         self.spec_json = spec.model_dump(mode="json")
         self.state = ray.put(payload.state)
         self.directions = ray.put(payload.directions.travelling)
+        self.handed = ray.put((payload.model, payload.metric))
         self.shards = [ray.put(s) for s in shards(payload.splits[split], actors or planned)]
         if not self.options["num_gpus"]:  # more CPU actors than CPUs share them rather than wait forever for one
             share = ray.cluster_resources().get("CPU", 1) / len(self.shards)
@@ -65,6 +67,7 @@ class ShardedOperator:
             self.spec_json,
             self.state,
             self.directions,
+            self.handed,
             self.shards[i],
             self.split,
             self.at,

@@ -89,18 +89,29 @@ def axis_label(ds: xr.Dataset, dim: str, short: bool = False) -> str:
 
 
 def title(ds: xr.Dataset) -> str:
-    """'arch — test error E%' with the test error at the centre point (θ*), or just the arch when that is unknown."""
-    arch = ds.attrs.get("spec", {}).get("model", {}).get("arch", "?")
-    if "test_acc" not in ds.data_vars:
+    """'arch — test error E%' with the test error at the centre point (θ*), or just the arch when that is unknown;
+    a language model (`arch: hf`) is named by its folder and shown with its test perplexity instead."""
+    model = ds.attrs.get("spec", {}).get("model", {})
+    arch = model.get("arch", "?")
+    if arch == "hf" and model.get("path"):
+        arch = Path(model["path"]).name or model["path"]
+    var = "test_ppl" if "test_ppl" in ds.data_vars else "test_acc"
+    if var not in ds.data_vars:
         return arch
     at = {}
-    for dim in ds["test_acc"].dims:
+    for dim in ds[var].dims:
         c = ds[dim].values
         at[dim] = int(np.abs(c).argmin())
         if abs(c[at[dim]]) > 1e-6 * np.ptp(c):
             return arch  # the grid has no centre point
-    acc = float(ds["test_acc"][at])
-    return f"{arch} — test error {100 * (1 - acc):.2f}%" if np.isfinite(acc) else arch
+    value = float(ds[var][at])
+    if not np.isfinite(value):
+        return arch
+    return (
+        f"{arch} — test perplexity {value:.4g}"
+        if var == "test_ppl"
+        else f"{arch} — test error {100 * (1 - value):.2f}%"
+    )
 
 
 @dataclass(frozen=True)

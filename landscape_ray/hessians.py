@@ -7,6 +7,7 @@
     connect(address)                                          # cluster/connect.py
     result = compute(spec, payload, top=5, which="both", trace=True, density=True, actors=2)
     write(store_path, result, spec)
+    result, existed = run(spec, top=5, trace=True)              # all of it, as the command: into output.store
 
 The products come from `cluster.shards.ShardedOperator` (the split sharded over Ray actors; any number of actors
 gives the same operator up to float rounding); SciPy's eigensolver (`compute/spectrum.py`) sees only that
@@ -28,16 +29,22 @@ import torch
 import zarr
 from scipy.sparse.linalg import ArpackNoConvergence
 
+from landscape_ray.cluster.connect import connect, connected, disconnect
 from landscape_ray.cluster.shards import ShardedOperator
 from landscape_ray.compute import spectrum
 from landscape_ray.compute.curvature import Curvature, unflatten
+from landscape_ray.compute.prepare import prepare
 from landscape_ray.core.errors import RunError, SpecError
-from landscape_ray.core.paths import zarr_store
+from landscape_ray.core.paths import naming, zarr_store
 from landscape_ray.inputs.directions import Directions, direction_space, normalize
+from landscape_ray.inputs.kinds import ON_CLUSTER
 from landscape_ray.inputs.models import load_model
 from landscape_ray.inputs.payload import Payload
+from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.schema import Spec
-from landscape_ray.store.layout import consolidate, versions
+from landscape_ray.store.fingerprint import fingerprints
+from landscape_ray.store.layout import consolidate, create, versions
+from landscape_ray.store.transaction import claimed
 
 
 def check_request(top: int | None, which: str, probes: int, steps: int, actors: int | None, tol: float) -> None:
@@ -105,6 +112,35 @@ def compute(
         result.update(actors=len(op.actors), products=op.products, actor_deaths=op.deaths)
     result["wall_s"] = round(time.perf_counter() - start, 3)
     return result
+
+
+def run(spec: Spec, address: str | None = None, **request) -> tuple[dict, bool]:
+    """`landscape-ray hessian` (and `landscape_ray.hessian`): `compute(**request)` on `address`'s cluster (a private
+    one if None, stopped after), written into `spec.output.store`, one writer at a time and only into a store of ours.
+    Returns the result and whether the store existed (its `hessian` group replaced) or was made for it."""
+    path = spec.output.store
+    joined = connected()
+    with claimed(path, "landscape-ray hessian", replace=True) as there:
+        # A new store is a whole landscape store of the spec, no point computed yet (`run --resume` computes
+        # them), so it needs the spec's directions; so do products away from θ* (at).
+        directed = request.get("at") is not None or not there
+        payload = prepare(spec, vectors=None if directed else [])
+        try:
+            connect(address)
+            if directed and spec.directions.kind in ON_CLUSTER:
+                payload.directions = eigen_directions(spec, payload)
+            result = compute(spec, payload, **request)
+        finally:
+            if not joined:
+                disconnect()
+        if there:
+            with naming(path):
+                write(path, result, spec)
+        else:  # made whole, beside and swapped in, like a run's (or in place on an object store)
+            inputs = fingerprints(spec, payload.splits)
+            grid, fill = Grid.from_spec(spec.grid), lambda root: write_group(root, result, spec)
+            create(path, spec, grid, payload.variables, payload.directions, inputs=inputs, fill=fill)
+    return result, there
 
 
 def vectors_of(result: dict) -> list[dict[str, np.ndarray]]:
