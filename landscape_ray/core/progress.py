@@ -13,6 +13,13 @@ import time
 from tqdm.auto import tqdm
 
 
+def in_notebook() -> bool:
+    """Whether this process is a running Jupyter kernel (not merely one that imported ipykernel, as a test does)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
+
+
 def say(line: str, stream=None) -> None:
     """A log line (standard output unless `stream`); once its reader has gone (`landscape-ray run … | head -1`), the
     stream is pointed at /dev/null and the run goes on quietly (its results go to the store) instead of dying."""
@@ -35,7 +42,7 @@ class Progress:
         self.stream = stream or sys.stdout
         self.last = time.perf_counter()
         self.start = self.last if start is None else start
-        live = self.stream.isatty() or "ipykernel" in sys.modules  # a terminal, or a Jupyter cell (a widget bar)
+        live = self.stream.isatty() or in_notebook()  # a terminal, or a Jupyter cell (a widget bar)
         self.bar = tqdm(total=total, unit="pt", file=self.stream, dynamic_ncols=True) if live else None
 
     def update(self, n: int) -> None:
