@@ -14,7 +14,8 @@ Order matters for the promise that a user's data is never lost or mixed:
 4. only tiles not done (or damaged) are computed, with the store's own directions,
    so the result equals an uninterrupted run; Ctrl-C keeps every finished tile.
    A progressive grid (`grid.mode`, spec/passes.py) computes them in passes, coarse
-   to fine, each finished before the next begins.
+   to fine, each finished before the next begins; an adaptive one chooses each pass's
+   points from the values before it (store/refine.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from landscape_ray.spec.schema import Spec
 from landscape_ray.store import ownership
 from landscape_ray.store.fingerprint import changed, fingerprints
 from landscape_ray.store.layout import build_beside, consolidate, create, discard_previous, install
+from landscape_ray.store.refine import complete, schedule
 from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
 
@@ -210,21 +212,30 @@ def run(
                     gpus = any(slot.device == "cuda" for slot in pool.slots)
                     store = new_store(spec, payload, cut(spec, payload, workers, gpus), timings, overwrite=overwrite)
                 work = Passes(store.grid, spec.grid.mode)
-                passes = work.pending(store.done(), store.damaged())  # the pieces of tiles to compute, pass by pass
-                left = Counter(piece.level for pieces in passes for piece in pieces)
+                passes = schedule(store, work, store.damaged())  # the pieces to compute, pass by pass (refine.py)
+                first = next(passes, [])
+                left = Counter(piece.level for piece in first)
                 if work.count == 1:
                     total, early = len(store.grid.tiles()), ""
                     if warmup and warmup.written:
                         early = f" ({warmup.written} by the driver as the cluster started)"
-                    log(f"store {path}: {total - left[0]}/{total} tiles done{early}, {left[0]} to compute")
-                else:
+                    log(f"store {path}: {total - len(first)}/{total} tiles done{early}, {len(first)} to compute")
+                elif first:
                     done = store.done()
                     log(
-                        f"store {path}: {int(done.sum())}/{done.size} points done, {len(passes)} of {work.count} "
-                        f"passes to compute (the first: a point every {work.stride} steps along each axis)"
+                        f"store {path}: {int(done.sum())}/{done.size} points done; passes {first[0].level + 1} to "
+                        f"{work.count} to compute (the first: a point every {work.stride} steps along each axis)"
+                        + (f", refined where tolerance {spec.grid.tolerance} asks" if work.adaptive else "")
                     )
+
+                def queued():
+                    """The later passes, each counted as it is queued (an adaptive one is chosen only then)."""
+                    for pieces in passes:
+                        left.update(piece.level for piece in pieces)
+                        yield pieces
+
                 summary = {"tiles": 0, "points": 0}
-                if passes or (warmup is not None and warmup.written):  # the driver may have done them all already
+                if first or (warmup is not None and warmup.written):  # the driver may have done them all already
                     started = process_start()  # the command's, for the first tile's latency
                     if warmup is not None and warmup.first_written:  # into the store while it was built beside
                         timings["first_tile_s"] = warmup.first_written - started
@@ -237,12 +248,16 @@ def run(
                             store.flush()  # the pass's picture on disk, for `render` while the run goes on
                             timings.setdefault("first_pass_s", time.time() - started)
                             spacing = work.spacing(piece.level)
-                            log(
-                                f"pass {piece.level + 1}/{work.count} done: every point of the grid at a spacing of "
-                                f"{spacing} step{'s' if spacing > 1 else ''} is in the store"
+                            steps = f"{spacing} step{'s' if spacing > 1 else ''}"
+                            which = (
+                                f"{int((work.chosen & (work.levels == piece.level)).sum())} points at a spacing of "
+                                f"{steps}, where the picture needed them, are"
+                                if work.adaptive
+                                else f"every point of the grid at a spacing of {steps} is"
                             )
+                            log(f"pass {piece.level + 1}/{work.count} done: {which} in the store")
 
-                    first, *later = passes or [[]]
+                    later = queued() if work.adaptive else list(queued())  # progressive: every pass known now
                     try:
                         summary = evaluate_tiles(
                             spec, payload, work, first, on_tile, log=log, pool=pool, warmup=warmup, later=later
@@ -275,7 +290,10 @@ def run(
             log("startup: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["startup"].items()))
             first = next(iter(summary["actors"].values()))
             log(f"evaluated at batch {first['batch_size']}, BN {'folded' if first['bn_folded'] else 'not folded'}")
-        if store.done().all():  # complete: the whole store it replaced, kept until now, goes
+        if work.adaptive:
+            done = store.done()
+            log(f"adaptive: {int(done.sum())} of {done.size} points evaluated ({done.mean():.1%} of a uniform run)")
+        if complete(store):  # the whole store it replaced, kept until now, goes
             discard_previous(path)
     if spec.output.render:
         # Pictures go next to a local store; for a remote one, into runs/<name>/ here.

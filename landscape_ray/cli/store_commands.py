@@ -22,6 +22,7 @@ from landscape_ray.spec.specfile import schema_json
 from landscape_ray.spec.training import TrainSpec
 from landscape_ray.store.layout import upgrade as upgrade_store
 from landscape_ray.store.ownership import previous_path
+from landscape_ray.store.refine import complete
 from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
 
@@ -109,11 +110,18 @@ def info(args) -> None:
     print(f"store: {store.path} (format {store.format})")
     print(f"progress: {int(done.sum())}/{done.size} points done ({100 * done.mean():.1f}%)")
     passes = Passes(store.grid, store.spec.grid.mode)
+    finished = complete(store)
     if passes.count > 1:  # progressive: pass 1 is a picture of the whole grid, each further pass sharpens it
         print(f"passes ({store.spec.grid.mode}, coarse to fine; render draws the passes done, interpolated between):")
         for level, (n, total) in enumerate(passes.progress(done)):
             spacing = passes.spacing(level)
             print(f"  pass {level + 1}: {n}/{total} points (lattice every {spacing} step{'s' * (spacing > 1)})")
+        if passes.adaptive:
+            state = "complete" if finished else "still computing"
+            print(
+                f"adaptive ({state}, tolerance {store.spec.grid.tolerance}): {int(done.sum())} points evaluated, "
+                f"{done.mean():.1%} of a uniform run's work; the rest are interpolated"
+            )
     previous = None if is_remote(store.path) else previous_path(store.path)
     if previous is not None and previous.exists():
         print(f"previous: {previous} holds the whole store this one replaces, kept until this one is complete")
@@ -121,7 +129,7 @@ def info(args) -> None:
     if damaged:
         print(f"{len(damaged)} damaged tiles (run verify); --resume recomputes them")
     speed = store.speed()
-    if speed is not None and not done.all():
+    if speed is not None and not finished:
         print(f"speed: {speed[0]:.2f} points/s over the last tiles; ETA {fmt_seconds(speed[1])}")
     recs = store.records()
     if len(recs):

@@ -13,7 +13,8 @@ cancelled there), so no actor idles while work is waiting.
 
 Passes: a progressive grid's points come in passes, coarse to fine (spec/passes.py), and a pass is queued only once
 every tile of the one before it is written. The barrier is what makes the store after a pass exactly that pass's
-lattice, whatever the number of actors or their speed; it costs at most the last item of each pass.
+lattice, whatever the number of actors or their speed; it costs at most the last item of each pass. An adaptive
+grid's passes are chosen at the barrier, from the values written (store/refine.py): `later` is then an iterator.
 
 Faults: when an actor dies (its process or its node), every tile it held goes
 back to the front of the queue and a replacement actor is started wherever the
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 
 import numpy as np
 import ray
@@ -73,19 +75,24 @@ def evaluate_tiles(
     log=print,
     pool: Pool | None = None,
     warmup=None,
-    later: list[list] = (),
+    later: list[list] | Iterator[list] = (),
 ) -> dict:
     """Evaluate `tiles` on the actors of `pool` (started now if None), calling `on_tile(tile, values, record)`
-    as each finishes, then each pass of `later` once every tile before it is written. The pool is closed when this
-    returns. A `warmup` (warmup.py: points the driver computes until the first actor is ready) supplies the queued
-    tiles whose points it has all done.
+    as each finishes, then each pass of `later` once every tile before it is written (an iterator is asked for each
+    pass then). The pool is closed when this returns. A `warmup` (warmup.py: points the driver computes until the
+    first actor is ready) supplies the queued tiles whose points it has all done.
 
     `grid` says what a tile is: a `Grid` (tiles), or a progressive grid's `Passes` (pieces of tiles): its
     `coords(tile)` are sent to an actor and `points(tile)` counts them."""
     pool = pool or Pool(spec)
-    pool.load(payload, max(len(p) for p in (tiles, *later)))
+    if isinstance(later, (list, tuple)):
+        known, most = list(later), max(len(p) for p in (tiles, *later))
+    else:  # an adaptive grid's passes, chosen as they come: room for an actor per tile of the grid
+        known, most = [], len(grid.grid.tiles())
+    pool.load(payload, most)
     queue = deque(tiles)
-    passes = deque(later)
+    passes = iter(later)
+    sent = len(tiles)  # tiles queued so far
     running: dict[ray.ObjectRef, tuple[tuple, Slot]] = {}  # an item (a tuple of tiles) and its actor
     blame = Blame(spec.compute.max_tile_failures)
     retries: Counter = Counter()
@@ -93,7 +100,7 @@ def evaluate_tiles(
     # The run's clock and count start with its first computation: the warmup's, which may have written tiles already.
     start = warmup.began if warmup is not None else time.perf_counter()
     early, early_points = (warmup.written, warmup.taken) if warmup is not None else (0, 0)
-    progress = Progress(early_points + sum(grid.points(t) for p in (tiles, *later) for t in p), start=start)
+    progress = Progress(early_points + sum(grid.points(t) for p in (tiles, *known) for t in p), start=start)
     progress.update(early_points)
     begin = time.perf_counter()
     first_ready = None  # seconds from here until the first actor could take a tile (its start-up: torch, model, data)
@@ -143,7 +150,12 @@ def evaluate_tiles(
 
     def next_pass() -> bool:
         """Queue the next pass (every tile before it is written); False when none is left."""
-        queue.extend(passes.popleft() if passes else ())
+        nonlocal sent
+        more = next(passes, ())
+        queue.extend(more)
+        sent += len(more)
+        if not known:
+            progress.grow(sum(grid.points(t) for t in more))
         return bool(queue)
 
     try:
@@ -218,7 +230,7 @@ def evaluate_tiles(
         actors["driver"] = warmup_summary
     points = sum(a["points"] for a in actors.values())
     return {
-        "tiles": early + len(tiles) + sum(len(p) for p in later),
+        "tiles": early + sent,
         "points": points,
         "wall_s": round(wall, 3),
         "first_actor_ready_s": None if first_ready is None else round(first_ready, 3),  # None: the driver did all

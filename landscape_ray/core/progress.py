@@ -50,6 +50,13 @@ class Progress:
         if self.bar is not None:
             self.bar.update(n)
 
+    def grow(self, n: int) -> None:
+        """`n` more points to do (an adaptive grid's pass, known once chosen)."""
+        self.total += n
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
     def line(self) -> str:
         elapsed = time.perf_counter() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0

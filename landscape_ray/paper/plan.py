@@ -34,6 +34,7 @@ from landscape_ray.pictures.render import figure
 from landscape_ray.spec.schema import Spec
 from landscape_ray.spec.specfile import load_spec
 from landscape_ray.spec.training import TrainSpec
+from landscape_ray.store.refine import complete
 from landscape_ray.store.tiles import Store
 from landscape_ray.train import train
 
@@ -147,7 +148,7 @@ class Plan:
             else "jobs/quickstart.yaml"
         )
         spec = self._spec(base, over)
-        if not (exists(path) and not Store(path, mode="r").pending_tiles()):
+        if not (exists(path) and complete(Store(path, mode="r"))):
             self.log(f"computing {name}")
             run_job(spec, resume=exists(path), log=lambda *_: None)
         return path

@@ -121,6 +121,11 @@ class Grid:
         return ("x",) if self.y is None else ("y", "x")
 
     @property
+    def axes(self) -> list[np.ndarray]:
+        """The coordinates along each dimension, in the order of `dims`."""
+        return [self.x] if self.y is None else [self.y, self.x]
+
+    @property
     def shape(self) -> tuple[int, ...]:
         return (len(self.x),) if self.y is None else (len(self.y), len(self.x))
 

@@ -12,7 +12,7 @@ evaluated on its own from θ*, whichever pass computes it.
 
     passes = Passes(grid, spec.grid.mode)
     for level in range(passes.count):
-        for piece in passes.pieces(level):
+        for piece in passes.pieces(level):          # adaptive: of the points chosen so far
             coords = passes.coords(piece)   # its points' (α[, β]), row-major within its tile
             mask = passes.mask(piece)       # which points of the tile's block they are (None: all of them)
 """
@@ -59,15 +59,23 @@ def axis_levels(n: int, stride: int) -> np.ndarray:
 
 class Passes:
     """The passes of `grid` in `mode` (`grid.mode`): `levels` holds the pass (from 0) of every point, `count` how
-    many there are (1 for a uniform grid)."""
+    many there are (1 for a uniform grid), `chosen` which points are to be computed (adaptive: the first pass's, and
+    those `choose` adds pass by pass; otherwise every one)."""
 
     def __init__(self, grid: Grid, mode: str = "uniform"):
         self.grid = grid
-        self.stride = first_stride(grid.shape) if mode == "progressive" else 1
+        self.adaptive = mode == "adaptive"
+        self.stride = 1 if mode == "uniform" else first_stride(grid.shape)
         self.axes = [axis_levels(n, self.stride) for n in grid.shape]
         # A point comes with the pass that reaches both its row and its column.
         self.levels = self.axes[0] if len(self.axes) == 1 else np.maximum.outer(*self.axes)
         self.count = int(self.levels.max()) + 1
+        self.chosen = self.levels == 0 if self.adaptive else np.ones(grid.shape, bool)
+        self.refined = np.ones(grid.shape, bool)  # adaptive: the cells (their points) the last decision refined
+
+    def choose(self, level: int, points: np.ndarray) -> None:
+        """Add the points of pass `level` that `points` (a mask of the grid) marks to those to compute."""
+        self.chosen |= points & (self.levels == level)
 
     def spacing(self, level: int) -> int:
         """Grid steps between neighbouring points of the lattice done after pass `level`."""
@@ -79,7 +87,8 @@ class Passes:
 
     def _own(self, piece: Piece) -> np.ndarray:
         """The piece's points among those of its tile's block."""
-        return self.levels[self.grid.slices(piece.tile)] == piece.level
+        block = self.grid.slices(piece.tile)
+        return (self.levels[block] == piece.level) & self.chosen[block]
 
     def mask(self, piece: Piece) -> np.ndarray | None:
         """Which points of the piece's tile (its block of the arrays) the piece holds; None: every one."""
@@ -100,20 +109,13 @@ class Passes:
         """The pieces of pass `level`: the tiles (row-major) that hold points of it."""
         return [piece for t in self.grid.tiles() if self._own(piece := Piece(level, t)).any()]
 
-    def pending(self, done: np.ndarray, damaged) -> list[list[Piece]]:
-        """The pieces still to compute, pass by pass (passes with none left out): a point not done, or a tile in
-        `damaged` (its chunk is recomputed whole, every pass of it)."""
-        out = []
-        for level in range(self.count):
-            todo = [
-                p
-                for p in self.pieces(level)
-                if p.tile in damaged or not done[self.grid.slices(p.tile)][self._own(p)].all()
-            ]
-            if todo:
-                out.append(todo)
-        return out
+    def pending(self, level: int, done: np.ndarray, damaged) -> list[Piece]:
+        """The pieces of pass `level` still to compute: a point not done, or a tile in `damaged` (its chunk is
+        recomputed whole, every pass of it)."""
+        return [
+            p for p in self.pieces(level) if p.tile in damaged or not done[self.grid.slices(p.tile)][self._own(p)].all()
+        ]
 
     def progress(self, done: np.ndarray) -> list[tuple[int, int]]:
-        """(points done, points) of each pass."""
+        """(points done, points) of each pass (adaptive: of the points it has, chosen or not)."""
         return [(int(done[self.levels == lv].sum()), int((self.levels == lv).sum())) for lv in range(self.count)]

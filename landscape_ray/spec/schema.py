@@ -235,10 +235,19 @@ class GridSpec(Strict):
         description="points per work item (small tiles share a Zarr chunk): auto (several tiles per actor), an int, "
         "or [cols] for 1D / [rows, cols] for 2D",
     )
-    mode: Literal["uniform", "progressive"] = Field(
+    mode: Literal["uniform", "progressive", "adaptive"] = Field(
         "uniform",
         description="uniform: every point in one pass; progressive: the same points coarse to fine (every 2^k-th "
-        "point along each axis first, then the points between), a picture of the whole grid after the first pass",
+        "point along each axis first, then the points between), a picture of the whole grid after the first pass; "
+        "adaptive: the passes of progressive, each computing only the cells the picture needs (grid.tolerance), the "
+        "rest interpolated",
+    )
+    tolerance: float = Field(
+        0.05,
+        gt=0,
+        description="adaptive: the cells around a new point are refined where its loss differs from the picture's "
+        "value there before it by more than tolerance × max(|loss|, 0.1): relative, absolute near zero "
+        "(store/refine.py)",
     )
 
     @model_validator(mode="after")

@@ -36,6 +36,7 @@ from landscape_ray.core.paths import exists, is_remote, naming, zarr_store
 from landscape_ray.spec.grid import MAX_TILE_POINTS, Grid, auto_chunks
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store import ownership
+from landscape_ray.store.refine import complete
 from landscape_ray.store.tiles import CODECS, FORMAT, RECORD, Store
 
 PACKAGES = ("landscape-ray", "torch", "ray", "zarr", "numpy", "pydantic")
@@ -196,9 +197,9 @@ def build_beside(path: str | Path, spec: Spec, grid: Grid, variables: list[str],
 
 
 def whole(path: Path) -> bool:
-    """Whether `path` holds a store of ours with every point computed."""
+    """Whether `path` holds a store of ours with every point computed (adaptive: every point it chose)."""
     try:
-        return bool(Store(path, mode="r").done().all())
+        return complete(Store(path, mode="r"))
     except SpecError:  # not readable as a store of this version: nothing to keep as a result
         return False
 
