@@ -74,11 +74,7 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: t
     if not (exists(path) and resume):
         payload = prepare(spec)
         timings["load_s"] = time.perf_counter() - start
-        # The driver's warmup computes whole tiles from the end of the grid: in a progressive run it would spend the
-        # cluster's start on the fine points of one corner instead of the first, coarse, picture.
-        warmup = None
-        if spec.grid.mode == "uniform":
-            warmup = Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
+        warmup = Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
         if warmup is None or is_remote(path):
             return None, payload, warmup, None
         if cancel.is_set():  # the run failed meanwhile
@@ -88,7 +84,7 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: t
         # while the cluster starts; `start` puts it in place once the cluster is checked, or removes it.
         partial = None
         try:
-            partial = new_store(spec, payload, warmup.grid, timings, beside=True)
+            partial = new_store(spec, payload, warmup.work.grid, timings, beside=True)
             warmup.write_into(Store(partial))
         except BaseException:
             abandon(warmup, partial)
@@ -228,6 +224,23 @@ def run(
                         + (f", refined where tolerance {spec.grid.tolerance} asks" if work.adaptive else "")
                     )
 
+                started = process_start()  # the command's, for the first tile's and the first pass's latency
+
+                def pass_done(level: int, at: float, by: str = "") -> None:
+                    timings.setdefault("first_pass_s", at - started)
+                    spacing = work.spacing(level)
+                    steps = f"{spacing} step{'s' if spacing > 1 else ''}"
+                    which = (
+                        f"{int((work.chosen & (work.levels == level)).sum())} points at a spacing of {steps}, where "
+                        "the picture needed them, are"
+                        if work.adaptive
+                        else f"every point of the grid at a spacing of {steps} is"
+                    )
+                    log(f"pass {level + 1}/{work.count} done: {which} in the store{by}")
+
+                if work.count > 1 and warmup is not None and warmup.written and not warmup.tiles:
+                    pass_done(0, warmup.last_written, " (by the driver as the cluster started)")
+
                 def queued():
                     """The later passes, each counted as it is queued (an adaptive one is chosen only then)."""
                     for pieces in passes:
@@ -236,7 +249,6 @@ def run(
 
                 summary = {"tiles": 0, "points": 0}
                 if first or (warmup is not None and warmup.written):  # the driver may have done them all already
-                    started = process_start()  # the command's, for the first tile's latency
                     if warmup is not None and warmup.first_written:  # into the store while it was built beside
                         timings["first_tile_s"] = warmup.first_written - started
 
@@ -246,16 +258,7 @@ def run(
                         left[piece.level] -= 1
                         if work.count > 1 and not left[piece.level]:  # the barrier: no later pass has begun
                             store.flush()  # the pass's picture on disk, for `render` while the run goes on
-                            timings.setdefault("first_pass_s", time.time() - started)
-                            spacing = work.spacing(piece.level)
-                            steps = f"{spacing} step{'s' if spacing > 1 else ''}"
-                            which = (
-                                f"{int((work.chosen & (work.levels == piece.level)).sum())} points at a spacing of "
-                                f"{steps}, where the picture needed them, are"
-                                if work.adaptive
-                                else f"every point of the grid at a spacing of {steps} is"
-                            )
-                            log(f"pass {piece.level + 1}/{work.count} done: {which} in the store")
+                            pass_done(piece.level, time.time())
 
                     later = queued() if work.adaptive else list(queued())  # progressive: every pass known now
                     try:

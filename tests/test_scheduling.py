@@ -18,6 +18,7 @@ from landscape_ray.compute.prepare import prepare
 from landscape_ray.core.errors import RunError
 from landscape_ray.job import run
 from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.passes import Passes
 from landscape_ray.spec.schema import GridSpec
 from landscape_ray.store.tiles import Store
 
@@ -177,6 +178,25 @@ def test_the_driver_computes_while_the_actors_start(checkpoint, tmp_path):
         np.testing.assert_array_equal(ds[name].values, values, err_msg=name)
     records = Store(tmp_path / "s.zarr", mode="r").records()
     assert len(records) == 35 and (records[:, 3] == -1).sum() == driver
+
+
+@pytest.mark.parametrize("mode", ["progressive", "adaptive"])
+def test_the_driver_computes_the_first_pass_while_the_actors_start(checkpoint, tmp_path, mode):
+    """A progressive or adaptive grid: the driver's warmup takes the points of the first pass (the first picture)
+    and no others, and the store holds the in-process evaluator's values at every point done."""
+    grid = ["grid.x={min: -1, max: 1, num: 17}", "grid.y={min: -1, max: 1, num: 17}", "grid.tile=[2, 2]"]
+    slow = "model.arch=tests.helpers:slow_start_cnn"
+    spec = make_spec(tmp_path / "s.zarr", checkpoint, slow, *grid, f"grid.mode={mode}", "compute.warmup=true")
+    lines = []
+    summary = run(spec, log=lines.append)
+    first = Passes(Grid.from_spec(spec.grid), mode).levels == 0
+    assert 0 < summary["actors"]["driver"]["points"] <= first.sum(), summary["actors"]
+    assert any(line.startswith("pass 1/") for line in lines), lines
+    done = Store(tmp_path / "s.zarr", mode="r").done()
+    assert done[first].all()
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    for name, values in reference(spec).items():
+        np.testing.assert_array_equal(ds[name].values[done], values[done], err_msg=name)
 
 
 @pytest.mark.slow

@@ -167,7 +167,7 @@ def evaluate_tiles(
                     warmup_summary, warmup = warmup.summary(), None
                 else:
                     harvest()
-                    if not queue and not running:
+                    if not queue and not running and not next_pass():  # the driver did them all
                         break
             dispatch()
             starting = {s.starting: s for s in pool.slots if s.starting is not None}

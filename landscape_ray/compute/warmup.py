@@ -1,14 +1,16 @@
 """The driver's own evaluator: grid points computed while the cluster starts and the actors load.
 
 On a private local cluster the driver runs on the machine that computes, and for the first seconds of a run (Ray
-starting, actors importing torch) it has the payload and nothing to do. A `Warmup` evaluates grid points in a
-thread, last tile first (the actors take tiles from the front), until the first actor is ready. While the cluster
+starting, actors importing torch) it has the payload and nothing to do. A `Warmup` evaluates the points of the
+grid's first pass (all of a uniform grid; the coarse lattice of a progressive or adaptive one, its first picture)
+in a thread, last tile first (the actors take tiles from the front), until the first actor is ready. While the cluster
 starts it writes each tile it completes into the new store, still being built beside the old one (job.py); once
 the store is in place the scheduler takes over: it writes every queued tile whose points are all done here, as if
 an actor had returned it, and sends the rest to the actors. The evaluator is the actors' (same spec, payload,
 device and thread count), so the values are the same.
 
     warmup = Warmup.start(spec, payload, grid, local_cluster=True)  # None where it does not apply
+    warmup.work                                 # the grid's passes (spec/passes.py): its pieces are the tiles
     warmup.write_into(store)                    # tiles completed from now on go into `store` ...
     warmup.detach()                             # ... until the caller takes the store over
     values, seconds = warmup.take(coords)       # a tile's values when all its points are done here, else None
@@ -26,15 +28,16 @@ import torch
 
 from landscape_ray.compute.evaluator import Evaluator
 from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.passes import Passes
 from landscape_ray.spec.schema import Spec
 
 
 class Warmup:
-    def __init__(self, evaluator: Evaluator, grid: Grid):
+    def __init__(self, evaluator: Evaluator, work: Passes):
         self.evaluator = evaluator
-        self.grid = grid
-        self.tiles = grid.tiles()  # still to write into the store, taken from the back
-        self.coords = np.concatenate([grid.coords(t) for t in self.tiles])[::-1]  # in the order they are computed
+        self.work = work
+        self.tiles = work.pieces(0)  # the first pass's, still to write into the store, taken from the back
+        self.coords = np.concatenate([work.coords(t) for t in self.tiles])[::-1]  # in the order they are computed
         self.values: dict[tuple[float, ...], dict[str, float]] = {}
         self.took: dict[tuple[float, ...], float] = {}  # seconds per point, for the tile records
         self.began = time.perf_counter()  # the run's first computation starts here
@@ -42,6 +45,7 @@ class Warmup:
         self.store = None
         self.written = 0  # tiles written into the store
         self.first_written = None  # when the first one was (epoch seconds)
+        self.last_written = None  # and the last
         self.first_point = None  # when the first point was computed (epoch seconds)
         self.threads = None  # the caller's torch thread count while this warmup sets its own
         self.halt = threading.Event()
@@ -56,7 +60,7 @@ class Warmup:
         cpu = e.device == "cpu" or (e.device == "auto" and not torch.cuda.is_available())
         if not (spec.compute.warmup and local_cluster and cpu and payload.directions) or e.compile or e.curvature:
             return None
-        warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), grid)
+        warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), Passes(grid, spec.grid.mode))
         # An actor runs `cpus_per_actor` torch threads; the driver evaluates as one does while it warms up, and
         # `stop` puts the caller's thread count back. (The CLI also keeps freed memory, as an actor does: a
         # process-wide malloc setting, made at the entry point.)
@@ -83,15 +87,18 @@ class Warmup:
             self.took[tuple(coord)] = time.perf_counter() - begin
             self.first_point = self.first_point or time.time()
             while self.store is not None and self.tiles:
-                coords = self.grid.coords(self.tiles[-1])
+                piece = self.tiles[-1]
+                coords = self.work.coords(piece)
                 done = self._complete(coords)
                 if done is None:
                     break
-                self.store.write_tile(self.tiles[-1], done[0], {"actor": "driver", "seconds": done[1], "retries": 0})
+                record = {"actor": "driver", "seconds": done[1], "retries": 0}
+                self.store.write_tile(piece.tile, done[0], record, self.work.mask(piece))
                 self.tiles.pop()  # counted only once written: a write that fails leaves the tile to the actors
                 self.written += 1
                 self.taken += len(coords)
-                self.first_written = self.first_written or time.time()
+                self.last_written = time.time()
+                self.first_written = self.first_written or self.last_written
 
     def write_into(self, store) -> None:
         """Write each tile completed from now on into `store` (cut as this warmup's grid), from this thread."""
