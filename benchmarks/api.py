@@ -8,9 +8,9 @@ values: the same in-memory MLP and data, a 21 × 21 filter-normalized plane.
 The peer runs as its README shows: `random_plane(model, Loss(cross_entropy, x, y), distance=2, steps=21,
 normalization="filter")`, the whole data as one batch, one torch thread (on a machine of few cores a second
 thread only contends; its CPU time per point is what counts). `plane` runs with its defaults
-(a private Ray cluster, `actors: auto`) three ways: the first call of the process (Ray starts in it), a second call
-(the cluster is up; the actors start again), and, for scale, the service's evaluator alone in this process (what a
-driver that computes a small job by itself would take: `Evaluator.evaluate` on every point). The directions are each
+(`compute.ray: auto`: a small job, under 5 s of one core, is computed in the calling process; a larger one on a
+private Ray cluster, `actors: auto`) three ways: the first call of the process, a second call, and, for scale, the
+service's evaluator alone in this process (`Evaluator.evaluate` on every point, no store). The directions are each
 tool's own random draw, so the values differ; the work per point is the same.
 """
 
@@ -105,7 +105,7 @@ def main() -> None:
             print(f"{label}: peer {peer_s:.1f} s, plane {first:.1f} s (first call) {second:.1f} s (second)", flush=True)
     print(f"\n{args.steps} × {args.steps}, {torch.get_num_threads()} CPU threads\n")
     print(
-        "| job | loss_landscapes.random_plane | plane, first call (Ray starts) | plane, second call "
+        "| job | loss_landscapes.random_plane | plane, first call | plane, second call "
         "| the evaluator alone, 1 thread | first call / peer |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

@@ -20,6 +20,7 @@ Order matters for the promise that a user's data is never lost or mixed:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -34,7 +35,7 @@ from landscape_ray.cluster import connect
 from landscape_ray.cluster.pool import Pool
 from landscape_ray.cluster.scheduler import evaluate_tiles
 from landscape_ray.compute.prepare import prepare
-from landscape_ray.compute.warmup import Warmup
+from landscape_ray.compute.warmup import Warmup, evaluate_here
 from landscape_ray.core.errors import Interrupted, SpecError
 from landscape_ray.core.paths import exists, is_remote, naming
 from landscape_ray.inputs.kinds import ON_CLUSTER
@@ -50,6 +51,7 @@ from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
 
 MAX_POINTS = 10_000_000  # beyond this a grid is more likely a typo than a plan; --force allows it
+SMALL_LOAD_S = 1.0  # how long a private cluster's start waits for the inputs, to see whether the job is small
 
 
 def check_size(spec: Spec, force: bool) -> None:
@@ -137,7 +139,8 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
     """The store (existing with --resume, else new where the driver warms up, else None), the payload, the
     driver's warmup (or None), the number of actors and their pool, started together: the inputs load in a
     thread while the cluster starts and the actors import torch, and on a private cluster the driver starts
-    computing into a new store as soon as it has them. A bad input ends the run here, before any store is in
+    computing into a new store as soon as it has them. A small job (warmup.py) gets no cluster: no actors, no pool
+    (None); the driver computes it. A bad input ends the run here, before any store is in
     place, and stops the Ray this call started (an input error is reported before a cluster's)."""
     fresh = not connect.connected()
     local = connect.private(address)
@@ -146,6 +149,12 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
     with ThreadPoolExecutor(1, thread_name_prefix="load") as background:
         loading = background.submit(load, spec, resume, timings, local, cancel)
         try:
+            if local and spec.compute.ray == "auto":  # a small job is computed here, and no cluster is started:
+                with contextlib.suppress(TimeoutError):  # its inputs load in a moment, a large job's may not
+                    store, payload, warmup, partial = loading.result(timeout=SMALL_LOAD_S)
+                    if partial is not None and warmup.small(spec, payload.point_seconds):
+                        warmup.detach()
+                        return install(partial, spec.output.store), payload, warmup, 0, None
             begin = time.perf_counter()
             workers = connect.preflight(spec, address)
             timings["cluster_s"] = time.perf_counter() - begin
@@ -203,7 +212,7 @@ def run(
     with claimed(path, "landscape-ray run", replace=resume or overwrite):
         store, payload, warmup, workers, pool = start(spec, resume, address, timings)
         try:
-            with pool:
+            with pool or contextlib.nullcontext():
                 if store is None:
                     gpus = any(slot.device == "cuda" for slot in pool.slots)
                     store = new_store(spec, payload, cut(spec, payload, workers, gpus), timings, overwrite=overwrite)
@@ -211,17 +220,20 @@ def run(
                 passes = schedule(store, work, store.damaged())  # the pieces to compute, pass by pass (refine.py)
                 first = next(passes, [])
                 left = Counter(piece.level for piece in first)
+                here = "; a small job: computed in this process, Ray not started (compute.ray: always)"
+                here = here if pool is None else ""
                 if work.count == 1:
                     total, early = len(store.grid.tiles()), ""
-                    if warmup and warmup.written:
+                    if warmup and warmup.written and pool is not None:
                         early = f" ({warmup.written} by the driver as the cluster started)"
-                    log(f"store {path}: {total - len(first)}/{total} tiles done{early}, {len(first)} to compute")
+                    log(f"store {path}: {total - len(first)}/{total} tiles done{early}, {len(first)} to compute{here}")
                 elif first:
                     done = store.done()
                     log(
                         f"store {path}: {int(done.sum())}/{done.size} points done; passes {first[0].level + 1} to "
                         f"{work.count} to compute (the first: a point every {work.stride} steps along each axis)"
                         + (f", refined where tolerance {spec.grid.tolerance} asks" if work.adaptive else "")
+                        + here
                     )
 
                 started = process_start()  # the command's, for the first tile's and the first pass's latency
@@ -262,9 +274,12 @@ def run(
 
                     later = queued() if work.adaptive else list(queued())  # progressive: every pass known now
                     try:
-                        summary = evaluate_tiles(
-                            spec, payload, work, first, on_tile, log=log, pool=pool, warmup=warmup, later=later
-                        )
+                        if pool is None:
+                            summary = evaluate_here(warmup, work, first, on_tile, later)
+                        else:
+                            summary = evaluate_tiles(
+                                spec, payload, work, first, on_tile, log=log, pool=pool, warmup=warmup, later=later
+                            )
                     except KeyboardInterrupt:
                         store.flush()
                         done = store.done()

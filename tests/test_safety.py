@@ -616,7 +616,8 @@ def test_stopped_while_the_cluster_starts_keeps_the_old_store(stop, status, tmp_
     there while the private cluster starts (job.py); Ctrl-C or SIGTERM in that window leaves the old store as it
     was and no partial store behind, with one line and the signal's exit status."""
     store = tmp_path / "s.zarr"
-    job = spec_file(tmp_path, store, checkpoint, "directions.seed=2", "grid.tile=[1, 1]", "compute.warmup=true")
+    sets = ("directions.seed=2", "grid.tile=[1, 1]", "compute.warmup=true", "compute.ray=always")
+    job = spec_file(tmp_path, store, checkpoint, *sets)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a private cluster, started by the run
     # The window is the cluster's start, minus loading and the driver's first point: on a loaded 2-core machine
     # the cluster can be up before the driver has written a tile. Such a run completes untouched and is tried again.

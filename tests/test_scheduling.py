@@ -168,6 +168,7 @@ def test_the_driver_computes_while_the_actors_start(checkpoint, tmp_path):
         "model.arch=tests.helpers:slow_start_cnn",
         "grid.tile=[1, 1]",
         "compute.warmup=true",
+        "compute.ray=always",  # a job this small would otherwise be computed without actors
     )
     summary = run(spec, log=quiet)
     driver = summary["actors"]["driver"]["points"]
@@ -186,7 +187,8 @@ def test_the_driver_computes_the_first_pass_while_the_actors_start(checkpoint, t
     and no others, and the store holds the in-process evaluator's values at every point done."""
     grid = ["grid.x={min: -1, max: 1, num: 17}", "grid.y={min: -1, max: 1, num: 17}", "grid.tile=[2, 2]"]
     slow = "model.arch=tests.helpers:slow_start_cnn"
-    spec = make_spec(tmp_path / "s.zarr", checkpoint, slow, *grid, f"grid.mode={mode}", "compute.warmup=true")
+    always = "compute.ray=always"  # a job this small would otherwise be computed without actors
+    spec = make_spec(tmp_path / "s.zarr", checkpoint, slow, *grid, f"grid.mode={mode}", "compute.warmup=true", always)
     lines = []
     summary = run(spec, log=lines.append)
     first = Passes(Grid.from_spec(spec.grid), mode).levels == 0
@@ -205,7 +207,7 @@ def test_the_driver_writes_tiles_while_its_private_cluster_starts(checkpoint, tm
     built beside while Ray starts (on a grid this small it may do them all), and the store that is swapped in holds
     the in-process evaluator's values bit for bit, every point counted once, and no partial store is left."""
     store = tmp_path / "s.zarr"
-    spec = make_spec(store, checkpoint, "grid.tile=[1, 1]", "compute.warmup=true")
+    spec = make_spec(store, checkpoint, "grid.tile=[1, 1]", "compute.warmup=true", "compute.ray=always")
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -228,6 +230,36 @@ def test_the_driver_writes_tiles_while_its_private_cluster_starts(checkpoint, tm
     assert len(records) == 35 and (records[:, 3] == -1).sum() == summary["actors"]["driver"]["points"]
     assert (records[records[:, 3] == -1, 1] > 0).all()  # the driver's tiles record the seconds they took
     assert not list(tmp_path.glob(".s.zarr.partial-*"))
+
+
+@pytest.mark.parametrize("mode", ["uniform", "adaptive"])
+def test_a_small_job_is_computed_in_the_driver_without_ray(checkpoint, tmp_path, mode):
+    """`landscape-ray run` of a job whose points take well under SMALL_S, in a fresh process with no cluster to
+    join: no cluster is started, no actor, the driver computes every point, and the store holds
+    the in-process evaluator's values bit for bit. With `compute.ray: always` the same job goes to Ray actors."""
+    grid = ["grid.x={min: -1, max: 1, num: 33}", "grid.y={min: -1, max: 1, num: 17}", f"grid.mode={mode}"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for ray_mode in ("auto", "always"):
+        store = tmp_path / f"{ray_mode}.zarr"
+        spec = make_spec(store, checkpoint, *grid, "compute.warmup=true", f"compute.ray={ray_mode}")
+        job = tmp_path / f"{ray_mode}.yaml"
+        job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+        done = subprocess.run(
+            [sys.executable, "-m", "landscape_ray", "run", str(job)], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        summary = Store(store, mode="r").root.attrs["runs"][-1]
+        small = ray_mode == "auto"
+        assert ("a small job: computed in this process" in done.stdout) == small, done.stdout
+        assert ("cluster_s" in summary["startup"]) != small, summary["startup"]  # no cluster started or joined
+        assert list(summary["actors"]) == ["driver"] or not small, summary["actors"]
+        stored = Store(store, mode="r")
+        on = stored.done()
+        for name, values in reference(spec).items():
+            np.testing.assert_array_equal(stored.read(name)[on], values[on], err_msg=name)
+        assert on.all() == (mode == "uniform")
+    a, b = Store(tmp_path / "auto.zarr", mode="r"), Store(tmp_path / "always.zarr", mode="r")
+    np.testing.assert_array_equal(a.done(), b.done())  # an adaptive grid chooses the same points either way
 
 
 @pytest.mark.parametrize("point_s, actors", [(0.125, 1), (0.125, 4), (10.0, 1)])

@@ -15,10 +15,15 @@ device and thread count), so the values are the same.
     warmup.detach()                             # ... until the caller takes the store over
     values, seconds = warmup.take(coords)       # a tile's values when all its points are done here, else None
     warmup.stop()                               # when the first actor is ready
+
+A small job, whose points take less than `SMALL_S` of one core, is not worth a cluster's start (seconds): job.py
+then stops the warmup and computes every point left here (`small`, `evaluate_here`), with the same
+evaluator and thread count as an actor, so the values are a cluster run's, bit for bit.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -27,9 +32,12 @@ import numpy as np
 import torch
 
 from landscape_ray.compute.evaluator import Evaluator
+from landscape_ray.core.progress import Progress
 from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.passes import Passes
 from landscape_ray.spec.schema import Spec
+
+SMALL_S = 5.0  # seconds of one core: about a private cluster's start and its actors' on a small machine
 
 
 class Warmup:
@@ -64,10 +72,20 @@ class Warmup:
         # An actor runs `cpus_per_actor` torch threads; the driver evaluates as one does while it warms up, and
         # `stop` puts the caller's thread count back. (The CLI also keeps freed memory, as an actor does: a
         # process-wide malloc setting, made at the entry point.)
+        warmup.cpus = spec.compute.cpus_per_actor
         warmup.threads = torch.get_num_threads()
-        torch.set_num_threads(spec.compute.cpus_per_actor)
+        torch.set_num_threads(warmup.cpus)
         warmup.thread.start()
         return warmup
+
+    def small(self, spec: Spec, point_seconds: float) -> bool:
+        """Whether the job is better computed here than on a cluster (`compute.ray`): its points (an adaptive grid's
+        at most) at this warmup's fastest point so far (the first is cold: slower), or else at `point_seconds` (the
+        probe's estimate, also cold)."""
+        with self.lock:
+            if self.took:
+                point_seconds = min(self.took.values())
+        return spec.compute.ray == "auto" and self.work.grid.size * point_seconds <= SMALL_S
 
     def _run(self) -> None:
         try:
@@ -127,6 +145,25 @@ class Warmup:
             self.taken += 0 if done is None else len(coords)
             return done
 
+    def evaluate(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+        """The values at `coords` and their seconds: the warmup's where it has them all, else computed now, in the
+        caller's thread (once the warmup is stopped), as an actor would."""
+        done = self.take(coords)
+        if done is not None:
+            return done
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cpus)
+        try:
+            begin = time.perf_counter()
+            values = self.evaluator.evaluate(coords)
+            seconds = time.perf_counter() - begin
+        finally:
+            torch.set_num_threads(threads)
+        for c in coords:
+            self.took[tuple(c)] = seconds / len(coords)
+        self.taken += len(coords)
+        return values, seconds
+
     def stop(self) -> None:
         """No new points; the one under way finishes (its value may still complete a queued tile)."""
         self.halt.set()
@@ -147,3 +184,37 @@ class Warmup:
             "busy_s": round(seconds, 3),
             "points_per_s": round(n / seconds, 2) if seconds else None,
         }
+
+
+def evaluate_here(warmup: Warmup, work: Passes, tiles: list, on_tile, later=()) -> dict:
+    """`tiles` (pieces of `work`, the run's passes: an adaptive grid's choices are made there), then each pass of
+    `later` (a list, or an iterator asked for each pass once the one before is written), computed in this process
+    (a small job), each passed to `on_tile(piece, values, record)`; returns a summary like the scheduler's."""
+    warmup.stop()
+    known = isinstance(later, (list, tuple))
+    points = lambda pieces: sum(work.points(p) for p in pieces)
+    progress = Progress(warmup.taken + points(tiles) + (sum(map(points, later)) if known else 0), start=warmup.began)
+    progress.update(warmup.taken)
+    count = 0
+    try:
+        for pieces in itertools.chain([tiles], later):
+            if not known and pieces is not tiles:
+                progress.grow(points(pieces))
+            for piece in pieces:
+                values, seconds = warmup.evaluate(work.coords(piece))
+                on_tile(piece, values, {"actor": "driver", "node": "driver", "seconds": seconds, "retries": 0})
+                progress.update(len(next(iter(values.values()))))
+                count += 1
+    finally:
+        progress.close()
+    wall = time.perf_counter() - warmup.began
+    return {
+        "tiles": warmup.written + count,
+        "points": warmup.taken,
+        "wall_s": round(wall, 3),
+        "first_actor_ready_s": None,
+        "points_per_s": round(warmup.taken / wall, 2) if wall else None,
+        "retried_tiles": 0,
+        "actor_deaths": 0,
+        "actors": {"driver": warmup.summary()},
+    }

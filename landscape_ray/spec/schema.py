@@ -324,6 +324,12 @@ class ComputeSpec(Strict):
         description="on a private local cluster with CPU actors, the driver computes points while the cluster and "
         "the actors start (same evaluator, same values)",
     )
+    ray: Literal["auto", "always"] = Field(
+        "auto",
+        description="auto: where the driver would warm up (above) and the points take under 5 s of one core, the job "
+        "is computed in this process and Ray is not started (a cluster's start is longer than such a job); "
+        "always: on Ray actors",
+    )
     max_tile_failures: int = Field(3, ge=1, description="actor deaths one tile may cause before the run fails")
 
     @model_validator(mode="after")
