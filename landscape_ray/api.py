@@ -127,7 +127,8 @@ def hessian(
 
 def landscape(model, data, directions: dict, x, y, *, log=print, **options) -> xr.Dataset:
     """The store of one spec as a Dataset, computed (or completed, or read back) by `job.run` (`specified`'s
-    keywords; `log`: the run's lines)."""
+    keywords; `log`: the run's lines), filled where a progressive or adaptive grid computed no point (`done` says
+    where it did; store/filled.py)."""
     spec, objects, resume = specified(model, data, directions, x, y, **options)
     overwrite, force = options.get("overwrite", False), options.get("force", False)
     path = spec.output.store  # job.run's first line says where, and what is left to compute
@@ -136,10 +137,10 @@ def landscape(model, data, directions: dict, x, y, *, log=print, **options) -> x
             job.run(spec, resume=resume, overwrite=overwrite, address=options.get("address"), force=force, log=log)
         except Interrupted as err:  # Ctrl-C: every finished tile is in the store, returned as it is
             log(as_call(str(err)))
-            return dataset(path)
+            return dataset(path, filled=True)
         except SpecError as err:
             raise type(err)(as_call(str(err))) from None
-    return dataset(path)
+    return dataset(path, filled=True)  # the field the pictures draw: an adaptive grid's points between filled in
 
 
 def specified(

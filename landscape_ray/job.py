@@ -149,8 +149,14 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
     with ThreadPoolExecutor(1, thread_name_prefix="load") as background:
         loading = background.submit(load, spec, resume, timings, local, cancel)
         try:
-            if local and spec.compute.ray == "auto":  # a small job is computed here, and no cluster is started:
-                with contextlib.suppress(TimeoutError):  # its inputs load in a moment, a large job's may not
+            if (
+                local
+                and spec.compute.ray == "auto"
+                and Warmup.applies(spec)
+                and not (resume and exists(spec.output.store))
+            ):
+                # A small job is computed here, and no cluster is started: its inputs load in a moment, a large
+                with contextlib.suppress(TimeoutError):  # job's may not (the cluster's start waits at most this)
                     store, payload, warmup, partial = loading.result(timeout=SMALL_LOAD_S)
                     if partial is not None and warmup.small(spec, payload.point_seconds):
                         warmup.detach()

@@ -102,13 +102,15 @@ print(json.dumps({"kept": kept, "resumed": whole.train_loss.values.tolist(), "pl
 """
 
 
-def run_script(body: str, address: str, tmp_path) -> dict:
+def run_script(body: str, address: str, tmp_path, private: bool = False) -> dict:
+    """`body` after PRELUDE as a script; `private`: with no cluster to join (RAY_ADDRESS unset)."""
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(body))
+    env = {k: v for k, v in os.environ.items() if not (private and k == "RAY_ADDRESS")}
     done = subprocess.run(
         [sys.executable, str(script), address, str(tmp_path)],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},  # the package, not the script's folder
+        env={**env, "PYTHONPATH": str(ROOT)},  # the package, not the script's folder
         capture_output=True,
         text=True,
         timeout=300,
@@ -135,6 +137,38 @@ def test_a_main_module_class_on_two_actors_equals_a_plain_loop(address, tmp_path
     assert store.spec.model.arch == "object" and store.spec.data.dataset == "object"
     assert store.inputs["model.object"] == store.spec.model.object and "data.train" in store.inputs
     assert len(store.root.attrs["runs"][0]["actors"]) == 2, store.root.attrs["runs"][0]["actors"]
+
+
+SMALL_ADAPTIVE = """
+quick = MLP(delay=0.0)
+quick.load_state_dict(model.state_dict())
+ds = landscape_ray.plane(quick, (x, y), x=(-1, 1, 33), y=(-1, 1, 33), grid={"mode": "adaptive"}, log=print,
+                         store=f"{OUT}/adaptive.zarr")
+dx, dy = Store(f"{OUT}/adaptive.zarr", mode="r").directions()
+theta = {k: v.clone() for k, v in quick.state_dict().items()}
+loop = np.zeros((len(ds.y), len(ds.x)))
+with torch.no_grad():
+    for i, beta in enumerate(ds.y.values):
+        for j, alpha in enumerate(ds.x.values):
+            quick.load_state_dict({k: v + alpha * torch.from_numpy(dx[k]) + beta * torch.from_numpy(dy[k])
+                                   for k, v in theta.items()})
+            loop[i, j] = F.cross_entropy(quick(x), y).item()
+run = Store(f"{OUT}/adaptive.zarr", mode="r").root.attrs["runs"][-1]
+print(json.dumps({"filled": ds.train_loss.values.tolist(), "done": ds.done.values.tolist(), "loop": loop.tolist(),
+                  "startup": run["startup"], "actors": list(run["actors"])}))
+"""
+
+
+def test_a_small_adaptive_plane_from_python_runs_without_a_cluster(address, tmp_path):
+    """No cluster to join and a small job: the call computes it in its own process (no cluster started); an
+    adaptive grid through the spec's keywords; the Dataset is the filled field: the plain loop's values at the points
+    computed (`done`), and within 3 % + 0.003 of them everywhere."""
+    out = run_script(SMALL_ADAPTIVE, address, tmp_path, private=True)
+    assert "cluster_s" not in out["startup"] and out["actors"] == ["driver"], out
+    filled, done, loop = (np.array(out[k]) for k in ("filled", "done", "loop"))
+    assert 0 < done.mean() < 1
+    np.testing.assert_allclose(filled[done], loop[done], rtol=1e-6)
+    np.testing.assert_allclose(filled, loop, rtol=0.03, atol=0.003)
 
 
 def test_ctrl_c_keeps_a_store_that_resume_completes(address, tmp_path):

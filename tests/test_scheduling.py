@@ -237,7 +237,7 @@ def test_a_small_job_is_computed_in_the_driver_without_ray(checkpoint, tmp_path,
     """`landscape-ray run` of a job whose points take well under SMALL_S, in a fresh process with no cluster to
     join: no cluster is started, no actor, the driver computes every point, and the store holds
     the in-process evaluator's values bit for bit. With `compute.ray: always` the same job goes to Ray actors."""
-    grid = ["grid.x={min: -1, max: 1, num: 33}", "grid.y={min: -1, max: 1, num: 17}", f"grid.mode={mode}"]
+    grid = ["grid.x={min: -1, max: 1, num: 33}", "grid.y={min: -1, max: 1, num: 9}", f"grid.mode={mode}"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     for ray_mode in ("auto", "always"):
         store = tmp_path / f"{ray_mode}.zarr"

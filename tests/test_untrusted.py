@@ -416,6 +416,7 @@ def test_ray_that_cannot_start_is_one_line(tmp_path):
     ends in one line saying so, exit 1 (it was Ray's traceback), and leaves no store."""
     store = tmp_path / "s.zarr"
     sets = ["model.checkpoint=null", "grid.x.num=5", "grid.y.num=5", f"output.store={store}", "output.render=[]"]
+    sets.append("compute.ray=always")  # so small a job would otherwise run without Ray
     args = " ".join(f"--set '{s}'" for s in sets)
     command = f"ulimit -f 64; exec {sys.executable} -m landscape_ray run {QUICKSTART} {args}"
     done = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300)

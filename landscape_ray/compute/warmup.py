@@ -60,13 +60,18 @@ class Warmup:
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="warmup", daemon=True)
 
+    @staticmethod
+    def applies(spec: Spec) -> bool:
+        """Whether the spec lets the driver warm up: on, CPU actors, nothing compiled, no curvature maps."""
+        e = spec.eval
+        cpu = e.device == "cpu" or (e.device == "auto" and not torch.cuda.is_available())
+        return spec.compute.warmup and cpu and not (e.compile or e.curvature)
+
     @classmethod
     def start(cls, spec: Spec, payload, grid: Grid, local_cluster: bool) -> Warmup | None:
         """A running warmup for a fresh run on CPU actors of a private local cluster, else None (also where the
         directions are still to come: `directions.kind: hessian` computes them on the cluster once it is up)."""
-        e = spec.eval
-        cpu = e.device == "cpu" or (e.device == "auto" and not torch.cuda.is_available())
-        if not (spec.compute.warmup and local_cluster and cpu and payload.directions) or e.compile or e.curvature:
+        if not (cls.applies(spec) and local_cluster and payload.directions):
             return None
         warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), Passes(grid, spec.grid.mode))
         # An actor runs `cpus_per_actor` torch threads; the driver evaluates as one does while it warms up, and

@@ -106,6 +106,11 @@ def claim(path: str | Path, command: str):
         lock.acquire()
     except filelock.Timeout:
         info = read_owner(owner)
+        for _ in range(20):  # the holder writes its record just after it takes the lock: name it if it comes
+            if info:
+                break
+            time.sleep(0.05)
+            info = read_owner(owner)
         who = describe(info) if info else "another process"
         raise StoreBusy(f"output.store: {path} is in use by {who}; wait for it to finish or stop it") from None
     wrote = False
