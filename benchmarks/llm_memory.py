@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -49,6 +50,14 @@ def llama_folder(folder: Path, tokenizer_from: Path, layers: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def parameters(folder: Path) -> int:
+    """The parameter count of a saved folder, from its safetensors header (no weights read)."""
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
 def run(folder: Path, store: Path, regenerate: bool) -> dict:
     sets = [
         f"model.path={folder}",
@@ -75,14 +84,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", default="runs/llm/tiny-gpt2", help="a folder with a tokenizer (make_tiny.py's)")
     p.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"], help="decoder layers (default: 22)")
+    p.add_argument("--model", help="a folder llama_folder wrote before (it is not made again)")
     args = p.parse_args()
     tokenizer = (ROOT / args.tokenizer).resolve()
     if not (tokenizer / "tokenizer.json").is_file():
         sys.exit(f"{tokenizer}: no tokenizer; run .venv/bin/python jobs/llm/make_tiny.py --out {args.tokenizer} first")
     with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
         tmp = Path(tmp)
-        params = llama_folder(tmp / "llama-1.1b", tokenizer, args.layers)
-        runs = {regenerate: run(tmp / "llama-1.1b", tmp / f"{regenerate}.zarr", regenerate) for regenerate in (1, 0)}
+        folder = Path(args.model).resolve() if args.model else tmp / "llama-1.1b"
+        params = parameters(folder) if args.model else llama_folder(folder, tokenizer, args.layers)
+        runs = {regenerate: run(folder, tmp / f"{regenerate}.zarr", regenerate) for regenerate in (1, 0)}
     model_mb = 2 * params / 2**20
     print(f"\nLlama, TinyLlama-1.1B's shape with {args.layers} layers: {params / 1e9:.3f} B parameters, bf16 ")
     print(f"({model_mb:.0f} MB); 2 actors,")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -296,3 +297,25 @@ def test_work_items_of_several_tiles_give_the_values_of_one_tile_at_a_time(check
     ds = xr.open_zarr(tmp_path / "s.zarr")
     for name, values in reference(spec).items():
         np.testing.assert_array_equal(ds[name].values, values, err_msg=name)
+
+
+def test_once_the_payload_is_in_the_object_store_the_driver_holds_no_copy_of_its_own(checkpoint, tmp_path):
+    """After the actors have the payload, the driver's payload reads the object store's arrays (read-only, the
+    actors' copy) and its own arrays of θ*, the directions and the data are gone: a large model's payload is not
+    held twice. The values are those of the reference."""
+    spec = scan(tmp_path, checkpoint)
+    payload = prepare(spec)
+    arrays = lambda: [*payload.state.values(), *payload.directions.vectors[0].values(), payload.splits["train"].images]
+    own = [weakref.ref(a) for a in arrays()]
+    assert all(a.flags.writeable for a in arrays())
+    grid = Grid.from_spec(spec.grid)
+    values = np.full(grid.shape, np.nan)
+
+    def keep(tile, out, record):
+        values[grid.slices(tile)] = out["train_loss"].reshape(grid.tile_shape(tile))
+
+    with Pool(spec, preflight(spec)) as pool:
+        evaluate_tiles(spec, payload, grid, grid.tiles(), keep, log=quiet, pool=pool)
+        assert [ref() for ref in own] == [None] * len(own)
+        assert not any(a.flags.writeable for a in arrays())
+    np.testing.assert_array_equal(values, reference(spec)["train_loss"])

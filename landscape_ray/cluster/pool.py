@@ -174,6 +174,7 @@ class Pool:
     def load(self, payload: Payload, tiles: int) -> None:
         """Give every actor the payload (once through the object store), keeping no more actors than tiles."""
         self.payload_ref = ray.put(payload)
+        payload.adopt(ray.get(self.payload_ref))  # the driver's own copies go: it reads the store's, as actors do
         for slot in self.slots[tiles:]:
             self.retire(slot)
         for slot in self.slots:

@@ -164,6 +164,7 @@ def evaluate_tiles(
                 if any(s.info for s in pool.slots):  # an actor is up: the driver stops, its finished tiles go in
                     warmup.stop()
                     harvest()
+                    warmup.release()  # its evaluator's model and its hold on the driver's copy of the payload
                     warmup_summary, warmup = warmup.summary(), None
                 else:
                     harvest()

@@ -177,14 +177,20 @@ class Warmup:
             torch.set_num_threads(self.threads)
             self.threads = None
 
+    def release(self) -> None:
+        """Let its evaluator go (stopped for good: the actors compute the rest); the summary stays."""
+        self.stop()
+        self.batch_size, self.folded = self.evaluator.batch_size, self.evaluator.folded
+        self.evaluator = None
+
     def summary(self) -> dict:
         n, seconds = len(self.took), sum(self.took.values())
         return {
             "node": "driver",
             "pid": os.getpid(),
             "uss_mb": None,
-            "batch_size": self.evaluator.batch_size,
-            "bn_folded": self.evaluator.folded,
+            "batch_size": self.batch_size if self.evaluator is None else self.evaluator.batch_size,
+            "bn_folded": self.folded if self.evaluator is None else self.evaluator.folded,
             "points": self.taken,
             "busy_s": round(seconds, 3),
             "points_per_s": round(n / seconds, 2) if seconds else None,
