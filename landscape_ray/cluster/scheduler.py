@@ -162,9 +162,8 @@ def evaluate_tiles(
         while queue or running or next_pass():
             if warmup is not None:
                 if any(s.info for s in pool.slots):  # an actor is up: the driver stops, its finished tiles go in
-                    warmup.stop()
+                    warmup.release()  # stopped, its evaluator (a model, a hold on the driver's payload) gone
                     harvest()
-                    warmup.release()  # its evaluator's model and its hold on the driver's copy of the payload
                     warmup_summary, warmup = warmup.summary(), None
                 else:
                     harvest()

@@ -43,6 +43,7 @@ SMALL_S = 5.0  # seconds of one core: about a private cluster's start and its ac
 class Warmup:
     def __init__(self, evaluator: Evaluator, work: Passes):
         self.evaluator = evaluator
+        self.batch_size, self.folded = evaluator.batch_size, evaluator.folded  # for the summary, once it is released
         self.work = work
         self.tiles = work.pieces(0)  # the first pass's, still to write into the store, taken from the back
         self.coords = np.concatenate([work.coords(t) for t in self.tiles])[::-1]  # in the order they are computed
@@ -178,9 +179,8 @@ class Warmup:
             self.threads = None
 
     def release(self) -> None:
-        """Let its evaluator go (stopped for good: the actors compute the rest); the summary stays."""
+        """Stop for good and let the evaluator go (the actors compute the rest); `take` and the summary stay."""
         self.stop()
-        self.batch_size, self.folded = self.evaluator.batch_size, self.evaluator.folded
         self.evaluator = None
 
     def summary(self) -> dict:
@@ -189,8 +189,8 @@ class Warmup:
             "node": "driver",
             "pid": os.getpid(),
             "uss_mb": None,
-            "batch_size": self.batch_size if self.evaluator is None else self.evaluator.batch_size,
-            "bn_folded": self.folded if self.evaluator is None else self.evaluator.folded,
+            "batch_size": self.batch_size,
+            "bn_folded": self.folded,
             "points": self.taken,
             "busy_s": round(seconds, 3),
             "points_per_s": round(n / seconds, 2) if seconds else None,
