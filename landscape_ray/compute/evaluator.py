@@ -20,7 +20,6 @@ batch.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from landscape_ray.compute import sampling
 from landscape_ray.compute.language import causal_lm
 from landscape_ray.compute.speedups import FoldedConv, auto_batch_size, compiled, fold_bn
 from landscape_ray.core.errors import SpecError
@@ -90,6 +90,7 @@ class Options:
     channels_last: bool = False
     compile: bool = False
     fold: bool | str = False  # BN folding: True, False or "auto"
+    sample_rule: sampling.Rule | None = None  # eval.samples: adaptive
 
 
 class Evaluator:
@@ -98,6 +99,7 @@ class Evaluator:
         self.device = torch.device(o.device)
         self.metric = o.metric or classification()
         self.standard_error = o.standard_error
+        self.sample_rule = o.sample_rule
         self.precision = o.precision
         images = any(isinstance(s, ImageSplit) and s.images.ndim == 4 for s in splits.values())
         self.memory_format = torch.channels_last if o.channels_last and images else torch.contiguous_format
@@ -140,6 +142,8 @@ class Evaluator:
         self.auto_batch = o.batch_size == "auto"
         largest = max(len(s[1]) if isinstance(s, tuple) else 0 for s in self.splits.values())
         self.batch_size = auto_batch_size(self.model, sample, self.device, largest) if self.auto_batch else o.batch_size
+        if self.auto_batch and self.sample_rule is not None:  # shards to stop between
+            self.batch_size = sampling.cap(self.batch_size, largest)
         runner = self.model
         if o.fold and self.bn_split is None:
             runner = fold_bn(self.model, set(names), quiet=o.fold == "auto")
@@ -186,20 +190,25 @@ class Evaluator:
             e.channels_last,
             e.compile,
             e.fold_bn,
+            sampling.Rule(e.sample_tolerance, e.sample_ceiling) if e.samples == "adaptive" else None,
         )
         directions = payload.directions.travelling
         return cls(model, payload.state, directions, payload.splits, *normalization(spec.data), options)
 
-    def batches(self, resident):
-        """Batches ready for the metric: image splits are sliced and normalized here, on the device."""
+    def batch_count(self, resident) -> int:
+        return len(resident) if isinstance(resident, list) else math.ceil(len(resident[1]) / self.batch_size)
+
+    def batch_at(self, resident, i: int):
+        """Batch i, ready for the metric: image splits are sliced and normalized here, on the device."""
         if isinstance(resident, list):
-            yield from resident
-            return
+            return resident[i]
         images, labels = resident
-        for i in range(0, len(labels), self.batch_size):
-            x = self.normalize(images[i : i + self.batch_size])
-            # On the CPU the images stay NCHW: the actors of a node share one zero-copy host copy.
-            yield x.contiguous(memory_format=self.memory_format), labels[i : i + self.batch_size]
+        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        # On the CPU the images stay NCHW: the actors of a node share one zero-copy host copy.
+        return self.normalize(images[s]).contiguous(memory_format=self.memory_format), labels[s]
+
+    def batches(self, resident):
+        return (self.batch_at(resident, i) for i in range(self.batch_count(resident)))
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -250,21 +259,27 @@ class Evaluator:
 
     @torch.inference_mode()
     def measure(self, limit: int | None = None) -> dict[str, float]:
-        """Mean loss and the metric's other sums for the model as it is now, on every split."""
+        """Mean loss and the metric's other sums for the model as it is now, on every split (with `eval.samples:
+        adaptive`, on as many of a split's batches as its loss needs: sampling.py)."""
         if self.bn_split is not None:
             with torch.inference_mode(False):
                 self.recompute_bn()
         self.model.eval()  # also when a training loop hands over its model in train mode
         out = {}
         for name, resident in self.splits.items():
+            shards = self.batch_count(resident)
+            if self.sample_rule is None or limit is not None:  # limit: a probe or a warm-up, the first batches
+                taken = {i: self._sums(resident, i) for i in range(shards if limit is None else min(limit, shards))}
+                se = None if self.sample_rule is None else math.nan
+            else:
+                taken, se = self._sample(name, resident, shards)
+            # In the batches' own order where a split is whole: the same additions as `samples: all`, bit for bit.
+            keys = sorted(taken) if len(taken) == shards else list(taken)
             loss, count, sums = torch.zeros((), dtype=torch.float64, device=self.device), 0, {}
-            for batch in itertools.islice(self.batches(resident), limit):
-                short = isinstance(batch, tuple) and len(batch[1]) != self.batch_size
-                with self.autocast():
-                    result = self.metric(self.eager if short else self.runner, batch)
-                loss, count = loss + result[0].double(), count + result[1]
-                for k, v in (result[2] if len(result) > 2 else {}).items():
-                    sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=self.device).double()
+            for i in keys:
+                loss, count = loss + taken[i][0], count + taken[i][1]
+                for k, v in taken[i][2].items():
+                    sums[k] = sums.get(k, 0) + v
             n = int(count)  # one host sync per split and point, not per batch
             out[f"{name}_loss"] = mean = loss.item() / n
             if getattr(self.metric, "perplexity", False):  # a language model's: exp of the token-weighted mean loss
@@ -276,7 +291,31 @@ class Evaluator:
                 elif self.standard_error:
                     var = max(v.item() / units - mean * mean, 0.0) * units / max(units - 1, 1)
                     out[f"{name}_loss_se"] = math.sqrt(var / units)
+            if se is not None:  # sampled: against the whole split's value; whole: 0, or the sample's above
+                out[f"{name}_loss_se"] = se if len(taken) < shards else out.get(f"{name}_loss_se", 0.0)
+                out[f"{name}_samples"] = units
         return out
+
+    def _sums(self, resident, i: int):
+        """(summed loss, count, {name: sum}) of batch i, float64 on the device."""
+        batch = self.batch_at(resident, i)
+        short = isinstance(batch, tuple) and len(batch[1]) != self.batch_size
+        with self.autocast():
+            result = self.metric(self.eager if short else self.runner, batch)
+        extra = {k: torch.as_tensor(v, device=self.device).double() for k, v in (result[2:] or [{}])[0].items()}
+        return result[0].double(), result[1], extra
+
+    def _sample(self, name: str, resident, shards: int):
+        """The batches of one split in sampling.order until the rule has enough: ({batch: sums}, standard error)."""
+        taken, losses, counts, se = {}, [], [], math.nan
+        for i in sampling.order(shards, name):
+            taken[int(i)] = sums = self._sums(resident, int(i))
+            losses.append(sums[0].item())
+            counts.append(int(sums[1]))
+            stop, se = self.sample_rule.enough(losses, counts, shards)
+            if stop:
+                break
+        return taken, se
 
     def warm(self) -> dict[str, float]:
         """Get ready for the first point before anything is timed: compile (one full batch through the compiled

@@ -208,10 +208,24 @@ def computed(ds: xr.Dataset, z: np.ma.MaskedArray) -> np.ndarray | None:
     return done if (~done & ~np.ma.getmaskarray(z)).any() else None
 
 
-def caption(ax, done: np.ndarray, text2d: bool = False) -> None:
-    """Say, in a corner, how much of what is drawn was computed."""
-    line = f"{int(done.sum())} of {done.size} points computed (dots), the rest interpolated"
-    (ax.text2D if text2d else ax.text)(0.01, 0.01, line, transform=ax.transAxes, fontsize=6, alpha=0.7)
+def sampled(ds: xr.Dataset, var: str) -> np.ndarray | None:
+    """The points whose `var` was computed on part of its split (`eval.samples: adaptive`), where there are some,
+    else None."""
+    split = var.split("_", 1)[0]
+    whole = ds.attrs.get("inputs", {}).get(f"data.{split} size")  # recorded with eval.samples: adaptive
+    if whole is None or f"{split}_samples" not in ds:
+        return None
+    n = ds[f"{split}_samples"].values
+    part = (n > 0) & (n < int(whole))
+    return part if part.any() else None
+
+
+def caption(ax, done: np.ndarray | None, part: np.ndarray | None = None, text2d: bool = False) -> None:
+    """Say, in a corner, how much of what is drawn was computed, and on how much of the data."""
+    lines = [] if done is None else [f"{int(done.sum())} of {done.size} points computed (dots), the rest interpolated"]
+    if part is not None:
+        lines.append(f"{int(part.sum())} of {part.size} points on a sample of the data (rings)")
+    (ax.text2D if text2d else ax.text)(0.01, 0.01, "\n".join(lines), transform=ax.transAxes, fontsize=6, alpha=0.7)
 
 
 def draw_field(ax, ds: xr.Dataset, var: str, kind: str, sc: Scale):
@@ -219,13 +233,13 @@ def draw_field(ax, ds: xr.Dataset, var: str, kind: str, sc: Scale):
     z, _ = values(ds, var, sc.log)
     x, y = ds["x"].values, ds["y"].values
     X, Y = np.meshgrid(x, y)  # (y, x), like the arrays
-    done = computed(ds, z)
+    done, part = computed(ds, z), sampled(ds, var)
     if kind == "surface":
         # Clip to the scale so panels share a z range and a given vmax flattens the top rather than leaving the box.
         art = ax.plot_surface(X, Y, z.clip(sc.lo, sc.hi).filled(np.nan), cmap="viridis", norm=sc.norm, linewidth=0)
         ax.set(xlabel=axis_label(ds, "x", short=True), ylabel=axis_label(ds, "y", short=True), zlim=(sc.lo, sc.hi))
-        if done is not None:
-            caption(ax, done, text2d=True)
+        if done is not None or part is not None:
+            caption(ax, done, part, text2d=True)
         return art
     if kind == "contour":
         art = ax.contour(X, Y, z, levels=sc.levels, cmap="summer", norm=sc.norm)
@@ -240,7 +254,10 @@ def draw_field(ax, ds: xr.Dataset, var: str, kind: str, sc: Scale):
         raise SpecError(f"kind: unknown {kind!r}; choose from {', '.join(RENDER_KINDS)}")
     if done is not None:
         ax.plot(X[done], Y[done], "o", color="white", mec="black", ms=2, mew=0.3, alpha=0.6, zorder=2)
-        caption(ax, done)
+    if part is not None:
+        ax.plot(X[part], Y[part], "o", mfc="none", mec="white", ms=5, mew=0.5, alpha=0.7, zorder=2)
+    if done is not None or part is not None:
+        caption(ax, done, part)
     ax.set(xlabel=axis_label(ds, "x"), ylabel=axis_label(ds, "y"))
     return art
 
@@ -304,6 +321,9 @@ def draw_curves(ax, ds: xr.Dataset, variables=None, log: bool = False):
         done = computed(ds, y)
         if done is not None:  # partly interpolated: a dot at each point computed
             target.plot(x[done], y[done], ".", color=colour, ms=3)
+        part = sampled(ds, v)
+        if part is not None:  # a ring at each point computed on a sample of the data
+            target.plot(x[part], y[part], "o", mfc="none", mec=colour, ms=4, mew=0.6)
         if v + "_se" in ds:
             se = np.ma.masked_invalid(ds[v + "_se"].values)
             target.fill_between(x, (y - se).filled(np.nan), (y + se).filled(np.nan), color=colour, alpha=0.2, lw=0)

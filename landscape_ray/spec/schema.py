@@ -305,6 +305,19 @@ class EvalSpec(Strict):
         "(train_lambda_max, train_lambda_min; render --vars curvature draws |λmin/λmax|); costly",
     )
     curvature_batches: int | None = Field(None, ge=1, description="curvature from this many train batches only")
+    samples: Literal["all", "adaptive"] = Field(
+        "all",
+        description="all: every point on the whole of each split; adaptive: a point's batches are taken in a fixed "
+        "shuffled order until 2 standard errors of its loss are within sample_tolerance × max(|loss|, 0.1), or the "
+        "loss is above sample_ceiling; points in the basin use all the data (compute/sampling.py). An auto batch "
+        "size is cut to give a split 32 batches; <split>_samples records how many samples are behind each value",
+    )
+    sample_tolerance: float = Field(0.01, gt=0, description="samples: adaptive: the relative accuracy of a loss")
+    sample_ceiling: float | None = Field(
+        None,
+        description="samples: adaptive: the top contour level you will draw (render's vmax): a point whose loss is "
+        "above it by 2 standard errors stops there; its value is then only known to be above it",
+    )
 
 
 class ComputeSpec(Strict):

@@ -76,7 +76,8 @@ def fill(ds: xr.Dataset, passes: Passes) -> xr.Dataset:
     """`ds` with the grid variables filled in where not evaluated (see the module), the rule in the attributes
     (`filled`, of the Dataset and of each variable)."""
     done = ds["done"].values
-    names = [v for v in ds.data_vars if ds[v].dims == passes.grid.dims and v != "done"]
+    # Counts (`<split>_samples`) stay as they are: 0 where a point was not evaluated.
+    names = [v for v in ds.data_vars if ds[v].dims == passes.grid.dims and v != "done" and not v.endswith("_samples")]
     if not done.all():
         coords = [ds[dim].values for dim in passes.grid.dims]
         ds = ds.load()

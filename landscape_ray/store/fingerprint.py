@@ -93,6 +93,8 @@ def fingerprints(spec: Spec, splits: dict) -> dict[str, str]:
     if spec.model.object is not None:  # a model a Python call handed over: its state_dict's hash (api.py)
         table["model.object"] = spec.model.object
     table.update({f"data.{name}": array_hash(split) for name, split in splits.items()})
+    if spec.eval.samples == "adaptive":  # a value's <split>_samples equals this where it used the whole split
+        table.update({f"data.{name} size": str(len(split)) for name, split in splits.items()})
     return table
 
 

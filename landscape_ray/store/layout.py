@@ -37,7 +37,7 @@ from landscape_ray.spec.grid import MAX_TILE_POINTS, Grid, auto_chunks
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store import ownership
 from landscape_ray.store.refine import complete
-from landscape_ray.store.tiles import CODECS, FORMAT, RECORD, Store
+from landscape_ray.store.tiles import CODECS, FORMAT, RECORD, Store, kind
 
 PACKAGES = ("landscape-ray", "torch", "ray", "zarr", "numpy", "pydantic")
 
@@ -71,12 +71,13 @@ def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, input
             axis, data=getattr(grid, axis), dimension_names=[axis], attributes={"long_name": label, **extra}
         )
     for name in variables:
+        dtype, fill = kind(name)
         root.create_array(
             name,
             shape=grid.shape,
             chunks=grid.chunks,
-            dtype="float64",
-            fill_value=np.nan,
+            dtype=dtype,
+            fill_value=fill,
             dimension_names=list(grid.dims),
             **CODECS,
         )

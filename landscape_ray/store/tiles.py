@@ -43,6 +43,12 @@ CODECS = {
 }  # an all-NaN tile is a chunk too, so a missing one means damage
 
 
+def kind(name: str) -> tuple[np.dtype, object]:
+    """(dtype, fill value) of a grid variable: counts (`<split>_samples`, eval.samples) are integers, 0 where not
+    evaluated; every other value float64, NaN where not evaluated."""
+    return (np.dtype("int64"), 0) if name.endswith("_samples") else (np.dtype("float64"), np.nan)
+
+
 def differences(a, b, prefix: str = "") -> list[str]:
     """Dotted paths where two nested dicts differ, with both values."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -124,7 +130,7 @@ class Store:
 
     def _check_arrays(self) -> None:
         """Each grid array as this store's grid makes it: its shape, chunks and type (values are read as such)."""
-        expected = {"done": np.dtype(bool), **{name: np.dtype("float64") for name in self.variables}}
+        expected = {"done": np.dtype(bool), **{name: kind(name)[0] for name in self.variables}}
         for name, dtype in expected.items():
             array = self._array(name)
             if array.shape != self.grid.shape or tuple(array.chunks) != self.grid.chunks:
