@@ -317,6 +317,8 @@ def run(
         if work.adaptive:
             done = store.done()
             log(f"adaptive: {int(done.sum())} of {done.size} points evaluated ({done.mean():.1%} of a uniform run)")
+        for line in store.sample_lines():
+            log(line)
         if complete(store):  # the whole store it replaced, kept until now, goes
             discard_previous(path)
     if spec.output.render:

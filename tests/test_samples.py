@@ -17,7 +17,12 @@ from landscape_ray.store.tiles import Store
 from .conftest import make_spec, quiet, reference
 
 # The whole digits train split (1,437) in batches of 32: 45 shards to stop between.
-WHOLE = ["data.subset=null", "data.batch_size=32", "grid.x={min: -1, max: 1, num: 7}", "grid.y={min: -1, max: 1, num: 5}"]
+WHOLE = [
+    "data.subset=null",
+    "data.batch_size=32",
+    "grid.x={min: -1, max: 1, num: 7}",
+    "grid.y={min: -1, max: 1, num: 5}",
+]
 CEILING = 4.0
 
 
@@ -37,7 +42,8 @@ def test_sampled_points_are_within_the_bound_and_whole_ones_equal_a_full_data_ru
     stores = {}
     for actors in (2, 1):
         stores[actors] = tmp_path / f"a{actors}.zarr"
-        run(sampled(stores[actors], checkpoint, f"compute.actors={actors}", f"eval.sample_ceiling={CEILING}"), log=quiet)
+        spec = sampled(stores[actors], checkpoint, f"compute.actors={actors}", f"eval.sample_ceiling={CEILING}")
+        run(spec, log=quiet)
     got, other = (Store(stores[a], mode="r") for a in (2, 1))
     for name in [*got.variables, "done"]:
         np.testing.assert_array_equal(got.read(name), other.read(name), err_msg=name)

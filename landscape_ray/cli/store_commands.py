@@ -122,15 +122,8 @@ def info(args) -> None:
                 f"adaptive ({state}, tolerance {store.spec.grid.tolerance}): {int(done.sum())} points evaluated, "
                 f"{done.mean():.1%} of a uniform run's work; the rest are interpolated"
             )
-    for key, whole in store.inputs.items():  # eval.samples: adaptive records each split's size
-        split = key.removeprefix("data.").removesuffix(" size")
-        if key.endswith(" size") and f"{split}_samples" in store.variables:
-            n, whole = store.read(f"{split}_samples"), int(whole)
-            print(
-                f"samples ({split}, adaptive, tolerance {store.spec.eval.sample_tolerance}): "
-                f"{n.sum() / (n.size * whole):.1%} of a uniform full-data run's work; {int((n == whole).sum())} "
-                f"points on all {whole} samples, {int(((n > 0) & (n < whole)).sum())} on fewer"
-            )
+    for line in store.sample_lines():  # eval.samples: adaptive
+        print(line)
     previous = None if is_remote(store.path) else previous_path(store.path)
     if previous is not None and previous.exists():
         print(f"previous: {previous} holds the whole store this one replaces, kept until this one is complete")

@@ -285,6 +285,20 @@ class Store:
         rate = (len(recent) - 1) * done.sum() / len(recs) / span  # mean tile size × tiles per second
         return rate, (done.size - done.sum()) / rate
 
+    def samples(self) -> dict[str, tuple[np.ndarray, int]]:
+        """`eval.samples: adaptive`: {split: (<split>_samples, the split's size)}; empty for other stores."""
+        sizes = {k[len("data.") : -len(" size")]: int(v) for k, v in self.inputs.items() if k.endswith(" size")}
+        return {s: (self.read(f"{s}_samples"), n) for s, n in sizes.items() if f"{s}_samples" in self.variables}
+
+    def sample_lines(self) -> list[str]:
+        """One line per split of a store with `eval.samples: adaptive`: the share of a full-data run's work."""
+        return [
+            f"samples ({split}, tolerance {self.spec.eval.sample_tolerance}): {n.sum() / (n.size * whole):.1%} of a "
+            f"uniform full-data run's work; {int((n == whole).sum())} points on all {whole} samples, "
+            f"{int(((n > 0) & (n < whole)).sum())} on fewer"
+            for split, (n, whole) in self.samples().items()
+        ]
+
     def directions(self) -> list[dict[str, np.ndarray]]:
         """The direction arrays; none for `directions.regenerate`, whose spec is the recipe."""
         if "directions" not in self.root:
