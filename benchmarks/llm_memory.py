@@ -3,6 +3,7 @@
     .venv/bin/python jobs/llm/make_tiny.py --out runs/llm/tiny-gpt2   # for its tokenizer (about half a minute)
     .venv/bin/python -m benchmarks.llm_memory                         # TinyLlama's shape in bf16, 2 actors, 3 x 3
     .venv/bin/python -m benchmarks.llm_memory --layers 8              # the same with 8 of its 22 layers (0.6 B)
+    .venv/bin/python -m benchmarks.llm_memory --model DIR --only regenerated   # a folder made before, one run
 
 A Llama-shaped model of TinyLlama-1.1B's size (22 layers, 2048 wide, 32 heads with 4 key/value heads, 5632 MLP,
 32,000-token vocabulary) with random weights, saved in bf16, and the tiny model's tokenizer (its ids are all below
@@ -85,6 +86,7 @@ def main() -> None:
     p.add_argument("--tokenizer", default="runs/llm/tiny-gpt2", help="a folder with a tokenizer (make_tiny.py's)")
     p.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"], help="decoder layers (default: 22)")
     p.add_argument("--model", help="a folder llama_folder wrote before (it is not made again)")
+    p.add_argument("--only", choices=["regenerated", "kept"], help="one of the two runs")
     args = p.parse_args()
     tokenizer = (ROOT / args.tokenizer).resolve()
     if not (tokenizer / "tokenizer.json").is_file():
@@ -93,7 +95,8 @@ def main() -> None:
         tmp = Path(tmp)
         folder = Path(args.model).resolve() if args.model else tmp / "llama-1.1b"
         params = parameters(folder) if args.model else llama_folder(folder, tokenizer, args.layers)
-        runs = {regenerate: run(folder, tmp / f"{regenerate}.zarr", regenerate) for regenerate in (1, 0)}
+        which = {"regenerated": (1,), "kept": (0,), None: (1, 0)}[args.only]
+        runs = {regenerate: run(folder, tmp / f"{regenerate}.zarr", regenerate) for regenerate in which}
     model_mb = 2 * params / 2**20
     print(f"\nLlama, TinyLlama-1.1B's shape with {args.layers} layers: {params / 1e9:.3f} B parameters, bf16 ")
     print(f"({model_mb:.0f} MB); 2 actors,")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape_ray.inputs.directions import direction_space, make_directions
+from landscape_ray.inputs.directions import Recipe, direction_space, make_directions
 from landscape_ray.inputs.models import build
 from landscape_ray.spec.schema import DirectionsSpec
 
@@ -88,3 +88,31 @@ def test_1d_direction_is_the_x_direction_of_2d(model):
 def test_none_norm_leaves_gaussian_unscaled(model):
     d = directions(model, norm="none", seed=0)[0]["features.1.0.weight"]
     assert abs(d.std() - 1.0) < 0.05
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, dims",
+    [
+        ((300, 48), torch.float32, 0),  # a Linear weight or an embedding: rows of 48 floats, cut into blocks
+        ((257, 32), torch.bfloat16, 0),  # a bf16 model's: normalized against θ* in fp32, as the whole draw is
+        ((64, 3, 3, 3), torch.float32, 0),  # conv filters of 27 floats: not a multiple of 16, one piece
+        ((48, 40), torch.float32, 1),  # GPT-2's Conv1D: filters along dim 1, one piece
+        ((40,), torch.float32, 0),  # a bias moved along θ* itself (ignore: none)
+    ],
+)
+@pytest.mark.parametrize("norm", ["filter", "layer"])
+def test_a_point_drawn_block_by_block_equals_the_whole_entry_drawn_at_once(shape, dtype, dims, norm):
+    """`Recipe.moved` (what an actor with regenerated directions writes, a block of rows at a time) against θ* + Σ c
+    · `Recipe.entry` (the whole entry's draw, what `landscape-ray directions` exports): bit for bit."""
+    theta = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    recipe = Recipe(seed=3, norm=norm, ignore="none", seeding="entry", ndim=2, names=("w",), dims={"w": dims})
+    moves = [(0, 0.75), (1, -0.5)]
+    want = theta.to(torch.float32, copy=True)  # as the evaluator summed before it cut entries into blocks
+    for axis, c in moves:
+        want.add_(recipe.entry(axis, "w", theta), alpha=c)
+    pieces = list(recipe.moved("w", theta, moves, "cpu", block=1000))
+    got = torch.cat([point for _, point in pieces])
+    assert [r.start for r, _ in pieces] == list(range(0, len(theta), len(pieces[0][1])))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    rowwise = norm == "filter" and dims == 0 and len(shape) > 1 and shape[1] % 16 == 0
+    assert (len(pieces) > 1) == rowwise

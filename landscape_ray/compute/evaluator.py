@@ -230,15 +230,12 @@ class Evaluator:
             for c, d in zip(coord, self.directions):
                 torch._foreach_add_(self.targets, d, alpha=float(c))
             return
-        # Regenerated directions: entry by entry, so no more than one entry's draws exist at a time; the sum in fp32,
-        # rounded once into the model's dtype.
+        # Regenerated directions: entry by entry, block of rows by block (Recipe.moved), so that little more than the
+        # model exists at a time; the sum in fp32, rounded once into the model's dtype.
         moves = [(axis, float(c)) for axis, c in enumerate(coord) if c]
         for target, base, name in zip(self.targets, self.base, self.names):
-            if moves:
-                point = base.to(self.device, torch.float32, copy=True)
-                for axis, c in moves:
-                    point.add_(self.recipe.entry(axis, name, base).to(self.device), alpha=c)
-                target.copy_(point)
+            for rows, point in self.recipe.moved(name, base, moves, self.device) if moves else ():
+                target[rows].copy_(point)
 
     @torch.no_grad()
     def recompute_bn(self) -> None:

@@ -45,6 +45,7 @@ from landscape_ray.inputs.hf import load_hf, tied_names
 from landscape_ray.spec.schema import DirectionsSpec, Spec
 
 EPS = 1e-10  # as the paper's code: keeps an all-zero filter of θ* from dividing by zero
+BLOCK = 1 << 22  # floats of an entry's draw held at once where the draw can be cut into rows (Recipe.moved)
 
 
 @dataclass
@@ -143,6 +144,25 @@ class Recipe:
         generator = torch.Generator().manual_seed(entry_seed(self.seed, axis, name))
         d = torch.randn(theta.shape, generator=generator, dtype=torch.float32)
         return normalize(d, exact(theta), self.norm, self.ignore, self.dims.get(name, 0))
+
+    def moved(self, name: str, theta: torch.Tensor, moves: list[tuple[int, float]], device, block: int = BLOCK):
+        """θ* + Σ c · direction of one entry (`moves`: (axis, c) pairs) in fp32 on `device`, as (rows, values)
+        pieces: the entry's direction along each axis drawn and normalized a block of rows at a time, so that no
+        more than `block` floats of a draw exist at once (a language model's embedding: 65 M floats), with the
+        numbers of `entry`. Rows only where that holds: `norm: filter` normalizes each row on its own, and the CPU
+        generator gives a block of rows the numbers the whole draw would where a row is a multiple of 16 floats (its
+        normal sampler works in groups of 16); any other entry is one piece."""
+        width = theta[0].numel() if theta.dim() >= 2 else 0
+        rowwise = self.norm == "filter" and self.dims.get(name, 0) == 0 and width and width % 16 == 0
+        step = max(1, block // width) if rowwise else len(theta)
+        generators = [torch.Generator().manual_seed(entry_seed(self.seed, axis, name)) for axis, _ in moves]
+        for start in range(0, len(theta), step):
+            part = theta[start : start + step]
+            point, at = part.to(device, torch.float32, copy=True), exact(part)
+            for (_, c), generator in zip(moves, generators):
+                d = torch.randn(part.shape, generator=generator, dtype=torch.float32)
+                point.add_(normalize(d, at, self.norm, self.ignore, self.dims.get(name, 0)).to(device), alpha=c)
+            yield slice(start, start + step), point
 
     def vectors(self, space: dict[str, torch.Tensor]) -> list[dict[str, np.ndarray]]:
         """All entries of every axis, in the dtype of the entry they move (rounded once; a bf16 model's as BFloat16)
