@@ -11,6 +11,7 @@ import pytest
 import landscape_ray
 from landscape_ray.cli.main import main
 from landscape_ray.compute import sampling
+from landscape_ray.core.errors import Interrupted
 from landscape_ray.job import run
 from landscape_ray.store.tiles import Store
 
@@ -96,3 +97,24 @@ def test_the_order_of_the_shards_is_fixed_per_split_and_covers_each_once():
     np.testing.assert_array_equal(np.sort(a), np.arange(45))
     assert not np.array_equal(a, b) and np.array_equal(a, sampling.order(45, "train"))
     assert sampling.cap(512, 1437) == 32 and sampling.cap(512, 20) == 512
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_interrupted_then_resumed_equals_an_undisturbed_run(checkpoint, tmp_path):
+    """Ctrl-C after the first pass of a progressive grid with adaptive samples, then resume: the same store."""
+    whole, path = tmp_path / "whole.zarr", tmp_path / "p.zarr"
+    passes = ["grid.mode=progressive", "grid.x={min: -1, max: 1, num: 17}"]  # two passes: every 2nd point, the rest
+    run(sampled(whole, checkpoint, *passes), log=quiet)
+
+    def stop(line: str) -> None:
+        if line.startswith("pass 1/"):
+            raise KeyboardInterrupt
+
+    spec = sampled(path, checkpoint, *passes)
+    with pytest.raises(Interrupted):
+        run(spec, log=stop)
+    assert not Store(path, mode="r").done().all()
+    run(spec, resume=True, log=quiet)
+    got, want = Store(path, mode="r"), Store(whole, mode="r")
+    for name in [*want.variables, "done"]:
+        np.testing.assert_array_equal(got.read(name), want.read(name), err_msg=name)
