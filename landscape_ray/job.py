@@ -35,7 +35,7 @@ from landscape_ray.cluster import connect
 from landscape_ray.cluster.pool import Pool
 from landscape_ray.cluster.scheduler import evaluate_tiles
 from landscape_ray.compute.prepare import prepare
-from landscape_ray.compute.warmup import Warmup, evaluate_here
+from landscape_ray.compute.warmup import SMALL_S, Warmup, evaluate_here
 from landscape_ray.core.errors import Interrupted, SpecError
 from landscape_ray.core.paths import exists, is_remote, naming
 from landscape_ray.inputs.kinds import ON_CLUSTER
@@ -149,18 +149,16 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
     with ThreadPoolExecutor(1, thread_name_prefix="load") as background:
         loading = background.submit(load, spec, resume, timings, local, cancel)
         try:
-            if (
-                local
-                and spec.compute.ray == "auto"
-                and Warmup.applies(spec)
-                and not (resume and exists(spec.output.store))
-            ):
+            if local and spec.compute.ray == "auto" and Warmup.applies(spec):
                 # A small job is computed here, and no cluster is started: its inputs load in a moment, a large
                 with contextlib.suppress(TimeoutError):  # job's may not (the cluster's start waits at most this)
                     store, payload, warmup, partial = loading.result(timeout=SMALL_LOAD_S)
                     if partial is not None and warmup.small(spec, payload.point_seconds):
                         warmup.detach()
                         return install(partial, spec.output.store), payload, warmup, 0, None
+                    left = 0 if store is None else int((~store.done()).sum())  # resumed: the points still to do
+                    if store is not None and payload.directions and left * payload.point_seconds <= SMALL_S:
+                        return store, payload, Warmup.idle(spec, payload, store.grid), 0, None
             begin = time.perf_counter()
             workers = connect.preflight(spec, address)
             timings["cluster_s"] = time.perf_counter() - begin

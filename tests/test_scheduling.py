@@ -319,3 +319,42 @@ def test_once_the_payload_is_in_the_object_store_the_driver_holds_no_copy_of_its
         assert [ref() for ref in own] == [None] * len(own)
         assert not any(a.flags.writeable for a in arrays())
     np.testing.assert_array_equal(values, reference(spec)["train_loss"])
+
+
+def test_a_resumed_small_job_is_computed_in_the_driver_without_ray(checkpoint, tmp_path):
+    """A store interrupted after its first pass (on the test's cluster), then `run --resume` in a fresh process with
+    no cluster to join: no cluster is started, the driver computes the points left, and the store equals the
+    in-process evaluator's values everywhere."""
+    from landscape_ray.core.errors import Interrupted
+
+    store = tmp_path / "s.zarr"
+    grid = ["grid.x={min: -1, max: 1, num: 33}", "grid.y={min: -1, max: 1, num: 9}", "grid.mode=progressive"]
+    spec = make_spec(store, checkpoint, *grid, "compute.warmup=true")
+
+    def stop(line: str) -> None:
+        if line.startswith("pass 1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        run(spec.model_copy(update={"compute": spec.compute.model_copy(update={"ray": "always"})}), log=stop)
+    before = Store(store, mode="r").done()
+    assert before.any() and not before.all()
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "landscape_ray", "run", str(job), "--resume"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "a small job: computed in this process" in done.stdout, done.stdout
+    summary = Store(store, mode="r").root.attrs["runs"][-1]
+    assert "cluster_s" not in summary["startup"] and list(summary["actors"]) == ["driver"], summary
+    assert summary["points"] == (~before).sum()
+    stored = Store(store, mode="r")
+    assert stored.done().all()
+    for name, values in reference(spec).items():
+        np.testing.assert_array_equal(stored.read(name), values, err_msg=name)

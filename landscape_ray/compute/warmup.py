@@ -18,7 +18,8 @@ device and thread count), so the values are the same.
 
 A small job, whose points take less than `SMALL_S` of one core, is not worth a cluster's start (seconds): job.py
 then stops the warmup and computes every point left here (`small`, `evaluate_here`), with the same
-evaluator and thread count as an actor, so the values are a cluster run's, bit for bit.
+evaluator and thread count as an actor, so the values are a cluster run's, bit for bit. So is a resumed store
+whose points left take that little (`idle`: a warmup with nothing computed ahead).
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ class Warmup:
         warmup.threads = torch.get_num_threads()
         torch.set_num_threads(warmup.cpus)
         warmup.thread.start()
+        return warmup
+
+    @classmethod
+    def idle(cls, spec: Spec, payload, grid: Grid) -> Warmup:
+        """A warmup that computes nothing ahead, for `evaluate_here` to compute a resumed small job with (its first
+        pass is in the store already)."""
+        warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), Passes(grid, spec.grid.mode))
+        warmup.cpus = spec.compute.cpus_per_actor
+        warmup.halt.set()
+        warmup.thread.start()  # ends at once: `stop` joins it as any other
         return warmup
 
     def small(self, spec: Spec, point_seconds: float) -> bool:
