@@ -34,6 +34,7 @@ from landscape_ray import hessians
 from landscape_ray.cluster import connect
 from landscape_ray.cluster.pool import Pool
 from landscape_ray.cluster.scheduler import evaluate_tiles
+from landscape_ray.compute.evaluator import Evaluator
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.compute.warmup import SMALL_S, Warmup, evaluate_here
 from landscape_ray.core.errors import Interrupted, SpecError
@@ -279,7 +280,9 @@ def run(
                     later = queued() if work.adaptive else list(queued())  # progressive: every pass known now
                     try:
                         if pool is None:
-                            summary = evaluate_here(warmup, work, first, on_tile, later)
+                            cores = min(local_actors(spec), max(len(first), 1))  # as many as the actors would be
+                            helpers = [Evaluator.from_payload(spec, payload, "cpu") for _ in range(cores - 1)]
+                            summary = evaluate_here(warmup, work, first, on_tile, later, helpers)
                         else:
                             summary = evaluate_tiles(
                                 spec, payload, work, first, on_tile, log=log, pool=pool, warmup=warmup, later=later

@@ -331,11 +331,11 @@ def test_fold_auto_folds_only_where_it_agrees_with_the_plain_forward(make, fold,
 
 @pytest.mark.parametrize(
     "channels, size, device, want",
-    [(16, 32, "cpu", 32), (16, 8, "cpu", 512), (64, 32, "cpu", 16), (1, 2, "cpu", 1024)],
+    [(16, 32, "cpu", 32), (16, 8, "cpu", 512), (64, 32, "cpu", 16), (1, 2, "cpu", 8192)],
 )
 def test_auto_batch_size_fits_the_largest_activation_into_2_mib(channels, size, device, want):
     """The largest activation of one sample is channels × size² × 4 bytes: the batch is the power of two that fits
-    2 MiB (CPU, clamped to 16..1024)."""
+    2 MiB (CPU, clamped to 16..8192)."""
     from landscape_ray.compute.speedups import auto_batch_size
 
     net = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(channels * size**2, 2))

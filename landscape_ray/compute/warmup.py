@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 import torch
@@ -162,23 +164,20 @@ class Warmup:
             self.taken += 0 if done is None else len(coords)
             return done
 
-    def evaluate(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-        """The values at `coords` and their seconds: the warmup's where it has them all, else computed now, in the
-        caller's thread (once the warmup is stopped), as an actor would."""
+    def evaluate(self, coords: np.ndarray, evaluator: Evaluator | None = None) -> tuple[dict[str, np.ndarray], float]:
+        """The values at `coords` and their seconds: the warmup's where it has them all, else computed now by
+        `evaluator` (default: this warmup's, once it is stopped) in the caller's thread, at the thread count the
+        caller set (evaluate_here)."""
         done = self.take(coords)
         if done is not None:
             return done
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.cpus)
-        try:
-            begin = time.perf_counter()
-            values = self.evaluator.evaluate(coords)
-            seconds = time.perf_counter() - begin
-        finally:
-            torch.set_num_threads(threads)
-        for c in coords:
-            self.took[tuple(c)] = seconds / len(coords)
-        self.taken += len(coords)
+        begin = time.perf_counter()
+        values = (evaluator or self.evaluator).evaluate(coords)
+        seconds = time.perf_counter() - begin
+        with self.lock:
+            for c in coords:
+                self.took[tuple(c)] = seconds / len(coords)
+            self.taken += len(coords)
         return values, seconds
 
     def stop(self) -> None:
@@ -208,26 +207,44 @@ class Warmup:
         }
 
 
-def evaluate_here(warmup: Warmup, work: Passes, tiles: list, on_tile, later=()) -> dict:
+def evaluate_here(warmup: Warmup, work: Passes, tiles: list, on_tile, later=(), helpers=()) -> dict:
     """`tiles` (pieces of `work`, the run's passes: an adaptive grid's choices are made there), then each pass of
     `later` (a list, or an iterator asked for each pass once the one before is written), computed in this process
-    (a small job), each passed to `on_tile(piece, values, record)`; returns a summary like the scheduler's."""
+    (a small job), each passed to `on_tile(piece, values, record)` in this thread; returns a summary like the
+    scheduler's. The warmup's evaluator and `helpers` (evaluators of the same spec and payload: one per actor the
+    job would have had) each compute pieces in a thread of their own at an actor's thread count, as actors would
+    (torch lets go of the GIL in its kernels), so the values are a cluster run's and the machine's cores are used."""
     warmup.stop()
     known = isinstance(later, (list, tuple))
     points = lambda pieces: sum(work.points(p) for p in pieces)
     progress = Progress(warmup.taken + points(tiles) + (sum(map(points, later)) if known else 0), start=warmup.began)
     progress.update(warmup.taken)
-    count = 0
+    free = queue.SimpleQueue()  # the evaluators not computing now
+    for evaluator in (warmup.evaluator, *helpers):
+        free.put(evaluator)
+
+    def compute(piece):
+        evaluator = free.get()
+        try:
+            return piece, *warmup.evaluate(work.coords(piece), evaluator)
+        finally:
+            free.put(evaluator)
+
+    count, threads = 0, torch.get_num_threads()
+    torch.set_num_threads(warmup.cpus)  # process-wide: each evaluator's kernels then run in its own thread
+    pool = ThreadPoolExecutor(1 + len(helpers), thread_name_prefix="evaluate")
     try:
         for pieces in itertools.chain([tiles], later):
             if not known and pieces is not tiles:
                 progress.grow(points(pieces))
-            for piece in pieces:
-                values, seconds = warmup.evaluate(work.coords(piece))
+            for future in as_completed([pool.submit(compute, piece) for piece in pieces]):  # a pass at a time
+                piece, values, seconds = future.result()
                 on_tile(piece, values, {"actor": "driver", "node": "driver", "seconds": seconds, "retries": 0})
                 progress.update(len(next(iter(values.values()))))
                 count += 1
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: the pieces under way finish, no new one starts
+        torch.set_num_threads(threads)
         progress.close()
     wall = time.perf_counter() - warmup.began
     return {
