@@ -110,7 +110,7 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, peer_s, first, second, driver in rows:
-        print(f"| {label} | {peer_s:.1f} s | {first:.1f} s | {second:.1f} s | {driver:.1f} s | {first / peer_s:.2f}× |")
+        print(f"| {label} | {peer_s:.2f} s | {first:.2f} s | {second:.2f} s | {driver:.2f} s | {first / peer_s:.2f}× |")
 
 
 if __name__ == "__main__":

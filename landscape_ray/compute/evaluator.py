@@ -147,7 +147,8 @@ class Evaluator:
         runner = self.model
         if o.fold and self.bn_split is None:
             runner = fold_bn(self.model, set(names), quiet=o.fold == "auto")
-            if o.fold == "auto" and not self._agrees(runner):
+            # Checked only where something was folded: an unchanged model (no BN) agrees with itself.
+            if o.fold == "auto" and runner is not self.model and not self._agrees(runner):
                 runner = self.model
         self.folded = any(isinstance(m, FoldedConv) for m in runner.modules())
         # Compiled for one batch shape (dynamic=False: static shapes, and CUDA graphs under max-autotune); a split's
