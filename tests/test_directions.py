@@ -98,6 +98,7 @@ def test_none_norm_leaves_gaussian_unscaled(model):
         ((64, 3, 3, 3), torch.float32, 0),  # conv filters of 27 floats: not a multiple of 16, one piece
         ((48, 40), torch.float32, 1),  # GPT-2's Conv1D: filters along dim 1, one piece
         ((40,), torch.float32, 0),  # a bias moved along θ* itself (ignore: none)
+        ((), torch.float32, 0),  # a 0-d parameter (a learned temperature, say), moved along θ* itself
     ],
 )
 @pytest.mark.parametrize("norm", ["filter", "layer"])
@@ -111,8 +112,15 @@ def test_a_point_drawn_block_by_block_equals_the_whole_entry_drawn_at_once(shape
     for axis, c in moves:
         want.add_(recipe.entry(axis, "w", theta), alpha=c)
     pieces = list(recipe.moved("w", theta, moves, "cpu", block=1000))
-    got = torch.cat([point for _, point in pieces])
-    assert [r.start for r, _ in pieces] == list(range(0, len(theta), len(pieces[0][1])))
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
     rowwise = norm == "filter" and dims == 0 and len(shape) > 1 and shape[1] % 16 == 0
     assert (len(pieces) > 1) == rowwise
+    if rowwise:
+        assert [r.start for r, _ in pieces] == list(range(0, len(theta), len(pieces[0][1])))
+    else:
+        assert pieces[0][0] is Ellipsis  # the whole entry
+    got = torch.cat([point for _, point in pieces]) if rowwise else pieces[0][1]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    written = torch.zeros(shape)  # as the evaluator writes the pieces into the live tensor
+    for rows, point in pieces:
+        written[rows].copy_(point)
+    torch.testing.assert_close(written, want, rtol=0, atol=0)

@@ -141,9 +141,17 @@ class Recipe:
 
     def entry(self, axis: int, name: str, theta: torch.Tensor) -> torch.Tensor:
         """The fp32 direction of one entry along `axis`, normalized against θ* (`theta`, any dtype or device)."""
-        generator = torch.Generator().manual_seed(entry_seed(self.seed, axis, name))
-        d = torch.randn(theta.shape, generator=generator, dtype=torch.float32)
-        return normalize(d, exact(theta), self.norm, self.ignore, self.dims.get(name, 0))
+        return self.drawn(self.generator(axis, name), name, exact(theta))
+
+    def generator(self, axis: int, name: str) -> torch.Generator:
+        """`seeding: entry`: the CPU generator of one entry's draw along `axis`."""
+        return torch.Generator().manual_seed(entry_seed(self.seed, axis, name))
+
+    def drawn(self, generator: torch.Generator, name: str, at: torch.Tensor) -> torch.Tensor:
+        """The next fp32 draw of `generator` in the shape of `at` (θ* of the entry `name` or of its rows, fp32 on the
+        CPU), normalized against it."""
+        d = torch.randn(at.shape, generator=generator, dtype=torch.float32)
+        return normalize(d, at, self.norm, self.ignore, self.dims.get(name, 0))
 
     def moved(self, name: str, theta: torch.Tensor, moves: list[tuple[int, float]], device, block: int = BLOCK):
         """θ* + Σ c · direction of one entry (`moves`: (axis, c) pairs) in fp32 on `device`, as (rows, values)
@@ -151,18 +159,20 @@ class Recipe:
         more than `block` floats of a draw exist at once (a language model's embedding: 65 M floats), with the
         numbers of `entry`. Rows only where that holds: `norm: filter` normalizes each row on its own, and the CPU
         generator gives a block of rows the numbers the whole draw would where a row is a multiple of 16 floats (its
-        normal sampler works in groups of 16); any other entry is one piece."""
+        normal sampler works in groups of 16); any other entry is one piece (rows `...`, a 0-d entry included)."""
         width = theta[0].numel() if theta.dim() >= 2 else 0
-        rowwise = self.norm == "filter" and self.dims.get(name, 0) == 0 and width and width % 16 == 0
-        step = max(1, block // width) if rowwise else len(theta)
-        generators = [torch.Generator().manual_seed(entry_seed(self.seed, axis, name)) for axis, _ in moves]
-        for start in range(0, len(theta), step):
-            part = theta[start : start + step]
+        if self.norm == "filter" and self.dims.get(name, 0) == 0 and width and width % 16 == 0:
+            step = max(1, block // width)
+            pieces = [slice(start, start + step) for start in range(0, len(theta), step)]
+        else:
+            pieces = [...]
+        generators = [self.generator(axis, name) for axis, _ in moves]
+        for rows in pieces:
+            part = theta[rows]
             point, at = part.to(device, torch.float32, copy=True), exact(part)
             for (_, c), generator in zip(moves, generators):
-                d = torch.randn(part.shape, generator=generator, dtype=torch.float32)
-                point.add_(normalize(d, at, self.norm, self.ignore, self.dims.get(name, 0)).to(device), alpha=c)
-            yield slice(start, start + step), point
+                point.add_(self.drawn(generator, name, at).to(device), alpha=c)
+            yield rows, point
 
     def vectors(self, space: dict[str, torch.Tensor]) -> list[dict[str, np.ndarray]]:
         """All entries of every axis, in the dtype of the entry they move (rounded once; a bf16 model's as BFloat16)
@@ -173,8 +183,7 @@ class Recipe:
         def draw(axis: int, name: str, theta: torch.Tensor) -> torch.Tensor:
             if self.seeding == "entry":
                 return self.entry(axis, name, theta)
-            d = torch.randn(theta.shape, generator=generator, dtype=torch.float32)
-            return normalize(d, exact(theta), self.norm, self.ignore, self.dims.get(name, 0))
+            return self.drawn(generator, name, exact(theta))
 
         return [{k: as_array(draw(a, k, v).to(v.dtype)) for k, v in space.items()} for a in range(self.ndim)]
 
