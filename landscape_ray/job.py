@@ -157,8 +157,8 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
                     if partial is not None and warmup.small(spec, payload.point_seconds):
                         warmup.detach()
                         return install(partial, spec.output.store), payload, warmup, 0, None
-                    left = 0 if store is None else int((~store.done()).sum())  # resumed: the points still to do
-                    if store is not None and payload.directions and left * payload.point_seconds <= SMALL_S:
+                    resumed = store is not None and payload.directions  # small too where the points left are few
+                    if resumed and (~store.done()).sum() * payload.point_seconds <= SMALL_S:
                         return store, payload, Warmup.idle(spec, payload, store.grid), 0, None
             begin = time.perf_counter()
             workers = connect.preflight(spec, address)

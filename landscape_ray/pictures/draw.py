@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 
 from landscape_ray.core.errors import SpecError
 from landscape_ray.spec.schema import RENDER_KINDS
+from landscape_ray.store.tiles import split_sizes
 
 MAX_LEVELS = 1000  # more contour lines than this is a typo in the spacing, and would take minutes to draw
 LABELLED_LEVELS = 10  # contour labels on at most about this many lines, so crowded lines stay readable
@@ -212,11 +213,11 @@ def sampled(ds: xr.Dataset, var: str) -> np.ndarray | None:
     """The points whose `var` was computed on part of its split (`eval.samples: adaptive`), where there are some,
     else None."""
     split = var.split("_", 1)[0]
-    whole = ds.attrs.get("inputs", {}).get(f"data.{split} size")  # recorded with eval.samples: adaptive
+    whole = split_sizes(ds.attrs.get("inputs", {})).get(split)
     if whole is None or f"{split}_samples" not in ds:
         return None
     n = ds[f"{split}_samples"].values
-    part = (n > 0) & (n < int(whole))
+    part = (n > 0) & (n < whole)
     return part if part.any() else None
 
 

@@ -49,6 +49,12 @@ def kind(name: str) -> tuple[np.dtype, object]:
     return (np.dtype("int64"), 0) if name.endswith("_samples") else (np.dtype("float64"), np.nan)
 
 
+def split_sizes(inputs: dict) -> dict[str, int]:
+    """{split: samples} as a store with `eval.samples: adaptive` records them among its inputs (`data.<split> size`:
+    fingerprint.py); empty for any other store."""
+    return {k[len("data.") : -len(" size")]: int(v) for k, v in inputs.items() if k.endswith(" size")}
+
+
 def differences(a, b, prefix: str = "") -> list[str]:
     """Dotted paths where two nested dicts differ, with both values."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -287,7 +293,7 @@ class Store:
 
     def samples(self) -> dict[str, tuple[np.ndarray, int]]:
         """`eval.samples: adaptive`: {split: (<split>_samples, the split's size)}; empty for other stores."""
-        sizes = {k[len("data.") : -len(" size")]: int(v) for k, v in self.inputs.items() if k.endswith(" size")}
+        sizes = split_sizes(self.inputs)
         return {s: (self.read(f"{s}_samples"), n) for s, n in sizes.items() if f"{s}_samples" in self.variables}
 
     def sample_lines(self) -> list[str]:
