@@ -35,8 +35,9 @@ from landscape_ray.spec.schema import Spec
 
 
 def exact_spec(spec: Spec) -> Spec:
-    """The spec with the evaluator's speed options that change numbers or graphs (bf16, compile, BN folding) off."""
-    plain = {"precision": "fp32", "compile": False, "fold_bn": False}
+    """The spec with the evaluator's speed options that change numbers or graphs (bf16, compile, BN folding, the
+    first layer's stored responses, which have no gradient) off."""
+    plain = {"precision": "fp32", "compile": False, "fold_bn": False, "first_layer": False}
     return spec.model_copy(update={"eval": spec.eval.model_copy(update=plain)})
 
 

@@ -12,9 +12,9 @@ loss and the accuracy, `eval.metric: package.module:fn` any other. Each sum beco
 `loss_sq` becomes `<split>_loss_se`, the standard error of the mean loss, when `data.subset` samples the split or
 the split is text (a metric that returns `loss_units` gives squared losses of that many units, such as token
 windows, instead of one per counted item). Sums accumulate in float64 on the device, one host sync per split and
-point. Speed-ups: speedups.py; `batch_size="auto"` and `fold="auto"` (the defaults) pick the batch that runs fastest
-on the device and fold BN only where the folded forward agrees with the plain one within `FOLD_RTOL` on the first
-batch.
+point. Speed-ups: speedups.py and firstlayer.py; `batch_size="auto"` and `fold="auto"` (the defaults) pick the
+batch that runs fastest on the device and fold BN only where the folded forward agrees with the plain one within
+`FOLD_RTOL` on the first batch.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape_ray.compute import sampling
+from landscape_ray.compute.firstlayer import FirstLayer
 from landscape_ray.compute.language import causal_lm
 from landscape_ray.compute.speedups import FoldedConv, auto_batch_size, compiled, fold_bn
 from landscape_ray.core.errors import SpecError
@@ -57,6 +58,7 @@ def classification(loss: str = "cross_entropy"):
         per = per.double()
         return per.sum(), len(y), {"acc": (logits.argmax(dim=1) == y).sum(), "loss_sq": per.square().sum()}
 
+    metric.calls_model_once = True  # on the batch's inputs as they are: firstlayer.py may answer for its first layer
     return metric
 
 
@@ -91,6 +93,7 @@ class Options:
     compile: bool = False
     fold: bool | str = False  # BN folding: True, False or "auto"
     sample_rule: sampling.Rule | None = None  # eval.samples: adaptive
+    first_layer: bool = False  # eval.first_layer: firstlayer.py, where it applies
 
 
 class Evaluator:
@@ -155,6 +158,14 @@ class Evaluator:
         # shorter last batch runs the same model uncompiled, rather than compiling (and capturing) a second shape.
         self.eager = runner
         self.runner = compiled(runner, o.compile, self.device)
+        self.first = None
+        simple = self.recipe is None and self.bn_split is None and not o.compile and self.precision == "fp32"
+        if o.first_layer and simple and self.device.type == "cpu" and getattr(self.metric, "calls_model_once", False):
+            theta = {**live, **dict(zip(names, self.base))}
+            named = {n: [d[j] for d in self.directions] for j, n in enumerate(names)}
+            batch = self.batch_at(next(iter(self.splits.values())), 0)
+            samples = sum(len(s) for s in splits.values())
+            self.first = FirstLayer.find(runner, self.metric, batch, named, theta, samples)
 
     def _shareable(self, target: torch.Tensor, array) -> bool:
         if self.device.type != "cpu" or not isinstance(array, (np.ndarray, BFloat16)):
@@ -192,6 +203,7 @@ class Evaluator:
             e.compile,
             e.fold_bn,
             sampling.Rule(e.sample_tolerance, e.sample_ceiling) if e.samples == "adaptive" else None,
+            e.first_layer,
         )
         directions = payload.directions.travelling
         return cls(model, payload.state, directions, payload.splits, *normalization(spec.data), options)
@@ -218,6 +230,8 @@ class Evaluator:
     def reset(self) -> None:
         """Back to θ* (and its BN statistics, which eval.bn: recompute overwrites)."""
         torch._foreach_copy_(self.targets, self.base)
+        if self.first is not None:
+            self.first.point = ()
         if self.bn_split is not None:
             for m, (mean, var) in zip(self.bn_modules, self.bn_saved):
                 m.running_mean.copy_(mean)
@@ -227,6 +241,8 @@ class Evaluator:
     def set_point(self, coord) -> None:
         """θ = θ* + Σ c_k d_k, written into the model's own tensors."""
         self.reset()
+        if self.first is not None:
+            self.first.point = tuple(float(c) for c in coord)
         if self.recipe is None:
             for c, d in zip(coord, self.directions):
                 torch._foreach_add_(self.targets, d, alpha=float(c))
@@ -267,10 +283,10 @@ class Evaluator:
         for name, resident in self.splits.items():
             shards = self.batch_count(resident)
             if self.sample_rule is None or limit is not None:  # limit: a probe or a warm-up, the first batches
-                taken = {i: self._sums(resident, i) for i in range(shards if limit is None else min(limit, shards))}
+                taken = {i: self._sums(name, i) for i in range(shards if limit is None else min(limit, shards))}
                 se = None if self.sample_rule is None else math.nan
             else:
-                taken, se = self._sample(name, resident, shards)
+                taken, se = self._sample(name, shards)
             # In the batches' own order where a split is whole: the same additions as `samples: all`, bit for bit.
             keys = sorted(taken) if len(taken) == shards else list(taken)
             loss, count, sums = torch.zeros((), dtype=torch.float64, device=self.device), 0, {}
@@ -294,20 +310,26 @@ class Evaluator:
                 out[f"{name}_samples"] = units
         return out
 
-    def _sums(self, resident, i: int):
-        """(summed loss, count, {name: sum}) of batch i, float64 on the device."""
-        batch = self.batch_at(resident, i)
+    def _sums(self, split: str, i: int):
+        """(summed loss, count, {name: sum}) of batch i of a split, float64 on the device."""
+        batch = self.batch_at(self.splits[split], i)
         short = isinstance(batch, tuple) and len(batch[1]) != self.batch_size
-        with self.autocast():
-            result = self.metric(self.eager if short else self.runner, batch)
+        if self.first is not None:
+            self.first.at = (split, i)
+        try:
+            with self.autocast():
+                result = self.metric(self.eager if short else self.runner, batch)
+        finally:
+            if self.first is not None:
+                self.first.at = None
         extra = {k: torch.as_tensor(v, device=self.device).double() for k, v in (result[2:] or [{}])[0].items()}
         return result[0].double(), result[1], extra
 
-    def _sample(self, name: str, resident, shards: int):
+    def _sample(self, name: str, shards: int):
         """The batches of one split in sampling.order until the rule has enough: ({batch: sums}, standard error)."""
         taken, losses, counts, se = {}, [], [], math.nan
         for i in sampling.order(shards, name):
-            taken[int(i)] = sums = self._sums(resident, int(i))
+            taken[int(i)] = sums = self._sums(name, int(i))
             losses.append(sums[0].item())
             counts.append(int(sums[1]))
             stop, se = self.sample_rule.enough(losses, counts, shards)

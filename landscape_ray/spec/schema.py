@@ -294,6 +294,12 @@ class EvalSpec(Strict):
         description="fold each eval-mode BN into the conv before it (BN not moved by the directions); faster, "
         "not bit-equal; auto: only where the first batch's loss stays within 1e-6 relative of the unfolded one",
     )
+    first_layer: bool = Field(
+        True,
+        description="where the first layer with weights is a Linear or conv reading the data itself (an MLP's), its "
+        "outputs at θ* and along each direction are kept per batch and a point's output is their sum (the layer is "
+        "linear in its weights): less work, values within rounding of the plain forward; CPU, fp32",
+    )
     compile: bool | Literal["default", "max-autotune"] = Field(
         False,
         description="torch.compile the model: false, true (= default mode) or max-autotune; "
