@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape_ray.compute.evaluator import Evaluator, Options
+from landscape_ray.compute.evaluator import Evaluator, Options, cross_entropy
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.compute.speedups import FoldedConv, fold_bn
 from landscape_ray.inputs.data import ImageSplit, load_splits, normalization
@@ -98,6 +98,17 @@ def test_1d_scan_equals_y0_row_of_surface(checkpoint, tmp_path):
     scan = ev1.evaluate(xs[:, None])
     for k in scan:
         np.testing.assert_array_equal(scan[k], row[k])
+
+
+@pytest.mark.parametrize("classes", [1, 2, 10, 15, 16, 100])
+@pytest.mark.parametrize("samples", [1, 7, 3000])
+def test_cross_entropy_equals_torchs_bit_for_bit(classes, samples):
+    """The few-classes path (the transposed log-softmax) gives torch's own per-sample cross-entropy exactly, on
+    this CPU, for logits far from zero as well; many classes go to torch directly."""
+    g = torch.Generator().manual_seed(classes * samples)
+    logits = torch.randn(samples, classes, generator=g) * 30
+    y = torch.randint(0, classes, (samples,), generator=g)
+    assert torch.equal(cross_entropy(logits, y), F.cross_entropy(logits, y, reduction="none"))
 
 
 def test_mse_loss_is_bounded_and_positive(checkpoint, tmp_path):

@@ -45,6 +45,20 @@ from landscape_ray.spec.schema import Spec
 FOLD_RTOL = 1e-6  # fold_bn: auto folds only when the loss of the first batch moves less than this, relative
 
 
+FEW_CLASSES = 16  # a vector register's floats (AVX-512); below it torch's CPU log-softmax has no vector path
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy, `F.cross_entropy(logits, y, reduction="none")`. On a CPU with fewer than
+    FEW_CLASSES classes torch's log-softmax along the class dimension runs a scalar loop per sample (10 classes,
+    3,000 samples: 460 µs on one thread, a third of a small MLP's point); along the first dimension of the transposed
+    logits it runs across samples in vector registers (61 µs), with the same sequential sum per sample: the same
+    values (tests/test_evaluator.py checks bit equality)."""
+    if logits.device.type == "cpu" and logits.dim() == 2 and logits.shape[1] < FEW_CLASSES:
+        return -F.log_softmax(logits.t().contiguous(), 0).gather(0, y[None])[0]
+    return F.cross_entropy(logits, y, reduction="none")
+
+
 def classification(loss: str = "cross_entropy"):
     """The default metric: summed per-sample loss, accuracy, and squared losses for the standard error."""
 
@@ -52,7 +66,7 @@ def classification(loss: str = "cross_entropy"):
         x, y = batch
         logits = model(x).float()
         if loss == "cross_entropy":
-            per = F.cross_entropy(logits, y, reduction="none")
+            per = cross_entropy(logits, y)
         else:  # as the paper's code: squared error of the softmax against one-hot labels, mean over classes
             per = F.mse_loss(F.softmax(logits, dim=1), F.one_hot(y, logits.shape[1]).float(), reduction="none").mean(1)
         per = per.double()
