@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape_ray.compute.evaluator import Evaluator, Options, classification
+from landscape_ray.compute.prepare import probe
+from landscape_ray.core.errors import SpecError
 from landscape_ray.inputs.data import ImageSplit
 
 MEAN, STD = (0.5,), (0.25,)
@@ -109,3 +111,12 @@ def test_eval_first_layer_false_turns_it_off_and_agrees_within_rounding(split):
     plain_ev = Evaluator(model, state, directions, {"train": split}, MEAN, STD, Options(batch_size=128))
     assert plain_ev.first is None
     np.testing.assert_allclose(on, plain_ev.evaluate(POINTS)["train_loss"], rtol=1e-6)
+
+
+def test_a_model_that_fails_on_its_data_is_left_to_the_probe_to_report(split):
+    make = lambda: nn.Sequential(nn.Flatten(), nn.Linear(63, 10))  # noqa: E731 - 64 features arrive
+    model, state, directions = setup(make)
+    ev = evaluator(model, state, directions, split)
+    assert ev.first is None
+    with pytest.raises(SpecError, match="one batch at θ\\* failed .*RuntimeError"):
+        probe(ev)

@@ -78,7 +78,10 @@ class FirstLayer:
     def find(cls, model, metric, batch, named: dict[str, list[torch.Tensor]], theta: dict, samples: int):
         """The layer's FirstLayer, or None. `named`: the moved entries' directions ({name: [d_1, ..]}); `theta`:
         θ* of every entry; `samples`: how many the splits hold together (for MAX_BYTES)."""
-        found = first_call(model, metric, batch)
+        try:
+            found = first_call(model, metric, batch)
+        except Exception:  # noqa: BLE001 - a model that fails on its data: the probe (prepare.py) says how, in one line
+            return None
         if found is None:
             return None
         layer, x, times = found
