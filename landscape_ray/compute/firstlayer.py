@@ -39,13 +39,17 @@ def fan_in(layer: nn.Module) -> int:
     return layer.in_channels // layer.groups * math.prod(layer.kernel_size)
 
 
+def with_weights(model: nn.Module) -> list[nn.Module]:
+    """The modules that hold parameters of their own, in the order the model registers them."""
+    return [m for m in model.modules() if any(p is not None for p in m._parameters.values())]
+
+
 def first_call(model: nn.Module, metric, batch) -> tuple[nn.Module, torch.Tensor, int] | None:
     """(module, its input, times called) for the first module with weights of its own that one `metric(model,
     batch)` calls; None where its input depends on a parameter (found by autograd: every parameter requires grad
     for this one forward) or nothing with weights is called."""
     calls: list[tuple[nn.Module, tuple]] = []
-    owners = [m for m in model.modules() if any(p is not None for p in m._parameters.values())]
-    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, args))) for m in owners]
+    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, args))) for m in with_weights(model)]
     asked = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in asked:
@@ -78,6 +82,11 @@ class FirstLayer:
     def find(cls, model, metric, batch, named: dict[str, list[torch.Tensor]], theta: dict, samples: int):
         """The layer's FirstLayer, or None. `named`: the moved entries' directions ({name: [d_1, ..]}); `theta`:
         θ* of every entry; `samples`: how many the splits hold together (for MAX_BYTES)."""
+        # Without a forward first: the first layer with weights a model registers is nearly always the first it runs,
+        # so most CNNs (a 3×3 conv on RGB first) are passed over before anything runs.
+        owners = with_weights(model)
+        if not owners or type(owners[0]) not in LAYERS or fan_in(owners[0]) < MIN_FAN_IN:
+            return None
         try:
             found = first_call(model, metric, batch)
         except Exception:  # noqa: BLE001 - a model that fails on its data: the probe (prepare.py) says how, in one line
