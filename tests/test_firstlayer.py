@@ -40,12 +40,30 @@ class Twice(nn.Module):
         return self.out(torch.relu(self.fc(torch.relu(self.fc(x.flatten(1))))))
 
 
+class Tied(nn.Module):
+    """Its first layer's weight is a later layer's, registered first: the directions hold it under that name."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.inp, self.out = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 10)
+        self.inp.weight = self.head.weight
+
+    def forward(self, x):
+        return self.out(torch.relu(self.head(torch.relu(self.inp(x.flatten(1))))))
+
+
 MODELS = {  # name: (model, whether the stored responses apply)
     "mlp": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(inplace=True), nn.Linear(48, 10)), True),
     "conv": (lambda: nn.Sequential(nn.Conv2d(1, 16, 6, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(400, 10)), True),
     "read before": (ReadBefore, False),
     "twice": (Twice, False),
     "narrow": (lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10)), False),
+    "tied": (Tied, True),
+    # a buffer before the first layer, which the directions move (as `dir_type: states` does): no parameter in sight
+    "buffer before": (
+        lambda: nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64, affine=False), nn.Linear(64, 10)).eval(),
+        False,
+    ),
 }
 
 
@@ -55,12 +73,16 @@ def split():
     return ImageSplit(rng.integers(0, 256, (300, 1, 8, 8), dtype=np.uint8), rng.integers(0, 10, 300))
 
 
-def setup(make):
+def setup(make, unmoved=()):
+    """The model, θ*, and two directions over its float entries, each tensor once (a tied weight under its first
+    name, as direction_space keeps it), none along the entries `unmoved`."""
     torch.manual_seed(0)
     model = make().eval()
     state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    once = {v.data_ptr(): k for k, v in reversed(list(model.state_dict().items()))}.values()
     rng = np.random.default_rng(1)
-    directions = [{k: rng.standard_normal(v.shape).astype(np.float32) * 0.3 for k, v in state.items()} for _ in "xy"]
+    moved = [k for k in state if k in once and state[k].dtype == np.float32 and k not in unmoved]
+    directions = [{k: rng.standard_normal(state[k].shape).astype(np.float32) * 0.3 for k in moved} for _ in "xy"]
     return model, state, directions
 
 
@@ -69,8 +91,9 @@ def plain(make, state, directions, split, coord) -> float:
     model = make().double().eval()
     moved = {k: torch.tensor(v, dtype=torch.float64) for k, v in state.items()}
     for c, d in zip(coord, directions):
-        moved = {k: v + float(c) * torch.tensor(d[k], dtype=torch.float64) for k, v in moved.items()}
-    model.load_state_dict(moved)
+        moved = {k: v + float(c) * torch.tensor(d[k], dtype=torch.float64) if k in d else v for k, v in moved.items()}
+    once = {t.data_ptr(): k for k, t in reversed(list(model.state_dict().items()))}.values()  # a tied tensor once
+    model.load_state_dict({k: v for k, v in moved.items() if k in once}, strict=False)
     x = (torch.tensor(split.images, dtype=torch.float64) / 255 - MEAN[0]) / STD[0]
     with torch.no_grad():
         return F.cross_entropy(model(x), torch.tensor(split.labels)).item()
@@ -104,13 +127,23 @@ def test_it_stays_off_where_the_forward_is_not_the_plain_fp32_one(options, split
     assert evaluator(model, state, directions, split, **options).first is None
 
 
+def test_a_first_layer_no_direction_moves_is_kept_once_and_still_right(split):
+    make = MODELS["mlp"][0]
+    model, state, directions = setup(make, unmoved=("1.weight", "1.bias"))
+    ev = evaluator(model, state, directions, split)
+    assert ev.first is not None and ev.first.moves == [None, None]
+    expected = [plain(make, state, directions, split, c) for c in POINTS]
+    np.testing.assert_allclose(ev.evaluate(POINTS)["train_loss"], expected, rtol=2e-6)
+    assert all(len(r) == 1 for r in ev.first.cache.values())  # only the layer's output at θ*
+
+
 def test_eval_first_layer_false_turns_it_off_and_agrees_within_rounding(split):
     make = MODELS["mlp"][0]
-    model, state, directions = setup(make)
-    on = evaluator(model, state, directions, split).evaluate(POINTS)["train_loss"]
-    plain_ev = Evaluator(model, state, directions, {"train": split}, MEAN, STD, Options(batch_size=128))
-    assert plain_ev.first is None
-    np.testing.assert_allclose(on, plain_ev.evaluate(POINTS)["train_loss"], rtol=1e-6)
+    on = evaluator(*setup(make), split).evaluate(POINTS)["train_loss"]
+    model, state, directions = setup(make)  # a fresh model: the one above has its first layer answered for
+    off = Evaluator(model, state, directions, {"train": split}, MEAN, STD, Options(batch_size=128, first_layer=False))
+    assert off.first is None
+    np.testing.assert_allclose(on, off.evaluate(POINTS)["train_loss"], rtol=1e-6)
 
 
 def test_a_model_that_fails_on_its_data_is_left_to_the_probe_to_report(split):
