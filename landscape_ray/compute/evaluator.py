@@ -250,7 +250,8 @@ class Evaluator:
     @torch.no_grad()
     def reset(self) -> None:
         """Back to θ* (and its BN statistics, which eval.bn: recompute overwrites)."""
-        torch._foreach_copy_(self.targets, self.base)
+        if self.targets:  # none before directions exist (the Hessian kind's probe, a firstlayer look at θ*)
+            torch._foreach_copy_(self.targets, self.base)
         if self.first is not None:
             self.first.point = ()
         if self.bn_split is not None:
