@@ -119,8 +119,7 @@ class FirstLayer:
         # under that layer's name (direction_space keeps a tied entry once).
         params = (layer.weight, layer.bias)
         where = [None if p is None else next((j for j, t in enumerate(ev.targets) if same(t, p)), None) for p in params]
-        theta = tuple(p if p is None or j is None else ev.base[j] for p, j in zip(params, where))
-        theta = tuple(t.detach() if t is not None else None for t in theta)
+        theta = tuple(None if p is None else (p if j is None else ev.base[j]).detach() for p, j in zip(params, where))
         moves = [None if where == [None, None] else [None if j is None else d[j] for j in where] for d in ev.directions]
         with torch.no_grad():
             out = layer(x[:1])
