@@ -20,8 +20,9 @@ What the call hands over (inputs/handed.py), named in the spec by its contents:
   mode, is evaluated, and the spec's `model.object` is the SHA-256 of its state_dict.
 - `data`: a DataLoader (its dataset, batch size and collate_fn, read in order), a torch Dataset, a pair (x, y) of
   tensors or arrays, a tensor of token ids (batch, seq_len) for a language model (metric: next-token loss), or a
-  dict {"train": …, "test": …} of those; collated once into batches of `data.batch_size` (default 1024) as given,
-  without normalisation. Each split gives `<split>_loss` and the metric's other sums.
+  dict {"train": …, "test": …} of those; collated once into batches of `data.batch_size` as given (default: a
+  DataLoader's own, else 1024, up to 8192 for a narrow model, as the CPU evaluator's `batch_size: auto`), without
+  normalisation. Each split gives `<split>_loss` and the metric's other sums.
 - `metric`: fn(model, batch) -> (loss_sum, count[, {name: sum}]), as `eval.metric` (the evaluator's docstring);
   default: cross-entropy and accuracy of (x, y) batches.
 
@@ -52,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from landscape_ray import hessians, job
 from landscape_ray.compute.evaluator import classification
 from landscape_ray.compute.language import causal_lm
+from landscape_ray.compute.speedups import auto_batch_size
 from landscape_ray.core.errors import Interrupted, SpecError
 from landscape_ray.core.paths import exists
 from landscape_ray.inputs.data import COLLATE_BATCH, BatchSplit, as_array, tree_map
@@ -169,8 +171,11 @@ def specified(
     net = held(model, "model")
     section = spec.get("data") if isinstance(spec.get("data"), dict) else {}
     batch = spec.get("data.batch_size", section.get("batch_size"))
-    batch = batch if isinstance(batch, int) else None  # auto: a DataLoader's own, else COLLATE_BATCH
-    splits = {name: split_of(d, batch, f"data[{name!r}]") for name, d in named_splits(data).items()}
+    batch = batch if isinstance(batch, int) else None  # auto: a DataLoader's own, else wide_batch
+    splits = {
+        name: split_of(d, batch, f"data[{name!r}]", net if metric is None else None)
+        for name, d in named_splits(data).items()
+    }
     tokens = all(isinstance(s.batches[0], dict) for s in splits.values())
     metric_name, handed_metric = metric_of(metric, LM_METRIC if tokens else None)
     check_fit(net, splits, handed_metric)
@@ -231,8 +236,9 @@ def named_splits(data) -> dict:
     return {"train": data}
 
 
-def split_of(data, batch_size: int | None, argument: str) -> BatchSplit:
-    """`data` collated once, in order, into batches of NumPy arrays (the service's form for any data: data.py)."""
+def split_of(data, batch_size: int | None, argument: str, model: nn.Module | None = None) -> BatchSplit:
+    """`data` collated once, in order, into batches of NumPy arrays (the service's form for any data: data.py): of
+    `batch_size`, else a DataLoader's own, else `wide_batch` for `model` under the built-in metric (None: custom)."""
     collate = None
     if isinstance(data, DataLoader):
         if data.batch_size is None:
@@ -250,13 +256,27 @@ def split_of(data, batch_size: int | None, argument: str) -> BatchSplit:
         raise SpecError(f"{argument}: a DataLoader, a Dataset, (x, y) or token ids, got {type(data).__name__}")
     if len(data) == 0:
         raise SpecError(f"{argument}: empty")
-    size = batch_size or COLLATE_BATCH
+    size = batch_size or (COLLATE_BATCH if model is None else wide_batch(model, data[0]))
     if isinstance(data, TensorDataset) and collate is None:  # slices: what collating its rows gives, in one go
         batches = [tuple(t[i : i + size] for t in data.tensors) for i in range(0, len(data), size)]
     else:
         batches = DataLoader(data, batch_size=size, **({"collate_fn": collate} if collate else {}))
     with torch.no_grad():
         return BatchSplit([tree_map(lambda t: t.detach().cpu().numpy(), b, torch.Tensor) for b in batches], len(data))
+
+
+def wide_batch(model: nn.Module, item) -> int:
+    """The collated batch for a (features, label) item under the built-in metric: COLLATE_BATCH, or more where the
+    CPU evaluator's own rule (speedups.auto_batch_size) allows it. The evaluator runs a list of batches as it is given,
+    and a narrow model's per-batch Python is a large part of its point: an MLP 64-64-64-10 on 3,000 samples takes
+    0.54 s a 21 × 21 plane in three batches and 0.41 s in one (one thread, benchmarks/api.py's small case)."""
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        return COLLATE_BATCH
+    try:
+        sample = torch.as_tensor(np.asarray(item[0]) if not torch.is_tensor(item[0]) else item[0])[None]
+        return max(COLLATE_BATCH, auto_batch_size(model, sample, torch.device("cpu")))
+    except Exception:  # noqa: BLE001 - a model that fails on the data: check_fit says so in the user's words
+        return COLLATE_BATCH
 
 
 def metric_of(metric, default: str | None) -> tuple[str | None, object]:
