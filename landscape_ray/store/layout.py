@@ -22,8 +22,10 @@ is provably this tool's, and only such a store is ever removed.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,16 +42,22 @@ from landscape_ray.store.refine import complete
 from landscape_ray.store.tiles import CODECS, FORMAT, RECORD, Store, kind
 
 PACKAGES = ("landscape-ray", "torch", "ray", "zarr", "numpy", "pydantic")
+WRITERS = 8  # threads writing the direction arrays of a new store
 
 
 def versions() -> dict[str, str]:
-    out = {}
+    return dict(_versions())
+
+
+@functools.cache  # what this process runs, read once: each is a parse of the package's metadata file
+def _versions() -> tuple[tuple[str, str], ...]:
+    out = []
     for name in PACKAGES:
         try:
-            out[name] = version(name)
+            out.append((name, version(name)))
         except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+            out.append((name, "not installed"))
+    return tuple(out)
 
 
 def consolidate(path: str | Path) -> None:
@@ -113,10 +121,14 @@ def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, input
                 dimension_names=["epoch"],
                 attributes={"long_name": f"checkpoint θi − θ* projected on {axis}"},
             )
-    for axis, vector in zip("xy", getattr(directions, "vectors", directions)):
-        group = root.require_group(f"directions/{axis}")
-        for name, array in vector.items():
-            group.create_array(name, data=np.asarray(array), **CODECS)  # a bf16 model's: as float32
+    # One array per direction tensor (a bf16 model's as float32), written WRITERS at a time: a small model's are
+    # mostly zarr's waits (an MLP's 12 took 60 ms one after another, 35-45 ms at once), a large one's compression,
+    # which runs outside the GIL.
+    vectors = getattr(directions, "vectors", directions)
+    groups = [root.require_group(f"directions/{axis}") for axis, _ in zip("xy", vectors)]
+    arrays = [(group, name, array) for group, vector in zip(groups, vectors) for name, array in vector.items()]
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="store") as pool:
+        list(pool.map(lambda a: a[0].create_array(a[1], data=np.asarray(a[2]), **CODECS), arrays))
     # The store keeps the tile it was cut into, so that a --resume cuts it the same way (tile: auto depends on the
     # actors of the run that made it).
     tiled = spec.model_copy(update={"grid": spec.grid.model_copy(update={"tile": list(grid.tile)})})
