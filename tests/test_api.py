@@ -283,3 +283,23 @@ def test_hessian_of_a_model_object_equals_the_exact_hessian(ray_cluster, tmp_pat
     assert abs(got["trace"] - exact.sum()) <= 4 * got["trace_se"] + 1e-5 * abs(exact.sum())
     assert got["actors"] == 2 and sorted(got["eigenvectors"][0]) == sorted(names)
     assert "hessian" in Store(store, mode="r").root
+
+
+def test_a_narrow_models_pair_is_collated_in_wide_batches():
+    """(x, y) with no batch size: a 64-wide MLP's largest activation is 64 floats (256 bytes), so the CPU rule's
+    2 MiB holds 8,192 samples and 3,000 are one batch; a conv net's 16 × 32 × 32 floats (64 KiB) stay at the
+    1,024 floor, as do a custom metric's data (None: no model to look at) and a DataLoader's own batches."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from landscape_ray.api import split_of
+
+    x, y = torch.randn(3000, 64), torch.randint(0, 10, (3000,))
+    mlp = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Flatten(), nn.Linear(16 * 32 * 32, 10)).eval()
+    images = torch.randn(2100, 3, 32, 32)
+    sizes = lambda split: [len(b[1]) for b in split.batches]  # noqa: E731
+    assert sizes(split_of((x, y), None, "data", mlp)) == [3000]
+    assert sizes(split_of((images, y[:2100]), None, "data", conv)) == [1024, 1024, 52]
+    assert sizes(split_of((x, y), None, "data", None)) == [1024, 1024, 952]
+    assert sizes(split_of(DataLoader(TensorDataset(x, y), batch_size=700), None, "data", mlp)) == [700] * 4 + [200]
+    assert sizes(split_of((x, y), 500, "data", mlp)) == [500] * 6
