@@ -72,6 +72,21 @@ def test_origin_reproduces_the_checkpoint_exactly(spec, channels_last, fold_bn):
     assert 0.0 <= got["train_acc"][0] <= 1.0 and got["train_acc"][0] > 0.5
 
 
+@pytest.mark.parametrize("which", ["model", "one BN layer"])
+def test_a_model_handed_in_train_mode_is_evaluated_in_eval_mode(spec, which):
+    """A training loop hands its live model over in train mode, or a user sets one layer so: every point is still
+    evaluated in eval mode (BN on its running statistics, left unchanged), equal to the plain loop bit for bit."""
+    spec = spec.model_copy(update={"eval": spec.eval.model_copy(update={"fold_bn": False})})
+    evaluator = Evaluator.from_payload(spec, prepare(spec), "cpu")
+    bn = [m for m in evaluator.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    stats = [m.running_mean.clone() for m in bn]
+    (evaluator.model if which == "model" else bn[-1]).train()
+    got = evaluator.evaluate(np.array([[0.0, 0.0]]))
+    want = plain_loss(spec, evaluator.batch_size)
+    assert got["train_loss"][0] == want["train_loss"] and got["test_acc"][0] == want["test_acc"]
+    assert all(torch.equal(m.running_mean, s) for m, s in zip(bn, stats)) and not evaluator.model.training
+
+
 def test_values_do_not_depend_on_point_order_and_theta_is_restored(evaluator):
     coords = np.array([[0.5, -0.25], [0.0, 0.0], [-1.0, 1.0]])
     forward = evaluator.evaluate(coords)
