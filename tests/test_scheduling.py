@@ -237,10 +237,11 @@ def test_the_driver_writes_tiles_while_its_private_cluster_starts(checkpoint, tm
 def test_a_small_job_is_computed_in_the_driver_without_ray(checkpoint, tmp_path, mode):
     """`landscape-ray run` of a job whose points take well under SMALL_S, in a fresh process with no cluster to
     join: no cluster is started, no actor, the driver computes every point, and the store holds
-    the in-process evaluator's values bit for bit. With `compute.ray: always` the same job goes to Ray actors."""
+    the in-process evaluator's values bit for bit. With `compute.ray: always` the same job goes to Ray actors (for
+    the adaptive grid, which must choose the same points either way; a uniform one on actors is every other test)."""
     grid = ["grid.x={min: -1, max: 1, num: 33}", "grid.y={min: -1, max: 1, num: 9}", f"grid.mode={mode}"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    for ray_mode in ("auto", "always"):
+    for ray_mode in ("auto", "always") if mode == "adaptive" else ("auto",):
         store = tmp_path / f"{ray_mode}.zarr"
         spec = make_spec(store, checkpoint, *grid, "compute.warmup=true", f"compute.ray={ray_mode}")
         job = tmp_path / f"{ray_mode}.yaml"
@@ -259,8 +260,9 @@ def test_a_small_job_is_computed_in_the_driver_without_ray(checkpoint, tmp_path,
         for name, values in reference(spec).items():
             np.testing.assert_array_equal(stored.read(name)[on], values[on], err_msg=name)
         assert on.all() == (mode == "uniform")
-    a, b = Store(tmp_path / "auto.zarr", mode="r"), Store(tmp_path / "always.zarr", mode="r")
-    np.testing.assert_array_equal(a.done(), b.done())  # an adaptive grid chooses the same points either way
+    if mode == "adaptive":  # it chooses the same points either way
+        a, b = Store(tmp_path / "auto.zarr", mode="r"), Store(tmp_path / "always.zarr", mode="r")
+        np.testing.assert_array_equal(a.done(), b.done())
 
 
 @pytest.mark.parametrize("point_s, actors", [(0.125, 1), (0.125, 4), (10.0, 1)])
