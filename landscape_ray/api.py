@@ -142,7 +142,8 @@ def landscape(model, data, directions: dict, x, y, *, log=print, **options) -> x
             return dataset(path, filled=True)
         except SpecError as err:
             raise type(err)(as_call(str(err))) from None
-    return dataset(path, filled=True)  # the field the pictures draw: an adaptive grid's points between filled in
+    # The field the pictures draw (an adaptive grid's points between filled in), of a store job.run completed.
+    return dataset(path, filled=True, find_damage=False)
 
 
 def specified(

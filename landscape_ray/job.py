@@ -10,7 +10,8 @@ Order matters for the promise that a user's data is never lost or mixed:
    changed;
 3. a new store is built whole beside the old one and swapped in (where the driver
    warms up, it is built as soon as the inputs are checked and the driver's first
-   tiles go in while the cluster starts; a failure or Ctrl-C removes it);
+   tiles go in while the cluster starts; a failure or Ctrl-C removes it; a small
+   job's is built once the driver has computed its first pass: `built_after`);
 4. only tiles not done (or damaged) are computed, with the store's own directions,
    so the result equals an uninterrupted run; Ctrl-C keeps every finished tile.
    A progressive grid (`grid.mode`, spec/passes.py) computes them in passes, coarse
@@ -46,7 +47,7 @@ from landscape_ray.spec.passes import Passes
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store import ownership
 from landscape_ray.store.fingerprint import changed, fingerprints
-from landscape_ray.store.layout import build_beside, consolidate, create, discard_previous, install
+from landscape_ray.store.layout import build_beside, consolidate, create, discard_previous, install, kept_previous
 from landscape_ray.store.refine import complete, schedule
 from landscape_ray.store.tiles import Store
 from landscape_ray.store.transaction import claimed
@@ -77,8 +78,10 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: t
     if not (exists(path) and resume):
         payload = prepare(spec)
         timings["load_s"] = time.perf_counter() - start
-        warmup = Warmup.start(spec, payload, cut(spec, payload, local_actors(spec)), local_cluster)
-        if warmup is None or is_remote(path):
+        grid = cut(spec, payload, local_actors(spec))
+        here = Warmup.small_job(spec, grid.size, payload.point_seconds)  # by the probe: `run` builds its store after
+        warmup = Warmup.start(spec, payload, grid, local_cluster, here=here, threads=local_actors(spec))
+        if warmup is None or warmup.here or is_remote(path):
             return None, payload, warmup, None
         if cancel.is_set():  # the run failed meanwhile
             abandon(warmup, None)
@@ -154,6 +157,8 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
                 # A small job is computed here, and no cluster is started: its inputs load in a moment, a large
                 with contextlib.suppress(TimeoutError):  # job's may not (the cluster's start waits at most this)
                     store, payload, warmup, partial = loading.result(timeout=SMALL_LOAD_S)
+                    if warmup is not None and warmup.here:  # small by the probe: computing; `run` builds the store
+                        return None, payload, warmup, 0, None
                     if partial is not None and warmup.small(spec, payload.point_seconds):
                         warmup.detach()
                         return install(partial, spec.output.store), payload, warmup, 0, None
@@ -191,6 +196,27 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
     return store, payload, warmup, workers, pool
 
 
+def built_after(spec: Spec, payload, warmup: Warmup, timings: dict, overwrite: bool) -> Store:
+    """The store of a small job, built once the warmup has computed its first pass (every point of a uniform grid):
+    built beside the computation, its Python would slow both, as they share the GIL (on 2 cores it took twice as
+    long, and the points 3 times as long). A Ctrl-C meanwhile keeps every finished tile: the store is built with
+    them, and the run ends there (`Interrupted`)."""
+    stopped = warmup.finish()
+    store = new_store(spec, payload, warmup.work.grid, timings, overwrite=overwrite)
+    if stopped:
+        warmup.write_into(store)
+        warmup.detach()
+        raise interrupted(store)
+    return store
+
+
+def interrupted(store: Store) -> Interrupted:
+    """What Ctrl-C ends a run with, once the finished tiles are in `store`."""
+    store.flush()
+    done = store.done()
+    return Interrupted(f"interrupted: {int(done.sum())}/{done.size} points are kept; --resume completes the store")
+
+
 def process_start() -> float:
     """When this process started (epoch seconds). psutil's `create_time` adds the boot time, which Linux gives in
     whole seconds, so it reads up to a second early; Linux's /proc has the process's age to a clock tick."""
@@ -215,14 +241,18 @@ def run(
     path = spec.output.store
     timings: dict[str, float] = {}
     with claimed(path, "landscape-ray run", replace=resume or overwrite):
+        resumed = resume and exists(path)
         store, payload, warmup, workers, pool = start(spec, resume, address, timings)
         try:
             with pool or contextlib.nullcontext():
-                if store is None:
+                if store is None and pool is None:  # a small job (warmup.here): its first pass is computed first
+                    store = built_after(spec, payload, warmup, timings, overwrite)
+                elif store is None:
                     gpus = any(slot.device == "cuda" for slot in pool.slots)
                     store = new_store(spec, payload, cut(spec, payload, workers, gpus), timings, overwrite=overwrite)
                 work = Passes(store.grid, spec.grid.mode)
-                passes = schedule(store, work, store.damaged())  # the pieces to compute, pass by pass (refine.py)
+                # The pieces to compute, pass by pass (refine.py); a store this run built has no damaged tile yet.
+                passes = schedule(store, work, store.damaged() if resumed else {})
                 first = next(passes, [])
                 left = Counter(piece.level for piece in first)
                 here = "; a small job: computed in this process, Ray not started (compute.ray: always)"
@@ -281,18 +311,16 @@ def run(
                     try:
                         if pool is None:
                             cores = min(local_actors(spec), max(len(first), 1))  # as many as the actors would be
-                            helpers = [Evaluator.from_payload(spec, payload, "cpu") for _ in range(cores - 1)]
+                            helpers = warmup.helpers[: cores - 1]  # the warmup's own (a job here), then new ones
+                            more = cores - 1 - len(helpers)
+                            helpers += [Evaluator.from_payload(spec, payload, "cpu") for _ in range(more)]
                             summary = evaluate_here(warmup, work, first, on_tile, later, helpers)
                         else:
                             summary = evaluate_tiles(
                                 spec, payload, work, first, on_tile, log=log, pool=pool, warmup=warmup, later=later
                             )
                     except KeyboardInterrupt:
-                        store.flush()
-                        done = store.done()
-                        raise Interrupted(
-                            f"interrupted: {int(done.sum())}/{done.size} points are kept; --resume completes the store"
-                        ) from None
+                        raise interrupted(store) from None
                     finally:
                         store.flush()
         finally:
@@ -320,7 +348,7 @@ def run(
             log(f"adaptive: {int(done.sum())} of {done.size} points evaluated ({done.mean():.1%} of a uniform run)")
         for line in store.sample_lines():
             log(line)
-        if complete(store):  # the whole store it replaced, kept until now, goes
+        if kept_previous(path) and complete(store):  # the whole store it replaced, kept until now, goes
             discard_previous(path)
     if spec.output.render:
         # Pictures go next to a local store; for a remote one, into runs/<name>/ here.

@@ -101,6 +101,33 @@ print(json.dumps({"kept": kept, "resumed": whole.train_loss.values.tolist(), "pl
                   "done": int(whole.done.values.sum())}))
 """
 
+HERE_INTERRUPTED = """
+HERE = {k: v for k, v in SMALL.items() if k != "address"}  # no cluster to join: a small job is computed here
+
+
+class Interrupting(MLP):  # Ctrl-C from inside the model at its AT-th forward pass (0: never)
+    calls, at = 0, 0
+
+    def forward(self, x):
+        Interrupting.calls += 1
+        if Interrupting.calls == Interrupting.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(x)
+
+
+slow = Interrupting(delay=0.05)  # 3 batches a point, 20 points: 3 s of points, a small job (under 5 s)
+slow.load_state_dict(model.state_dict())
+path = f"{OUT}/cut.zarr"
+Interrupting.at = 32  # about half of the 60 forward passes of the grid, which come after 2 (the fit check, the probe)
+cut = landscape_ray.plane(slow, (x, y), store=path, **HERE)
+kept, calls, Interrupting.at = int(cut.done.values.sum()), Interrupting.calls, 0
+whole = landscape_ray.plane(slow, (x, y), store=path, resume=True, **HERE)
+plain = landscape_ray.plane(slow, (x, y), store=f"{OUT}/plain.zarr", **HERE)
+actors = [list(run["actors"]) for p in (path, f"{OUT}/plain.zarr") for run in Store(p, mode="r").root.attrs["runs"]]
+print(json.dumps({"kept": kept, "calls": calls, "resumed": whole.train_loss.values.tolist(),
+                  "plain": plain.train_loss.values.tolist(), "done": int(whole.done.values.sum()), "actors": actors}))
+"""
+
 
 def run_script(body: str, address: str, tmp_path, private: bool = False) -> dict:
     """`body` after PRELUDE as a script; `private`: with no cluster to join (RAY_ADDRESS unset)."""
@@ -175,6 +202,16 @@ def test_ctrl_c_keeps_a_store_that_resume_completes(address, tmp_path):
     out = run_script(INTERRUPTED, address, tmp_path)
     assert 4 <= out["kept"] < 20, out
     assert out["done"] == 20
+    assert np.array_equal(np.array(out["resumed"]), np.array(out["plain"]))
+
+
+def test_ctrl_c_during_a_small_job_computed_here_keeps_its_finished_tiles(address, tmp_path):
+    """No cluster to join: the small job's points are computed in the calling process before its store is built
+    (job.built_after). Ctrl-C halfway: the store is built with every finished tile and the call returns it; then
+    resume=True completes it, equal to an undisturbed run, and neither started a cluster."""
+    out = run_script(HERE_INTERRUPTED, address, tmp_path, private=True)
+    assert out["calls"] < 62 and 0 < out["kept"] < 20, out  # interrupted: some points kept, not all
+    assert out["done"] == 20 and out["actors"] == [["driver"], ["driver"]], out
     assert np.array_equal(np.array(out["resumed"]), np.array(out["plain"]))
 
 

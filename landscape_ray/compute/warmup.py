@@ -11,15 +11,18 @@ device and thread count), so the values are the same.
 
     warmup = Warmup.start(spec, payload, grid, local_cluster=True)  # None where it does not apply
     warmup.work                                 # the grid's passes (spec/passes.py): its pieces are the tiles
-    warmup.write_into(store)                    # tiles completed from now on go into `store` ...
+    warmup.write_into(store)                    # tiles completed by now and from now on go into `store` ...
     warmup.detach()                             # ... until the caller takes the store over
     values, seconds = warmup.take(coords)       # a tile's values when all its points are done here, else None
     warmup.stop()                               # when the first actor is ready
 
 A small job, whose points take less than `SMALL_S` of one core, is not worth a cluster's start (seconds): job.py
-then stops the warmup and computes every point left here (`small`, `evaluate_here`), with the same
-evaluator and thread count as an actor, so the values are a cluster run's, bit for bit. So is a resumed store
-whose points left take that little (`idle`: a warmup with nothing computed ahead).
+then computes every point here (`evaluate_here`), with the same evaluator and thread count as an actor, so the
+values are a cluster run's, bit for bit. Where the probe already says so (`small_job`), the warmup starts `here`:
+one thread per actor the job would have had, every point of the first pass, and the store is built after them
+(`finish`; job.built_after), as the store's Python and the points' slow each other down on the GIL; where the
+warmup's own points say so (`small`), it stops and the rest are computed into the store it wrote. So is a resumed
+store whose points left take that little (`idle`: a warmup with nothing computed ahead).
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ SMALL_S = 5.0  # seconds of one core: about a private cluster's start and its ac
 
 
 class Warmup:
-    def __init__(self, evaluator: Evaluator, work: Passes):
-        self.evaluator = evaluator
+    def __init__(self, evaluators: list[Evaluator], work: Passes):
+        self.evaluator, self.helpers = evaluators[0], evaluators[1:]  # helpers: one thread each, for a small job
+        evaluator = self.evaluator
         self.batch_size, self.folded = evaluator.batch_size, evaluator.folded  # for the summary, once it is released
         self.work = work
         self.tiles = work.pieces(0)  # the first pass's, still to write into the store, taken from the back
@@ -60,9 +64,14 @@ class Warmup:
         self.last_written = None  # and the last
         self.first_point = None  # when the first point was computed (epoch seconds)
         self.threads = None  # the caller's torch thread count while this warmup sets its own
+        self.next = 0  # the index in `coords` of the next point to compute
+        self.here = False  # a small job by the probe: every point of the first pass before the store (`finish`)
         self.halt = threading.Event()
         self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name="warmup", daemon=True)
+        self.threads_of = [
+            threading.Thread(target=self._run, args=(e,), name=f"warmup-{i}", daemon=True)
+            for i, e in enumerate(evaluators)
+        ]
 
     @staticmethod
     def applies(spec: Spec) -> bool:
@@ -72,75 +81,106 @@ class Warmup:
         return spec.compute.warmup and cpu and not (e.compile or e.curvature)
 
     @classmethod
-    def start(cls, spec: Spec, payload, grid: Grid, local_cluster: bool) -> Warmup | None:
+    def start(
+        cls, spec: Spec, payload, grid: Grid, local_cluster: bool, here: bool = False, threads: int = 1
+    ) -> Warmup | None:
         """A running warmup for a fresh run on CPU actors of a private local cluster, else None (also where the
-        directions are still to come: `directions.kind: hessian` computes them on the cluster once it is up)."""
+        directions are still to come: `directions.kind: hessian` computes them on the cluster once it is up).
+        One thread computes beside a cluster's start; for a job `here` (one the probe finds small: `small_job`),
+        `threads` compute every point of the first pass, one per actor the job would have had."""
         if not (cls.applies(spec) and local_cluster and payload.directions):
             return None
-        warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), Passes(grid, spec.grid.mode))
+        evaluators = [Evaluator.from_payload(spec, payload, "cpu") for _ in range(threads if here else 1)]
+        warmup = cls(evaluators, Passes(grid, spec.grid.mode))
+        warmup.here = here
         # An actor runs `cpus_per_actor` torch threads; the driver evaluates as one does while it warms up, and
         # `stop` puts the caller's thread count back. (The CLI also keeps freed memory, as an actor does: a
         # process-wide malloc setting, made at the entry point.)
         warmup.cpus = spec.compute.cpus_per_actor
         warmup.threads = torch.get_num_threads()
         torch.set_num_threads(warmup.cpus)
-        warmup.thread.start()
+        for thread in warmup.threads_of:
+            thread.start()
         return warmup
 
     @classmethod
     def idle(cls, spec: Spec, payload, grid: Grid) -> Warmup:
         """A warmup that computes nothing ahead, for `evaluate_here` to compute a resumed small job with (its first
         pass is in the store already)."""
-        warmup = cls(Evaluator.from_payload(spec, payload, "cpu"), Passes(grid, spec.grid.mode))
+        warmup = cls([Evaluator.from_payload(spec, payload, "cpu")], Passes(grid, spec.grid.mode))
         warmup.cpus = spec.compute.cpus_per_actor
         warmup.halt.set()
-        warmup.thread.start()  # ends at once: `stop` joins it as any other
+        warmup.threads_of[0].start()  # ends at once: `stop` joins it as any other
         return warmup
 
+    @staticmethod
+    def small_job(spec: Spec, points: int, point_seconds: float) -> bool:
+        """Whether `points` (an adaptive grid's at most) of `point_seconds` each are better computed here than on a
+        cluster (`compute.ray`)."""
+        return spec.compute.ray == "auto" and points * point_seconds <= SMALL_S
+
     def small(self, spec: Spec, point_seconds: float) -> bool:
-        """Whether the job is better computed here than on a cluster (`compute.ray`): its points (an adaptive grid's
-        at most) at this warmup's fastest point so far (the first is cold: slower), or else at `point_seconds` (the
-        probe's estimate, also cold)."""
+        """Whether the job is small (`small_job`) at this warmup's fastest point so far (the first is cold: slower),
+        or else at `point_seconds` (the probe's estimate, also cold)."""
         with self.lock:
             if self.took:
                 point_seconds = min(self.took.values())
-        return spec.compute.ray == "auto" and self.work.grid.size * point_seconds <= SMALL_S
+        return self.small_job(spec, self.work.grid.size, point_seconds)
 
-    def _run(self) -> None:
+    def _run(self, evaluator: Evaluator) -> None:
         try:
-            for coord in self.coords:
-                if self.halt.is_set():
-                    return
-                self._point(coord)
+            while not self.halt.is_set():
+                with self.lock:
+                    if self.next == len(self.coords):
+                        return
+                    coord, self.next = self.coords[self.next], self.next + 1
+                self._point(coord, evaluator)
         except Exception:  # noqa: BLE001 - the driver just stops helping: a point that fails here fails on an actor
             return  # too and is reported there, once; a tile it did not write stays pending
 
-    def _point(self, coord: np.ndarray) -> None:
+    def _point(self, coord: np.ndarray, evaluator: Evaluator) -> None:
         """Evaluate one point, then write every tile (from the back) it completes while a store is attached."""
         begin = time.perf_counter()
-        out = self.evaluator.evaluate(coord[None])
+        out = evaluator.evaluate(coord[None])
         with self.lock:
             self.values[tuple(coord)] = {k: v[0] for k, v in out.items()}
             self.took[tuple(coord)] = time.perf_counter() - begin
             self.first_point = self.first_point or time.time()
-            while self.store is not None and self.tiles:
-                piece = self.tiles[-1]
-                coords = self.work.coords(piece)
-                done = self._complete(coords)
-                if done is None:
-                    break
-                record = {"actor": "driver", "seconds": done[1], "retries": 0}
-                self.store.write_tile(piece.tile, done[0], record, self.work.mask(piece))
-                self.tiles.pop()  # counted only once written: a write that fails leaves the tile to the actors
-                self.written += 1
-                self.taken += len(coords)
-                self.last_written = time.time()
-                self.first_written = self.first_written or self.last_written
+            self._write_completed()
+
+    def _write_completed(self) -> None:
+        """Write every tile (from the back) whose points are all done while a store is attached; the lock is held."""
+        while self.store is not None and self.tiles:
+            piece = self.tiles[-1]
+            coords = self.work.coords(piece)
+            done = self._complete(coords)
+            if done is None:
+                break
+            record = {"actor": "driver", "seconds": done[1], "retries": 0}
+            self.store.write_tile(piece.tile, done[0], record, self.work.mask(piece))
+            self.tiles.pop()  # counted only once written: a write that fails leaves the tile to the actors
+            self.written += 1
+            self.taken += len(coords)
+            self.last_written = time.time()
+            self.first_written = self.first_written or self.last_written
 
     def write_into(self, store) -> None:
-        """Write each tile completed from now on into `store` (cut as this warmup's grid), from this thread."""
+        """Write each tile completed by now into `store` (cut as this warmup's grid), in the caller's thread, and
+        each completed from now on, in this warmup's."""
         with self.lock:
             self.store = store
+            self._write_completed()
+
+    def finish(self) -> bool:
+        """Wait until every point of the first pass is computed (a job `here`). Ctrl-C stops the threads once their
+        points under way are done; returns whether it did."""
+        try:
+            for thread in self.threads_of:
+                thread.join()
+        except KeyboardInterrupt:
+            self.stop()
+            return True
+        return False
 
     def detach(self) -> None:
         """Stop writing into the store, with everything written so far flushed: the caller owns it from now on."""
@@ -165,25 +205,28 @@ class Warmup:
             return done
 
     def evaluate(self, coords: np.ndarray, evaluator: Evaluator | None = None) -> tuple[dict[str, np.ndarray], float]:
-        """The values at `coords` and their seconds: the warmup's where it has them all, else computed now by
+        """The values at `coords` and their seconds: the warmup's points as they are, the others computed now by
         `evaluator` (default: this warmup's, once it is stopped) in the caller's thread, at the thread count the
         caller set (evaluate_here)."""
-        done = self.take(coords)
-        if done is not None:
-            return done
-        begin = time.perf_counter()
-        values = (evaluator or self.evaluator).evaluate(coords)
-        seconds = time.perf_counter() - begin
         with self.lock:
-            for c in coords:
-                self.took[tuple(c)] = seconds / len(coords)
+            missing = np.array([tuple(c) not in self.values for c in coords])
+        if missing.any():
+            begin = time.perf_counter()
+            out = (evaluator or self.evaluator).evaluate(coords[missing])
+            each = (time.perf_counter() - begin) / int(missing.sum())
+            with self.lock:
+                for i, c in enumerate(coords[missing]):
+                    self.values[tuple(c)] = {k: v[i] for k, v in out.items()}
+                    self.took[tuple(c)] = each
+        with self.lock:
             self.taken += len(coords)
-        return values, seconds
+            return self._complete(coords)
 
     def stop(self) -> None:
         """No new points; the one under way finishes (its value may still complete a queued tile)."""
         self.halt.set()
-        self.thread.join()
+        for thread in self.threads_of:
+            thread.join()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
             self.threads = None
@@ -191,7 +234,7 @@ class Warmup:
     def release(self) -> None:
         """Stop for good and let the evaluator go (the actors compute the rest); `take` and the summary stay."""
         self.stop()
-        self.evaluator = None
+        self.evaluator, self.helpers = None, []
 
     def summary(self) -> dict:
         n, seconds = len(self.took), sum(self.took.values())

@@ -238,11 +238,15 @@ def install(partial: Path, path: str | Path, keep_previous: bool = True) -> Stor
     return Store(path)
 
 
+def kept_previous(path: str | Path) -> bool:
+    """Whether the whole store that the one at `path` replaced is kept beside it (`install`)."""
+    return not is_remote(path) and os.path.lexists(ownership.previous_path(Path(path)))
+
+
 def discard_previous(path: str | Path) -> None:
     """The store at `path` is complete: the whole one it replaced (if kept) goes."""
-    previous = ownership.previous_path(Path(path))
-    if not is_remote(path) and os.path.lexists(previous):
-        ownership.remove(previous)
+    if kept_previous(path):
+        ownership.remove(ownership.previous_path(Path(path)))
 
 
 def upgrade(path: str | Path) -> Store:

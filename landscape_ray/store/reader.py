@@ -19,18 +19,20 @@ from landscape_ray.store.filled import fill
 from landscape_ray.store.tiles import Store
 
 
-def dataset(store, filled: bool = False) -> xr.Dataset:
+def dataset(store, filled: bool = False, find_damage: bool = True) -> xr.Dataset:
     """`store` itself if it is a Dataset, else the store at that path (lazy unless some chunk is damaged or it is
     `filled`).
 
-    Damaged tiles (a chunk missing or failing its checksum) read as missing points, with one line on stderr.
+    Damaged tiles (a chunk missing or failing its checksum) read as missing points, with one line on stderr; every
+    chunk is read to find them, unless `find_damage` is false (a store this process has just completed: job.run
+    recomputed any damaged tile, and wrote the rest itself).
     `filled`: a progressive store's points not evaluated yet are interpolated from the passes done (filled.py).
     """
     if isinstance(store, xr.Dataset):
         return store
     checked = Store(store, mode="r")  # one line for a path that is missing, not ours, or of a newer format
     ds = xr.open_zarr(zarr_store(store), consolidated=True)
-    damaged = checked.damaged()
+    damaged = checked.damaged() if find_damage else {}
     if damaged:
         print(f"{checked.path}: {len(damaged)} damaged tiles (run verify); drawn as missing", file=sys.stderr)
         names = [*checked.variables, "done"]
