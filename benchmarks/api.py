@@ -3,21 +3,24 @@ values: the same in-memory MLP and data, a 21 × 21 filter-normalized plane.
 
     .venv/bin/python -m benchmarks.api                     # (a) small: 3,000 samples; (b) large: peer ≥ 30 s
     .venv/bin/python -m benchmarks.api --cases mnist       # (c) MNIST's MLP shape on 784 features
-    .venv/bin/python -m benchmarks.api --cases small --samples 3000
+    .venv/bin/python -m benchmarks.api --cases small --repeat 9   # later calls, each beside a peer run
     pip install loss-landscapes==3.0.6                     # the peer (the `bench` extra), if missing
 
 The peer runs as its README shows: `random_plane(model, Loss(cross_entropy, x, y), distance=2, steps=21,
 normalization="filter")`, the whole data as one batch, twice: on one torch thread, and on torch's default (a thread
 per core, what a user gets; on this 2-core machine it is 2.2× faster than one thread). `plane` runs with its defaults
 (`compute.ray: auto`: a small job, under 5 s of one core, is computed in the calling process; a larger one on a
-private Ray cluster, `actors: auto`) three ways: the first call of the process, a second call, and, for scale, the
-service's evaluator alone in this process (`Evaluator.evaluate` on every point, no store). The directions are each
+private Ray cluster, `actors: auto`) three ways: the first call of the process, later calls (`--repeat`, each beside
+a peer run of its own: medians, and the median of their ratios, for a noisy machine), and, for scale, the service's
+evaluator alone in this process (`Evaluator.evaluate` on every point, no store). The peer's default-thread time is
+the median of its runs. The directions are each
 tool's own random draw, so the values differ; the work per point is the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 
@@ -51,7 +54,9 @@ def mlp(features: int, width: int) -> nn.Module:
 
 
 def peer(model, x, y, steps: int, threads: int = 1) -> float:
-    """loss-landscapes' time on `threads` torch threads (1, or torch's default: every core)."""
+    """loss-landscapes' time on `threads` torch threads (1, or torch's default: every core), on a copy of `model`
+    made before the clock starts: `random_plane` leaves the model it is given at the plane's last point."""
+    model = copy.deepcopy(model)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -92,6 +97,7 @@ def main() -> None:
     parser.add_argument("--cases", default="small,large", help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--samples", type=int, help="override the samples of every case")
     parser.add_argument("--steps", type=int, default=21)
+    parser.add_argument("--repeat", type=int, default=1, help="later calls, each beside a peer run (medians shown)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,24 +107,28 @@ def main() -> None:
             model = mlp(features, width)
             x, y = torch.randn(samples, features), torch.randint(0, 10, (samples,))
             peer_s = peer(model, x, y, args.steps)
-            peer_all = peer(model, x, y, args.steps, DEFAULT_THREADS)
-            first = ours(model, x, y, args.steps, f"{tmp}/{name}-1.zarr")
-            second = ours(model, x, y, args.steps, f"{tmp}/{name}-2.zarr")
-            driver = alone(f"{tmp}/{name}-1.zarr", model, x, y)
+            peers = [peer(model, x, y, args.steps, DEFAULT_THREADS)]
+            first = ours(model, x, y, args.steps, f"{tmp}/{name}-0.zarr")
+            later = []
+            for i in range(args.repeat):  # a noisy machine: each later call beside a peer run of its own
+                later.append(ours(model, x, y, args.steps, f"{tmp}/{name}-{i + 1}.zarr"))
+                peers.append(peer(model, x, y, args.steps, DEFAULT_THREADS))
+            driver = alone(f"{tmp}/{name}-0.zarr", model, x, y)
+            ratio = np.median([s / p for s, p in zip(later, peers[1:])])
             label = f"({'abc'[list(CASES).index(name)]}) {name}: MLP {features}-{width}-{width}-10, {samples:,} samples"
-            rows.append((label, peer_s, peer_all, first, second, driver))
-            print(f"{label}: peer {peer_s:.1f} s, plane {first:.1f} s (first call) {second:.1f} s (second)", flush=True)
-    print(f"\n{args.steps} × {args.steps}, {torch.get_num_threads()} CPU threads\n")
+            rows.append((label, peer_s, np.median(peers), first, np.median(later), driver, ratio))
+            print(f"{label}: peer {peer_s:.1f} s, plane {first:.1f} s (first call) {later[0]:.1f} s (next)", flush=True)
+    print(f"\n{args.steps} × {args.steps}, {torch.get_num_threads()} CPU threads, later calls: {args.repeat}\n")
     print(
         f"| job | loss_landscapes.random_plane, 1 thread | the same, {DEFAULT_THREADS} threads (torch's default) "
-        "| plane, first call | plane, second call | the evaluator alone, 1 thread | first call / peer (1 thread) "
-        f"| first call / peer ({DEFAULT_THREADS} threads) |"
+        "| plane, first call | plane, later calls | the evaluator alone, 1 thread | first call / peer (1 thread) "
+        f"| first call / peer ({DEFAULT_THREADS} threads) | later call / the peer run beside it |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for label, peer_s, peer_all, first, second, driver in rows:
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for label, peer_s, peer_all, first, second, driver, ratio in rows:
         print(
             f"| {label} | {peer_s:.2f} s | {peer_all:.2f} s | {first:.2f} s | {second:.2f} s | {driver:.2f} s "
-            f"| {first / peer_s:.2f}× | {first / peer_all:.2f}× |"
+            f"| {first / peer_s:.2f}× | {first / peer_all:.2f}× | {ratio:.2f}× |"
         )
 
 
