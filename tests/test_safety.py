@@ -194,19 +194,17 @@ def test_a_kill_right_after_the_swap_keeps_the_old_result(tmp_path, checkpoint):
     run leaves it; `info` names it; the new store, completed with `--resume`, takes its place for good and the
     previous one goes."""
     store = tmp_path / "s.zarr"
-    assert start(spec_file(tmp_path, store, checkpoint, "compute.actors=1")).wait(240) == 0
+    here = "compute.warmup=true"  # a small job: computed by the driver, no cluster to start
+    assert start(spec_file(tmp_path, store, checkpoint, "compute.actors=1", here)).wait(240) == 0
     before, inode = tree_hash(store), store.stat().st_ino
-    slow = spec_file(
-        tmp_path,
-        store,
-        checkpoint,
+    slow = [
         "model.arch=tests.helpers:slow_cnn",
-        "model.kwargs={delay: 0.02}",  # 121 points of 3 batches: seconds of work after the swap
+        "model.kwargs={delay: 0.01}",  # 121 points of 3 batches: seconds of work after the swap, on one actor
         "grid.x.num=11",
         "grid.y.num=11",
         "compute.actors=1",
-    )
-    proc = start(slow, "--overwrite")
+    ]
+    proc = start(spec_file(tmp_path, store, checkpoint, *slow), "--overwrite")
     deadline = time.time() + 120
     while store.stat().st_ino == inode:  # until the new store is in place
         assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
@@ -216,14 +214,15 @@ def test_a_kill_right_after_the_swap_keeps_the_old_result(tmp_path, checkpoint):
     previous = tmp_path / ".s.zarr.previous"
     assert tree_hash(previous) == before
     assert not Store(store, mode="r").done().all()
-    refused = start(slow)  # neither --resume nor --overwrite: refused, and it deletes nothing
+    refused = start(spec_file(tmp_path, store, checkpoint, *slow))  # neither flag: refused, it deletes nothing
     assert refused.wait(120) == 2 and "already exists" in refused.stderr.read()
     assert tree_hash(previous) == before
     done = subprocess.run(
         [sys.executable, "-m", "landscape_ray", "info", str(store)], cwd=ROOT, capture_output=True, text=True
     )
     assert f"previous: {previous} holds the whole store this one replaces" in done.stdout
-    assert start(slow, "--resume").wait(240) == 0
+    resumed = start(spec_file(tmp_path, store, checkpoint, *slow, here), "--resume")
+    assert resumed.wait(240) == 0 and "a small job: computed in this process" in resumed.stdout.read()
     assert Store(store, mode="r").done().all() and not previous.exists()
 
 
