@@ -48,9 +48,8 @@ SMALL_S = 5.0  # seconds of one core: about a private cluster's start and its ac
 
 class Warmup:
     def __init__(self, evaluators: list[Evaluator], work: Passes):
-        self.evaluator, self.helpers = evaluators[0], evaluators[1:]  # helpers: one thread each, for a small job
-        evaluator = self.evaluator
-        self.batch_size, self.folded = evaluator.batch_size, evaluator.folded  # for the summary, once it is released
+        self.evaluator, self.helpers = evaluators[0], evaluators[1:]  # helpers: a thread each, for a job `here`
+        self.batch_size, self.folded = self.evaluator.batch_size, self.evaluator.folded  # for the summary, later
         self.work = work
         self.tiles = work.pieces(0)  # the first pass's, still to write into the store, taken from the back
         self.coords = np.concatenate([work.coords(t) for t in self.tiles])[::-1]  # in the order they are computed
@@ -63,12 +62,12 @@ class Warmup:
         self.first_written = None  # when the first one was (epoch seconds)
         self.last_written = None  # and the last
         self.first_point = None  # when the first point was computed (epoch seconds)
-        self.threads = None  # the caller's torch thread count while this warmup sets its own
+        self.torch_threads = None  # the caller's torch thread count while this warmup sets its own
         self.next = 0  # the index in `coords` of the next point to compute
         self.here = False  # a small job by the probe: every point of the first pass before the store (`finish`)
         self.halt = threading.Event()
         self.lock = threading.Lock()
-        self.threads_of = [
+        self.threads = [
             threading.Thread(target=self._run, args=(e,), name=f"warmup-{i}", daemon=True)
             for i, e in enumerate(evaluators)
         ]
@@ -97,9 +96,9 @@ class Warmup:
         # `stop` puts the caller's thread count back. (The CLI also keeps freed memory, as an actor does: a
         # process-wide malloc setting, made at the entry point.)
         warmup.cpus = spec.compute.cpus_per_actor
-        warmup.threads = torch.get_num_threads()
+        warmup.torch_threads = torch.get_num_threads()
         torch.set_num_threads(warmup.cpus)
-        for thread in warmup.threads_of:
+        for thread in warmup.threads:
             thread.start()
         return warmup
 
@@ -110,7 +109,7 @@ class Warmup:
         warmup = cls([Evaluator.from_payload(spec, payload, "cpu")], Passes(grid, spec.grid.mode))
         warmup.cpus = spec.compute.cpus_per_actor
         warmup.halt.set()
-        warmup.threads_of[0].start()  # ends at once: `stop` joins it as any other
+        warmup.threads[0].start()  # ends at once: `stop` joins it as any other
         return warmup
 
     @staticmethod
@@ -175,7 +174,7 @@ class Warmup:
         """Wait until every point of the first pass is computed (a job `here`). Ctrl-C stops the threads once their
         points under way are done; returns whether it did."""
         try:
-            for thread in self.threads_of:
+            for thread in self.threads:
                 thread.join()
         except KeyboardInterrupt:
             self.stop()
@@ -225,11 +224,11 @@ class Warmup:
     def stop(self) -> None:
         """No new points; the one under way finishes (its value may still complete a queued tile)."""
         self.halt.set()
-        for thread in self.threads_of:
+        for thread in self.threads:
             thread.join()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
-            self.threads = None
+        if self.torch_threads is not None:
+            torch.set_num_threads(self.torch_threads)
+            self.torch_threads = None
 
     def release(self) -> None:
         """Stop for good and let the evaluator go (the actors compute the rest); `take` and the summary stay."""
