@@ -7,6 +7,7 @@ Every store here is real Zarr on disk; values are a function of the coordinates,
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import zarr
 from landscape_ray.spec.grid import MAX_TILE_POINTS, MIN_CHUNK_POINTS, Grid
 from landscape_ray.spec.schema import GridSpec
 from landscape_ray.spec.specfile import load_spec
+from landscape_ray.store import layout
 from landscape_ray.store.layout import create
 from landscape_ray.store.lock import claim
 from landscape_ray.store.tiles import Store
@@ -66,6 +68,30 @@ def on_disk(path, name) -> np.ndarray:
 
 def chunk_files(path, name="train_loss") -> list:
     return sorted(p for p in (path / name / "c").rglob("*") if p.is_file())
+
+
+def test_a_store_composed_in_memory_holds_the_files_zarr_writes_into_a_folder(tmp_path):
+    """A new local store is composed in zarr's MemoryStore and its files then written out (layout._compose): the
+    same files, byte for byte, as zarr's own writes into a folder (the builder over a path), but for the creation
+    time in the root's attributes; it opens as a store."""
+    rng = np.random.default_rng(0)
+    vectors = [{"w": rng.standard_normal((3, 4), dtype=np.float32), "b": rng.standard_normal(4)} for _ in range(2)]
+    spec = load_spec(None, ["grid.x={num: 9}", "grid.y={num: 7}", "grid.tile=[2, 3]"])
+    grid = Grid.from_spec(spec.grid)
+    with claim(tmp_path / "composed.zarr", "test"):
+        create(tmp_path / "composed.zarr", spec, grid, VARIABLES, vectors)
+    layout._build(str(tmp_path / "zarr.zarr"), spec, grid, VARIABLES, vectors, {})  # zarr's own files
+    files = {
+        name: {str(p.relative_to(tmp_path / name)): p.read_bytes() for p in (tmp_path / name).rglob("*") if p.is_file()}
+        for name in ("composed.zarr", "zarr.zarr")
+    }
+    composed, written = files["composed.zarr"], files["zarr.zarr"]
+    assert sorted(composed) == sorted(written) and len(written) > 20
+    roots = [json.loads(f.pop("zarr.json")) for f in (composed, written)]
+    for root in roots:
+        root["attributes"].pop("created")
+    assert roots[0] == roots[1] and composed == written
+    assert Store(tmp_path / "composed.zarr", mode="r").directions()[1]["w"].tolist() == vectors[1]["w"].tolist()
 
 
 # --- Chunk shapes ---------------------------------------------------------------------------------------------
