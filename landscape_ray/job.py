@@ -37,7 +37,7 @@ from landscape_ray.cluster.pool import Pool
 from landscape_ray.cluster.scheduler import evaluate_tiles
 from landscape_ray.compute.evaluator import Evaluator
 from landscape_ray.compute.prepare import prepare
-from landscape_ray.compute.warmup import SMALL_S, Warmup, evaluate_here
+from landscape_ray.compute.warmup import Warmup, evaluate_here
 from landscape_ray.core.errors import Interrupted, SpecError
 from landscape_ray.core.paths import exists, is_remote, naming
 from landscape_ray.inputs.kinds import ON_CLUSTER
@@ -78,9 +78,10 @@ def load(spec: Spec, resume: bool, timings: dict, local_cluster: bool, cancel: t
     if not (exists(path) and resume):
         payload = prepare(spec)
         timings["load_s"] = time.perf_counter() - start
-        grid = cut(spec, payload, local_actors(spec))
+        actors = local_actors(spec)
+        grid = cut(spec, payload, actors)
         here = Warmup.small_job(spec, grid.size, payload.point_seconds)  # by the probe: `run` builds its store after
-        warmup = Warmup.start(spec, payload, grid, local_cluster, here=here, threads=local_actors(spec))
+        warmup = Warmup.start(spec, payload, grid, local_cluster, here=here, threads=actors)
         if warmup is None or warmup.here or is_remote(path):
             return None, payload, warmup, None
         if cancel.is_set():  # the run failed meanwhile
@@ -163,7 +164,7 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
                         warmup.detach()
                         return install(partial, spec.output.store), payload, warmup, 0, None
                     resumed = store is not None and payload.directions  # small too where the points left are few
-                    if resumed and (~store.done()).sum() * payload.point_seconds <= SMALL_S:
+                    if resumed and Warmup.small_job(spec, int((~store.done()).sum()), payload.point_seconds):
                         return store, payload, Warmup.idle(spec, payload, store.grid), 0, None
             begin = time.perf_counter()
             workers = connect.preflight(spec, address)
