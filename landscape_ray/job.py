@@ -293,9 +293,6 @@ def run(
                     )
                     log(f"pass {level + 1}/{work.count} done: {which} in the store{by}")
 
-                if work.count > 1 and warmup is not None and warmup.written and not warmup.tiles:
-                    pass_done(0, warmup.last_written, f" ({by})")
-
                 def queued():
                     """The later passes, each counted as it is queued (an adaptive one is chosen only then)."""
                     for pieces in passes:
@@ -317,6 +314,8 @@ def run(
 
                     later = queued() if work.adaptive else list(queued())  # progressive: every pass known now
                     try:
+                        if work.count > 1 and warmup is not None and warmup.written and not warmup.tiles:
+                            pass_done(0, warmup.last_written, f" ({by})")  # a barrier too: Ctrl-C there is kept
                         if pool is None:
                             cores = min(local_actors(spec), max(len(first), 1))  # as many as the actors would be
                             helpers = warmup.helpers[: cores - 1]  # the warmup's own (a job here), then new ones
