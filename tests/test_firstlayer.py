@@ -1,8 +1,7 @@
 """The first layer's stored responses (compute/firstlayer.py): where they apply, a point's values equal a plain
 float64 forward at θ* + αδ + βη built here; where they must not (a parameter read before the layer, the layer
 called twice, a narrow layer, a user's metric, bf16), the evaluator computes the layer as usual, and the values
-still equal the plain forward. The same for the other speed-up of an MLP's forward, a narrow head computed
-transposed (speedups.narrow_layers), on in every evaluator here."""
+still equal the plain forward."""
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from torch import nn
 
 from landscape_ray.compute.evaluator import Evaluator, Options, classification
 from landscape_ray.compute.prepare import probe
-from landscape_ray.compute.speedups import narrow_layers, transposed_linear
 from landscape_ray.core.errors import SpecError
 from landscape_ray.inputs.data import ImageSplit
 
@@ -102,8 +100,7 @@ def plain(make, state, directions, split, coord) -> float:
 
 
 def evaluator(model, state, directions, split, **options):
-    metric = options.pop("metric", classification())
-    o = Options(metric=metric, batch_size=128, first_layer=True, narrow_layers=True, **options)
+    o = Options(metric=options.pop("metric", classification()), batch_size=128, first_layer=True, **options)
     return Evaluator(model, state, directions, {"train": split}, MEAN, STD, o)
 
 
@@ -113,9 +110,6 @@ def test_values_equal_a_plain_float64_forward_where_it_applies_and_where_it_must
     model, state, directions = setup(make)
     ev = evaluator(model, state, directions, split)
     assert (ev.first is not None) == applies
-    # Every 10-class head is computed transposed, unless it is a first layer whose responses are stored.
-    heads = [m for m in ev.model.modules() if isinstance(m, nn.Linear) and m.out_features == 10]
-    assert ev.narrow == [m for m in heads if ev.first is None or m is not ev.first.layer] != []
     losses = ev.evaluate(POINTS)["train_loss"]
     expected = [plain(make, state, directions, split, c) for c in POINTS]
     np.testing.assert_allclose(losses, expected, rtol=2e-6)
@@ -124,15 +118,13 @@ def test_values_equal_a_plain_float64_forward_where_it_applies_and_where_it_must
 
 
 @pytest.mark.parametrize(
-    "options, narrow",
-    [({"metric": lambda model, batch: classification()(model, batch)}, True), ({"precision": "bf16"}, False)]
-    + [({"compile": True}, False)],
+    "options",
+    [{"metric": lambda model, batch: classification()(model, batch)}, {"precision": "bf16"}, {"compile": True}],
     ids=["user metric", "bf16", "compile"],
 )
-def test_it_stays_off_where_the_forward_is_not_the_plain_fp32_one(options, narrow, split):
+def test_it_stays_off_where_the_forward_is_not_the_plain_fp32_one(options, split):
     model, state, directions = setup(MODELS["mlp"][0])
-    ev = evaluator(model, state, directions, split, **options)
-    assert ev.first is None and bool(ev.narrow) == narrow  # a head computed transposed is the same for any metric
+    assert evaluator(model, state, directions, split, **options).first is None
 
 
 def test_a_first_layer_no_direction_moves_is_kept_once_and_still_right(split):
@@ -161,25 +153,3 @@ def test_a_model_that_fails_on_its_data_is_left_to_the_probe_to_report(split):
     assert ev.first is None
     with pytest.raises(SpecError, match="one batch at θ\\* failed .*RuntimeError"):
         probe(ev)
-
-
-@pytest.mark.parametrize("shape", [(300, 48), (4, 75, 48), (0, 48)], ids=["2-D", "3-D", "empty"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_a_narrow_linear_computed_transposed_equals_the_float64_product(shape, bias):
-    torch.manual_seed(0)
-    layer, x = nn.Linear(48, 10, bias=bias), torch.randn(shape)
-    out = transposed_linear(layer, x)
-    with torch.no_grad():
-        exact = F.linear(x.double(), layer.weight.double(), None if layer.bias is None else layer.bias.double())
-    assert out.shape == exact.shape and out.dtype == torch.float32 and out.is_contiguous()
-    torch.testing.assert_close(out.double(), exact, rtol=1e-6, atol=1e-6)
-    wide = x.double()  # not fp32: the layer's own forward, exactly
-    assert torch.equal(transposed_linear(layer.double(), wide), F.linear(wide, layer.weight, layer.bias))
-
-
-def test_only_plain_narrow_linears_are_computed_transposed():
-    hooked, wide, plain_head, answered = nn.Linear(8, 4), nn.Linear(8, 16), nn.Linear(16, 10), nn.Linear(8, 8)
-    hooked.register_forward_hook(lambda *args: None)
-    answered.forward = lambda x: x  # firstlayer.py's, say
-    assert narrow_layers(nn.Sequential(hooked, wide, plain_head, answered)) == [plain_head]
-    assert "forward" in vars(plain_head) and "forward" not in vars(wide) and "forward" not in vars(hooked)

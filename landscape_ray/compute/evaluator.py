@@ -33,7 +33,7 @@ from torch import nn
 from landscape_ray.compute import sampling
 from landscape_ray.compute.firstlayer import FirstLayer
 from landscape_ray.compute.language import causal_lm
-from landscape_ray.compute.speedups import FoldedConv, auto_batch_size, compiled, fold_bn, narrow_layers
+from landscape_ray.compute.speedups import FoldedConv, auto_batch_size, compiled, fold_bn
 from landscape_ray.core.errors import SpecError
 from landscape_ray.core.plugins import import_object
 from landscape_ray.inputs.data import BFloat16, ImageSplit, as_tensor, normalization, normalizer, on_device
@@ -110,7 +110,6 @@ class Options:
     fold: bool | str = False  # BN folding: True, False or "auto"
     sample_rule: sampling.Rule | None = None  # eval.samples: adaptive
     first_layer: bool = False  # eval.first_layer: firstlayer.py, where it applies
-    narrow_layers: bool = False  # eval.narrow_layers: speedups.narrow_layers, on a CPU in fp32
 
 
 class Evaluator:
@@ -180,8 +179,6 @@ class Evaluator:
         simple = self.recipe is None and self.bn_split is None and not o.compile and self.precision == "fp32"
         if o.first_layer and simple and self.device.type == "cpu" and getattr(self.metric, "calls_model_once", False):
             self.first = FirstLayer.find(self, runner, self._few(), sum(len(s) for s in splits.values()))
-        cpu_fp32 = self.device.type == "cpu" and self.precision == "fp32" and not o.compile
-        self.narrow = narrow_layers(runner) if o.narrow_layers and cpu_fp32 else []  # after: the first layer's kept
 
     def _few(self, n: int = 2):
         """The first `n` samples of the first split as a batch (a look at the model: a whole batch's normalized
@@ -229,7 +226,6 @@ class Evaluator:
             e.fold_bn,
             sampling.Rule(e.sample_tolerance, e.sample_ceiling) if e.samples == "adaptive" else None,
             e.first_layer,
-            e.narrow_layers,
         )
         directions = payload.directions.travelling
         return cls(model, payload.state, directions, payload.splits, *normalization(spec.data), options)

@@ -5,7 +5,6 @@ are computed, and the defaults keep every value within 1e-6 relative of the plai
     set_matmul_precision(device, "tf32")             # eval.precision: TF32 matmuls/convs, cuDNN autotuning
     runner = fold_bn(model, moved={...})             # eval.fold_bn: conv → BN pairs as one conv (BN not moved)
     runner = compiled(runner, True, device)          # eval.compile: torch.compile, Inductor cache kept on disk
-    narrow_layers(model)                             # eval.narrow_layers: a classifier's head as W·xᵀ on a CPU
     keep_freed_memory()                              # once per evaluating process: glibc keeps activations mapped
 
 `fold_bn` is only a speed-up: when it cannot fold (a model torch.fx cannot trace, a BN without running
@@ -15,7 +14,6 @@ statistics) it leaves that part of the model as it is, and says why when folding
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 import warnings
 
@@ -36,10 +34,6 @@ CPU_BATCH_BYTES = 2 * 2**20
 # Up to 8192: a narrow model's (an MLP's) batch is bounded by its per-batch Python, not by the cache (issue 25: a
 # 64-wide MLP on 3,000 samples costs 1.67 ms a point at 1024, 3 batches, and 1.49 at 8192, one, on one thread).
 CPU_BATCH_RANGE = (16, 8192)
-# Fewer outputs than an AVX-512 register holds floats: MKL's CPU product x·Wᵀ for so narrow a W falls off its fast
-# kernels (a 64 → 10 head on 3,000 samples: 179 µs on one thread of the dev machine), the transposed W·xᵀ does not
-# (74 µs, 86 with the copy back; from 16 outputs on they are alike).
-NARROW = 16
 GPU_BATCH = 1024  # where nothing can be measured (a custom batch structure)
 GPU_BATCH_MAX = 32768
 GPU_MEMORY_SHARE = 0.5  # of the free memory: the rest for the allocator's fragments, cuDNN workspaces, other actors
@@ -188,33 +182,6 @@ def fold_bn(model: nn.Module, moved: set[str], quiet: bool = False) -> nn.Module
         graph.graph.erase_node(conv_node)
     graph.recompile()
     return graph
-
-
-def narrow_layers(model: nn.Module) -> list[nn.Module]:
-    """Compute each Linear of `model` with fewer than NARROW outputs (a classifier's head) as (W·xᵀ + b)ᵀ, on a CPU
-    in fp32: the same sums in another order, so values within rounding of the plain forward. Only a layer whose
-    `forward` is its class's and that has no hooks; the patch is the instance's, so only this model's copy. Returns
-    the layers it applies to."""
-    layers = [
-        m
-        for m in model.modules()
-        if type(m) is nn.Linear
-        and m.out_features < NARROW
-        and "forward" not in vars(m)  # firstlayer.py answers for it already
-        and not (m._forward_hooks or m._forward_pre_hooks)
-    ]
-    for layer in layers:
-        layer.forward = functools.partial(transposed_linear, layer)
-    return layers
-
-
-def transposed_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)` as (W·xᵀ + b)ᵀ, a contiguous tensor like the plain forward's; other than fp32 on a CPU, as usual."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or layer.weight.dtype != torch.float32 or x.dim() < 2:
-        return nn.Linear.forward(layer, x)
-    flat = x.reshape(-1, x.shape[-1]).t()
-    out = torch.mm(layer.weight, flat) if layer.bias is None else torch.addmm(layer.bias[:, None], layer.weight, flat)
-    return out.t().contiguous().view(*x.shape[:-1], layer.out_features)
 
 
 def compiled(model: nn.Module, mode: bool | str, device: torch.device):

@@ -300,11 +300,6 @@ class EvalSpec(Strict):
         "outputs at θ* and along each direction are kept per batch and a point's output is their sum (the layer is "
         "linear in its weights): less work, values within rounding of the plain forward; CPU, fp32",
     )
-    narrow_layers: bool = Field(
-        True,
-        description="a Linear with fewer than 16 outputs (a classifier's head) computed as W·xᵀ, which MKL runs 2× "
-        "faster than x·Wᵀ for so narrow a W: values within rounding of the plain forward; CPU, fp32",
-    )
     compile: bool | Literal["default", "max-autotune"] = Field(
         False,
         description="torch.compile the model: false, true (= default mode) or max-autotune; "
