@@ -129,14 +129,13 @@ def cut(spec: Spec, payload, workers: int, gpus: bool = False) -> Grid:
     return Grid.from_spec(spec.grid, workers=workers, point_seconds=payload.point_seconds, fine=gpus)
 
 
-def new_store(spec: Spec, payload, grid: Grid, timings: dict, overwrite: bool = False, beside: bool = False, fill=None):
-    """A new empty store for `spec` cut as `grid` (or as `fill(root)` left it: `layout.create`): in place (replacing
-    an old one with `overwrite`), or with `beside` built at a hidden sibling whose path is returned, for
-    `layout.install` to swap in."""
+def new_store(spec: Spec, payload, grid: Grid, timings: dict, overwrite: bool = False, beside: bool = False):
+    """A new empty store for `spec` cut as `grid`: in place (replacing an old one with `overwrite`), or with
+    `beside` built at a hidden sibling whose path is returned, for `layout.install` to swap in."""
     start = time.perf_counter()
     args = (spec.output.store, spec, grid, payload.variables, payload.directions)  # the store records grid.tile
     inputs = fingerprints(spec, payload.splits)
-    store = build_beside(*args, inputs) if beside else create(*args, overwrite=overwrite, inputs=inputs, fill=fill)
+    store = build_beside(*args, inputs) if beside else create(*args, overwrite=overwrite, inputs=inputs)
     timings["store_s"] = time.perf_counter() - start
     return store
 
@@ -199,19 +198,15 @@ def start(spec: Spec, resume: bool, address: str | None, timings: dict) -> tuple
 
 
 def built_after(spec: Spec, payload, warmup: Warmup, timings: dict, overwrite: bool) -> Store:
-    """The store of a small job, built once the warmup has computed its first pass (every point of a uniform grid),
-    with the pass's tiles in it: built beside the computation, its Python would slow both, as they share the GIL
-    (on 2 cores it took twice as long, and the points 3 times as long), and written while it is built, the tiles
-    cost no file operations of their own where it is composed in memory (layout.py). A Ctrl-C meanwhile keeps every
-    finished tile: the store is built with them, and the run ends there (`Interrupted`)."""
+    """The store of a small job, built once the warmup has computed its first pass (every point of a uniform grid):
+    built beside the computation, its Python would slow both, as they share the GIL (on 2 cores it took twice as
+    long, and the points 3 times as long). A Ctrl-C meanwhile keeps every finished tile: the store is built with
+    them, and the run ends there (`Interrupted`)."""
     stopped = warmup.finish()
-
-    def fill(root) -> None:
-        warmup.write_into(Store(spec.output.store, root=root))
-        warmup.detach()
-
-    store = new_store(spec, payload, warmup.work.grid, timings, overwrite=overwrite, fill=fill)
+    store = new_store(spec, payload, warmup.work.grid, timings, overwrite=overwrite)
     if stopped:
+        warmup.write_into(store)
+        warmup.detach()
         raise interrupted(store)
     return store
 
@@ -263,12 +258,10 @@ def run(
                 left = Counter(piece.level for piece in first)
                 here = "; a small job: computed in this process, Ray not started (compute.ray: always)"
                 here = here if pool is None else ""
-                # Tiles the driver wrote before the scheduler: as the cluster started, or (a small job) into the store
-                # built after them (built_after).
-                by = "computed before the store was built" if pool is None else "by the driver as the cluster started"
                 if work.count == 1:
-                    total = len(store.grid.tiles())
-                    early = f" ({warmup.written} {by})" if warmup and warmup.written else ""
+                    total, early = len(store.grid.tiles()), ""
+                    if warmup and warmup.written and pool is not None:
+                        early = f" ({warmup.written} by the driver as the cluster started)"
                     log(f"store {path}: {total - len(first)}/{total} tiles done{early}, {len(first)} to compute{here}")
                 elif first:
                     done = store.done()
@@ -315,7 +308,8 @@ def run(
                     later = queued() if work.adaptive else list(queued())  # progressive: every pass known now
                     try:
                         if work.count > 1 and warmup is not None and warmup.written and not warmup.tiles:
-                            pass_done(0, warmup.last_written, f" ({by})")  # a barrier too: Ctrl-C there is kept
+                            # A barrier too: a Ctrl-C there ends the run as at any other.
+                            pass_done(0, warmup.last_written, " (by the driver as the cluster started)")
                         if pool is None:
                             cores = min(local_actors(spec), max(len(first), 1))  # as many as the actors would be
                             helpers = warmup.helpers[: cores - 1]  # the warmup's own (a job here), then new ones

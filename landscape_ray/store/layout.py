@@ -71,9 +71,8 @@ def consolidate(path) -> None:
         zarr.consolidate_metadata(zarr_store(path, "w") if isinstance(path, (str, Path)) else path)
 
 
-def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict, fill=None) -> None:
-    """A new store at `path` (a path, or a zarr store object: `_compose`'s); `fill(root)`, if given, writes into it
-    before its metadata is consolidated (`create`)."""
+def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict) -> None:
+    """A new store at `path` (a path, or a zarr store object: `_compose`'s)."""
     # The marker goes into the very first file written: even a half-built store is provably ours.
     target = zarr_store(path, "w") if isinstance(path, (str, Path)) else path
     root = zarr.open_group(target, mode="w-", zarr_format=3, attributes={ownership.MARKER: FORMAT, "complete": False})
@@ -84,13 +83,13 @@ def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, input
             axis, data=getattr(grid, axis), dimension_names=[axis], attributes={"long_name": label, **extra}
         )
     for name in variables:
-        dtype, empty = kind(name)
+        dtype, fill = kind(name)
         root.create_array(
             name,
             shape=grid.shape,
             chunks=grid.chunks,
             dtype=dtype,
-            fill_value=empty,
+            fill_value=fill,
             dimension_names=list(grid.dims),
             **CODECS,
         )
@@ -146,8 +145,6 @@ def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, input
             "complete": True,
         }
     )
-    if fill:
-        fill(root)
     consolidate(target)
 
 
@@ -168,14 +165,14 @@ class _Files(dict):
         return self[key]
 
 
-def _compose(path: Path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict, fill=None) -> None:
+def _compose(path: Path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict) -> None:
     """`_build` into zarr's MemoryStore, then its files written into the new folder `path`: over a local folder
     zarr makes a round trip per file read or written (a small MLP's store: 99 reads and 90 writes, 80-90 ms), more
     than composing it (35-45 ms) and writing its 37 files (3-10 ms). The root's metadata goes first as zarr first
     wrote it (the ownership marker, no spec: a store stopped here is provably ours and reads as incomplete), and its
     final version last, in one rename."""
     files = _Files()
-    _build(MemoryStore(files), spec, grid, variables, directions, inputs, fill)
+    _build(MemoryStore(files), spec, grid, variables, directions, inputs)
     root = "zarr.json"
     path.mkdir()
     (path / root).write_bytes(files.first[root].to_bytes())
@@ -202,8 +199,7 @@ def create(
     """Make a complete empty store at `path`, replacing an old one (proven ours) only with `overwrite`.
 
     The caller holds `lock.claim(path)`. `directions` is a `Directions` or bare vectors (one dict per axis);
-    `fill(root)`, if given, writes into the new store (its open root group) before it takes the old one's place
-    (`upgrade`; a small job's first pass: job.built_after).
+    `fill(root)`, if given, writes into the new store before it takes the old one's place (`upgrade`).
     """
     present = exists(path)
     if present and not overwrite:
@@ -218,28 +214,37 @@ def create(
             ownership.remove(path)
         try:
             with naming(path):
-                _build(path, spec, grid, variables, directions, inputs or {}, fill)
+                _build(path, spec, grid, variables, directions, inputs or {})
+                if fill:
+                    fill(zarr.open_group(zarr_store(path, "w"), mode="r+"))
+                    consolidate(path)
         except BaseException:
             if exists(path):
                 ownership.remove(path)
             raise
         return Store(path)
-    partial = build_beside(path, spec, grid, variables, directions, inputs, fill)
+    partial = build_beside(path, spec, grid, variables, directions, inputs)
+    if fill:
+        try:
+            with naming(path):  # the store the user named, not its hidden sibling
+                fill(zarr.open_group(str(partial), mode="r+"))
+                consolidate(partial)
+        except BaseException:
+            ownership.remove(partial)
+            raise
     return install(partial, path, keep_previous)
 
 
-def build_beside(
-    path: str | Path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict | None, fill=None
-):
-    """A complete store at a hidden sibling of the local `path` (the caller holds its claim), empty or as `fill`
-    left it (`create`), to be put in place by `install`; the old store at `path`, if any, is untouched until then."""
+def build_beside(path: str | Path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict | None):
+    """A complete empty store at a hidden sibling of the local `path` (the caller holds its claim), to be filled
+    and then put in place by `install`; the old store at `path`, if any, is untouched until then."""
     ownership.clean_partials(Path(path))  # dead runs' partial stores: every check has passed, this run builds now
     partial = ownership.partial_path(Path(path))
     try:
         with naming(path):  # the store the user named, not its hidden sibling
             size = sum(np.asarray(a).nbytes for v in getattr(directions, "vectors", directions) for a in v.values())
             make = _compose if size < COMPOSED_BYTES else _build
-            make(partial, spec, grid, variables, directions, inputs or {}, fill)
+            make(partial, spec, grid, variables, directions, inputs or {})
     except BaseException:
         if partial.exists():
             ownership.remove(partial)

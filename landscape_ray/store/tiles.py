@@ -66,19 +66,18 @@ def differences(a, b, prefix: str = "") -> list[str]:
 
 
 class Store:
-    def __init__(self, path: str | Path, mode: str = "r+", root: zarr.Group | None = None):
-        """The store at `path`, or with `root` the one being built for it (layout.py: its open root group)."""
+    def __init__(self, path: str | Path, mode: str = "r+"):
         self.path = path if is_remote(path) else Path(path)
         try:
-            if root is None and not exists(path):
+            if not exists(path):
                 raise SpecError(f"store: {self.path} not found")
-            marked = root is not None or ownership.is_marked(path)
+            marked = ownership.is_marked(path)
         except (OSError, PermissionError) as err:  # credentials, network: say so, not "not a store"
             raise SpecError(f"store: cannot read {self.path} ({type(err).__name__}: {err})") from None
         if not marked:
             raise SpecError(f"store: {self.path} is not a landscape_ray store (no {ownership.MARKER} in its zarr.json)")
         try:
-            self.root = root if root is not None else zarr.open_group(zarr_store(path, mode), mode=mode, zarr_format=3)
+            self.root = zarr.open_group(zarr_store(path, mode), mode=mode, zarr_format=3)
             attrs = self.root.attrs.asdict()
         except Exception as err:  # noqa: BLE001 - someone else's metadata: zarr refuses it with many types
             raise SpecError(f"store: {self.path}: its Zarr metadata cannot be read ({type(err).__name__})") from err
