@@ -107,7 +107,8 @@ def test_a_store_composed_in_memory_holds_the_files_zarr_writes_into_a_folder(tm
         (1001, 5, [1, 2], (1, 252)),  # a row of tiles is too long: equal pieces of it, 126 tiles each
         (101, None, 1, (101,)),
         (1001, None, 3, (252,)),
-        (9, 9, [4, 8], (4, 8)),  # 32 points: big enough to be its own chunk
+        (9, 9, [4, 8], (9, 9)),  # 32 points: grouped
+        (40, 40, [8, 16], (8, 16)),  # 128 points: big enough to be its own chunk
         (101, 101, "auto", (2, 101)),  # auto tiles are big on a grid this size: chunk == tile, as ever
     ],
 )

@@ -40,7 +40,10 @@ from landscape_ray.spec.schema import GridSpec
 MIN_TILES_PER_WORKER = 4
 TILES_PER_WORKER = 16  # the aim without a cost estimate: the last tiles then idle an actor for ~3 % of the run
 MAX_TILE_POINTS = 256
-MIN_CHUNK_POINTS = 32  # a smaller tile shares its chunk with its neighbours (one ~1 ms file write per tile otherwise)
+# A smaller tile shares its chunk with its neighbours: a chunk costs about 1 ms per array to write however small, as
+# much as a cheap point (a small MLP's: 0.9 ms), so a chunk of at least this many points keeps the writes to a few %
+# (a 21 × 21 plane of 2-row tiles: 11 chunks per array at 32, two at 128, 20 ms less of a 0.4 s call).
+MIN_CHUNK_POINTS = 128
 TILE_OVERHEAD_S = 0.005  # per tile: ~1 ms of Ray call and store (benchmarks/scale.py), more on a driver sharing cores
 OVERHEAD_SHARE = 0.02
 FINE_TILE_POINTS = 8  # a GPU point of a real model takes 0.1-0.5 s (issue 22): a tile is then a second at most
