@@ -37,8 +37,11 @@ def filesystem(path: str | Path):
     return fsspec.core.url_to_fs(str(path))
 
 
-def zarr_store(path: str | Path, mode: str = "r"):
-    """What zarr and xarray open: a local folder, or an fsspec URL (credentials from the environment)."""
+def zarr_store(path, mode: str = "r"):
+    """What zarr and xarray open: a local folder, an fsspec URL (credentials from the environment), or a zarr store
+    object as it is (layout.py composes a store in memory)."""
+    if not isinstance(path, (str, Path)):
+        return path
     if is_remote(path):
         from zarr.storage import FsspecStore
 

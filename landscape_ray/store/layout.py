@@ -68,13 +68,13 @@ def consolidate(path) -> None:
     or a zarr store object)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(zarr_store(path, "w") if isinstance(path, (str, Path)) else path)
+        zarr.consolidate_metadata(zarr_store(path, "w"))
 
 
 def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, inputs: dict) -> None:
     """A new store at `path` (a path, or a zarr store object: `_compose`'s)."""
     # The marker goes into the very first file written: even a half-built store is provably ours.
-    target = zarr_store(path, "w") if isinstance(path, (str, Path)) else path
+    target = zarr_store(path, "w")
     root = zarr.open_group(target, mode="w-", zarr_format=3, attributes={ownership.MARKER: FORMAT, "complete": False})
     labels = getattr(directions, "labels", list(grid.dims[::-1]))
     extras = getattr(directions, "axis_attrs", None) or [{}, {}]
