@@ -707,6 +707,60 @@ def test_kill_during_overwrite_leaves_old_or_new_store(tmp_path, delay):
     assert not list(tmp_path.glob(".s.zarr.partial-*"))
 
 
+COMPOSER = """
+import io, os, signal, sys
+import numpy as np
+from landscape_ray.spec.grid import Grid
+from landscape_ray.spec.specfile import load_spec
+from landscape_ray.store.layout import create
+from landscape_ray.store.lock import claim
+path, seed, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+spec = load_spec(None, [f"output.store={path}", f"directions.seed={seed}"])
+vectors = [{"w": np.full((8, 8), seed, np.float32), "b": np.full(8, seed, np.float32)} for _ in range(2)]
+writes = 0
+
+def kill_at_a_file_write(frame, event, arg):  # SIGKILL just before the kill_at-th write into a file
+    global writes
+    to_file = isinstance(getattr(arg, "__self__", None), io.BufferedWriter)
+    if event == "c_call" and getattr(arg, "__name__", "") == "write" and to_file:
+        writes += 1
+        if writes == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+with claim(path, "composer"):
+    sys.setprofile(kill_at_a_file_write)
+    create(path, spec, Grid.from_spec(spec.grid), ["train_loss"], vectors, overwrite=True)
+    sys.setprofile(None)
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_file_write_of_a_new_store_leaves_only_what_the_next_run_deletes(tmp_path):
+    """The deterministic twin of the test above: a kill just before each file write of a small store's build (the
+    CI once caught the random one killing inside a `zarr.json` written in place, which proved nothing)."""
+    path = tmp_path / "s.zarr"
+
+    def compose(seed, kill_at):
+        return subprocess.run([sys.executable, "-c", COMPOSER, str(path), str(seed), str(kill_at)], cwd=ROOT)
+
+    assert compose(1, 0).returncode == 0
+    before = tree_hash(path)
+    from landscape_ray.store.lock import claim
+    from landscape_ray.store.ownership import clean_partials
+
+    for kill_at in range(1, 100):
+        if compose(2, kill_at).returncode == 0:
+            break  # past the last write: the new store is in
+        assert tree_hash(path) == before, kill_at
+        assert list(tmp_path.glob(".s.zarr.partial-*")), kill_at  # the kill fell inside the build
+        with claim(path, "test"):
+            clean_partials(path)
+        assert not list(tmp_path.glob(".s.zarr.partial-*")), kill_at
+    assert kill_at > 10  # every metadata file and chunk of the store was a point of death
+    store = Store(path, mode="r")
+    assert store.spec.directions.seed == 2 and all(np.all(v == 2) for d in store.directions() for v in d.values())
+
+
 # --- Stores of older formats --------------------------------------------------------------------------------
 
 FORMAT1 = ROOT / "tests" / "fixtures" / "format1.zarr"  # written by main at 62ad528 (3 × 3, tiles 2 × 2, one left)

@@ -24,6 +24,7 @@ import os
 import re
 import socket
 import sys
+import uuid
 from pathlib import Path
 
 from landscape_ray.core.errors import SpecError
@@ -33,6 +34,14 @@ MARKER = "landscape_ray_format"
 
 
 ZARR_TEMPORARY = re.compile(r"^(zarr|\d+)\.[0-9a-f]{32}\.partial$")  # zarr writes a file there, then renames it
+
+
+def put(path: Path, data: bytes) -> None:
+    """Write a file of a store as zarr does, under a temporary name `ZARR_TEMPORARY` knows, then renamed: a kill
+    mid-write leaves a file provably ours, never a truncated `zarr.json` that proves nothing."""
+    temporary = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
 
 
 def _stray(path: str | Path, files: list[str]) -> str | None:
@@ -188,9 +197,12 @@ def clean_partials(path: Path) -> None:
     every one is dead). Never the previous store (`previous_path`)."""
     for partial in path.parent.glob(f".{path.name}.partial-*"):
         try:
-            if partial.is_dir() and not partial.is_symlink() and not _listing(partial):
+            files = _listing(partial) if partial.is_dir() and not partial.is_symlink() else None
+            if files is not None and all(ZARR_TEMPORARY.match(rel.rsplit("/", 1)[-1]) for rel in files):
+                for rel in files:  # died while writing its first file, or before, or after deleting its last one
+                    os.remove(partial / rel)
                 for dirpath, _, _ in sorted(os.walk(partial), key=lambda w: -len(w[0])):
-                    os.rmdir(dirpath)  # died before writing a file, or after deleting its last one
+                    os.rmdir(dirpath)
             else:
                 remove(partial)
         except SpecError as err:
