@@ -129,7 +129,10 @@ def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, input
     # mostly zarr's waits (an MLP's 12 took 60 ms one after another, 35-45 ms at once), a large one's compression,
     # which runs outside the GIL.
     vectors = getattr(directions, "vectors", directions)
-    groups = [root.require_group(f"directions/{axis}") for axis, _ in zip("xy", vectors)]
+    # "directions" first: zarr writes a new node's metadata and its missing parents' at once, and a kill between
+    # them would leave a group without its parent, which ownership cannot prove ours.
+    directions_group = root.require_group("directions")
+    groups = [directions_group.require_group(axis) for axis, _ in zip("xy", vectors)]
     arrays = [(group, name, array) for group, vector in zip(groups, vectors) for name, array in vector.items()]
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="store") as pool:
         list(pool.map(lambda a: a[0].create_array(a[1], data=np.asarray(a[2]), **CODECS), arrays))
