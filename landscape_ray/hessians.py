@@ -6,8 +6,8 @@
     payload = prepare(spec)                                   # compute/prepare.py: the inputs, checked
     connect(address)                                          # cluster/connect.py
     result = compute(spec, payload, top=5, which="both", trace=True, density=True, actors=2)
-    write(store_path, result, spec)
-    result, existed = run(spec, top=5, trace=True)              # all of it, as the command: into output.store
+    amend(store_path, lambda root: write_group(root, result, spec))  # store/layout.py: in a copy, swapped in
+    result, existed = run(spec, top=5, trace=True)             # all of it, as the command: into output.store
 
 The products come from `cluster.shards.ShardedOperator` (the split sharded over Ray actors; any number of actors
 gives the same operator up to float rounding); SciPy's eigensolver (`compute/spectrum.py`) sees only that
@@ -26,7 +26,6 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import zarr
 from scipy.sparse.linalg import ArpackNoConvergence
 
 from landscape_ray.cluster.connect import connect, connected, disconnect
@@ -35,7 +34,6 @@ from landscape_ray.compute import spectrum
 from landscape_ray.compute.curvature import Curvature, unflatten
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.core.errors import RunError, SpecError
-from landscape_ray.core.paths import naming, zarr_store
 from landscape_ray.inputs.directions import Directions, direction_space, normalize
 from landscape_ray.inputs.kinds import ON_CLUSTER
 from landscape_ray.inputs.models import load_model
@@ -43,7 +41,7 @@ from landscape_ray.inputs.payload import Payload
 from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.schema import Spec
 from landscape_ray.store.fingerprint import fingerprints
-from landscape_ray.store.layout import consolidate, create, versions
+from landscape_ray.store.layout import amend, create, versions
 from landscape_ray.store.transaction import claimed
 
 
@@ -133,9 +131,8 @@ def run(spec: Spec, address: str | None = None, **request) -> tuple[dict, bool]:
         finally:
             if not joined:
                 disconnect()
-        if there:
-            with naming(path):
-                write(path, result, spec)
+        if there:  # changed in a copy that then takes its place: a kill leaves the old group or the new one
+            amend(path, lambda root: write_group(root, result, spec))
         else:  # made whole, beside and swapped in, like a run's (or in place on an object store)
             inputs = fingerprints(spec, payload.splits)
             grid, fill = Grid.from_spec(spec.grid), lambda root: write_group(root, result, spec)
@@ -175,17 +172,8 @@ def eigen_directions(spec: Spec, payload: Payload) -> Directions:
     return Directions(vectors, labels, axis_attrs=[{"eigenvalue": v} for v in values])
 
 
-def write(store_path, result: dict, spec: Spec) -> None:
-    """Put `result` into the `hessian` group of the landscape store at `store_path` (replaced if there).
-
-    The caller holds the store (`transaction.claimed`) and has checked it is ours.
-    """
-    write_group(zarr.open_group(zarr_store(store_path, "a"), mode="a", zarr_format=3), result, spec)
-    consolidate(store_path)
-
-
 def write_group(root, result: dict, spec: Spec) -> None:
-    """`result` as the `hessian` group of the open store `root` (`write`, or a new store's `layout.create` fill)."""
+    """`result` as the `hessian` group of the open store `root` (a fill of `layout.create` or `layout.amend`)."""
     attrs = {k: result[k] for k in ("split", "samples", "parameters", "at", "seed", "actors", "products", "wall_s")}
     group = root.create_group(
         "hessian", overwrite=True, attributes={**attrs, "spec": spec.model_dump(mode="json"), "versions": versions()}
@@ -208,9 +196,11 @@ def write_group(root, result: dict, spec: Spec) -> None:
             ends=result["ends"],
             long_name="Hessian eigenvalues of the mean loss",
         )
+        eigenvectors = group.create_group("eigenvectors")  # each group before what it holds: see layout._build
         for k, vector in enumerate(vectors_of(result)):
+            one = eigenvectors.create_group(str(k))
             for name, values in vector.items():
-                group.create_array(f"eigenvectors/{k}/{name}", data=values, fill_value=np.nan)
+                one.create_array(name, data=values, fill_value=np.nan)
     if "trace" in result:
         array("trace", result["trace"], [], long_name="Hutchinson estimate of the Hessian trace")
         array("trace_se", result["trace_se"], [], long_name="standard error of the trace estimate")

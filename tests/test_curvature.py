@@ -28,10 +28,14 @@ from landscape_ray.compute.curvature import Curvature
 from landscape_ray.compute.prepare import prepare
 from landscape_ray.compute.spectrum import extremes
 from landscape_ray.core.errors import SpecError
-from landscape_ray.hessians import eigen_directions, parse_at, write
+from landscape_ray.hessians import eigen_directions, parse_at, write_group
 from landscape_ray.inputs.data import load_split
 from landscape_ray.inputs.models import load_model
+from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.specfile import load_spec
+from landscape_ray.store.layout import amend, create
+from landscape_ray.store.lock import claim
+from landscape_ray.store.tiles import Store
 
 
 def tiny_mlp():
@@ -247,16 +251,20 @@ def test_hessian_at_a_grid_point(ray_cluster):
     np.testing.assert_allclose(result["eigenvalues"], [exact[-1], exact[0]], rtol=1e-5)
 
 
-def test_write_into_a_store(ray_cluster, tmp_path):
+def test_write_into_a_store_replaces_its_group(ray_cluster, tmp_path):
     spec = spec_for(ARCHS[0])
     result = compute(spec, top=2, trace=True, density=True, probes=20, steps=10, actors=2, log=lambda *_: None)
     path = tmp_path / "h.zarr"
-    zarr.open_group(str(path), mode="w", zarr_format=3).attrs["note"] = "an existing store"
-    write(path, result, spec)
-    write(path, result, spec)  # replaces the group
+    payload = prepare(spec)
+    with claim(path, "test"):
+        create(path, spec, Grid.from_spec(spec.grid), payload.variables, payload.directions)
+        before = Store(path, mode="r").directions()[0]
+        for _ in range(2):  # the second replaces the group
+            amend(path, lambda root: write_group(root, result, spec))
     root = zarr.open_group(str(path), mode="r")
     group = root["hessian"]
-    assert root.attrs["note"] == "an existing store"
+    after = Store(path, mode="r").directions()[0]
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
     np.testing.assert_array_equal(group["eigenvalues"][...], result["eigenvalues"])
     assert group["eigenvalues"].metadata.dimension_names == ("eigen",)
     assert np.isnan(group["eigenvalues"].metadata.fill_value)

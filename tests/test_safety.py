@@ -707,62 +707,106 @@ def test_kill_during_overwrite_leaves_old_or_new_store(tmp_path, delay):
     assert not list(tmp_path.glob(".s.zarr.partial-*"))
 
 
-COMPOSER = """
-import io, os, signal, sys, threading
+BUILDER = """
+import io, os, signal, sys, threading, traceback
 import numpy as np
+from landscape_ray.hessians import write_group
 from landscape_ray.spec.grid import Grid
 from landscape_ray.spec.specfile import load_spec
 from landscape_ray.store import layout
 from landscape_ray.store.lock import claim
-path, seed, kill_at, builder = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-layout.COMPOSED_BYTES = 1 << 30 if builder == "composed" else 0  # composed in memory, or built by zarr in place
-spec = load_spec(None, [f"output.store={path}", f"directions.seed={seed}"])
-vectors = [{"w": np.full((8, 8), seed, np.float32), "b": np.full(8, seed, np.float32)} for _ in range(2)]
+path, how = sys.argv[1], sys.argv[2]
+layout.COMPOSED_BYTES = 0 if how == "built" else 1 << 30  # built by zarr in place, or composed in memory
 writes = 0
 
-def kill_at_a_file_write(frame, event, arg):  # SIGKILL just before the kill_at-th write into a file
+def kill_at_a_file_write(frame, event, arg):  # SIGKILL just before the kill_at-th write into a file or link
     global writes
-    to_file = isinstance(getattr(arg, "__self__", None), io.BufferedWriter)
-    if event == "c_call" and getattr(arg, "__name__", "") == "write" and to_file:
+    name, to_file = getattr(arg, "__name__", ""), isinstance(getattr(arg, "__self__", None), io.BufferedWriter)
+    if event == "c_call" and (name == "write" and to_file or name == "link"):
         writes += 1
         if writes == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-with claim(path, "composer"):
-    threading.setprofile(kill_at_a_file_write)  # zarr writes from its threads, started from here on
-    sys.setprofile(kill_at_a_file_write)
-    layout.create(path, spec, Grid.from_spec(spec.grid), ["train_loss"], vectors, overwrite=True)
-    sys.setprofile(None)
+def build(seed):
+    spec = load_spec(None, [f"output.store={path}", f"directions.seed={seed}"])
+    vectors = [{"w": np.full((8, 8), seed, np.float32), "b": np.full(8, seed, np.float32)} for _ in range(2)]
+    hessian = {  # what hessians.compute returns, of values that tell one seed from another
+        "split": "train", "samples": 10, "parameters": 72, "at": None, "seed": seed, "actors": 1, "products": 9,
+        "wall_s": 0.1, "eigenvalues": [seed, -seed], "ends": ["largest", "smallest"], "layout": [("w", (8, 8)),
+        ("b", (8,))], "eigenvectors": np.full((2, 72), seed, np.float64), "trace": seed, "trace_se": 0.0,
+    }
+    with claim(path, "builder"):
+        if how == "amended" and not os.path.exists(path):
+            layout.create(path, spec, Grid.from_spec(spec.grid), ["train_loss"], vectors)
+        threading.setprofile(kill_at_a_file_write)  # zarr writes from its threads, started from here on
+        sys.setprofile(kill_at_a_file_write)
+        if how == "amended":  # `landscape-ray hessian` on an existing store: its group replaced
+            layout.amend(path, lambda root: write_group(root, hessian, spec))
+        else:
+            layout.create(path, spec, Grid.from_spec(spec.grid), ["train_loss"], vectors, overwrite=True)
+        sys.setprofile(None)
+
+for line in sys.stdin:  # "SEED KILL_AT": one build in a forked child (the imports are made once), its end printed
+    seed, kill_at = map(int, line.split())
+    child = os.fork()
+    if child == 0:
+        try:
+            build(seed)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    status = os.waitpid(child, 0)[1]
+    print("killed" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}", flush=True)
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("builder", ["composed", "built"])
-def test_a_kill_at_every_file_write_of_a_new_store_leaves_only_what_the_next_run_deletes(tmp_path, builder):
-    """The deterministic twin of the test above: a kill just before each file write of a small store's build (the
-    CI once caught the random one killing inside a `zarr.json` written in place, which proved nothing)."""
+@pytest.mark.parametrize("how", ["composed", "built", "amended"])
+def test_a_kill_at_every_file_write_of_a_store_leaves_the_old_one_and_what_the_next_run_deletes(tmp_path, how):
+    """The deterministic twin of the test above: a kill just before each file write (or hard link) of a small
+    store's build, or of a change to a whole store (`amend`). The CI once caught the random one killing inside a
+    `zarr.json` written in place, which proved nothing."""
     path = tmp_path / "s.zarr"
 
-    def compose(seed, kill_at):
-        argv = [sys.executable, "-c", COMPOSER, str(path), str(seed), str(kill_at), builder]
-        return subprocess.run(argv, cwd=ROOT)
+    builder = subprocess.Popen(
+        [sys.executable, "-c", BUILDER, str(path), how],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
-    assert compose(1, 0).returncode == 0
+    def build(seed, kill_at) -> str:
+        builder.stdin.write(f"{seed} {kill_at}\n")
+        builder.stdin.flush()
+        return builder.stdout.readline().strip()
+
+    assert build(1, 0) == "exit 0"
     before = tree_hash(path)
     from landscape_ray.store.lock import claim
     from landscape_ray.store.ownership import clean_partials
 
-    for kill_at in range(1, 100):
-        if compose(2, kill_at).returncode == 0:
+    for kill_at in range(1, 200):
+        end = build(2, kill_at)
+        if end == "exit 0":
             break  # past the last write: the new store is in
+        assert end == "killed", end
         assert tree_hash(path) == before, kill_at
         assert list(tmp_path.glob(".s.zarr.partial-*")), kill_at  # the kill fell inside the build
         with claim(path, "test"):
             clean_partials(path)
         assert not list(tmp_path.glob(".s.zarr.partial-*")), kill_at
+    builder.stdin.close()
+    assert builder.wait() == 0
     assert kill_at > 10  # every metadata file and chunk of the store was a point of death
     store = Store(path, mode="r")
-    assert store.spec.directions.seed == 2 and all(np.all(v == 2) for d in store.directions() for v in d.values())
+    assert store.spec.directions.seed == (1 if how == "amended" else 2)
+    assert all(np.all(v == store.spec.directions.seed) for d in store.directions() for v in d.values())
+    if how == "amended":
+        hessian = store.root["hessian"]
+        assert list(hessian["eigenvalues"][...]) == [2, -2] and hessian["trace"][...] == 2
+        assert all(np.all(hessian[f"eigenvectors/{k}/w"][...] == 2) for k in range(2))
 
 
 # --- Stores of older formats --------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ bad input, a crash or a kill never leaves a half-made store; the caller holds th
 (lock.claim). The ownership marker is in the first file written, so even a half-built store
 is provably this tool's, and only such a store is ever removed. A local store whose directions
 are small (under COMPOSED_BYTES) is composed in memory first and then written out (`_compose`).
+A change to a whole store (a new `hessian` group) is made the same way, in a copy (`amend`).
 """
 
 from __future__ import annotations
@@ -180,10 +181,9 @@ def _compose(path: Path, spec: Spec, grid: Grid, variables: list[str], direction
     root = "zarr.json"
     path.mkdir()
     ownership.put(path / root, files.first[root].to_bytes())
-    for key in sorted(files, key=lambda key: key.count("/")):  # a group before what it holds, as ownership asks
-        if key != root:
-            (path / key).parent.mkdir(parents=True, exist_ok=True)
-            ownership.put(path / key, files[key].to_bytes())
+    for key in sorted(files, key=_parents_first)[1:]:
+        (path / key).parent.mkdir(parents=True, exist_ok=True)
+        ownership.put(path / key, files[key].to_bytes())
     ownership.put(path / root, files[root].to_bytes())
 
 
@@ -281,6 +281,43 @@ def install(partial: Path, path: str | Path, keep_previous: bool = True) -> Stor
         if partial.exists():
             ownership.remove(partial)
     return Store(path)
+
+
+def amend(path: str | Path, fill) -> Store:
+    """Change the store at `path` whole: `fill(root)` writes into a copy of it beside, which then takes its place
+    (`install`), so a kill leaves the old store or the changed one (`hessian` replacing its group). The copy is
+    made of hard links (no data copied): a store's files are only ever replaced, never written in place. The caller
+    holds `lock.claim(path)` and has checked the store is ours. Object stores have no rename: changed in place."""
+    if is_remote(path):
+        with naming(path):
+            fill(zarr.open_group(zarr_store(path, "w"), mode="r+"))
+            consolidate(path)
+        return Store(path)
+    path = Path(path)
+    ownership.clean_partials(path)
+    partial = ownership.partial_path(path)
+    try:
+        partial.mkdir()
+        for rel in sorted(ownership.listing(path), key=_parents_first):
+            (partial / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path / rel, partial / rel)
+            except OSError:  # a file system without hard links
+                ownership.put(partial / rel, (path / rel).read_bytes())
+        with naming(path):
+            fill(zarr.open_group(str(partial), mode="r+"))
+            consolidate(partial)
+    except BaseException:
+        if partial.exists():
+            ownership.remove(partial)
+        raise
+    return install(partial, path, keep_previous=False)
+
+
+def _parents_first(key: str) -> tuple[bool, int]:
+    """The order a store's files are written in: the root's metadata (the ownership marker) first, then each group
+    before what it holds, so that a kill at any file leaves a folder `ownership` proves ours."""
+    return key != "zarr.json", key.count("/")
 
 
 def kept_previous(path: str | Path) -> bool:

@@ -33,7 +33,8 @@ from landscape_ray.core.paths import filesystem, is_remote, sibling
 MARKER = "landscape_ray_format"
 
 
-ZARR_TEMPORARY = re.compile(r"^(zarr|\d+)\.[0-9a-f]{32}\.partial$")  # zarr writes a file there, then renames it
+# zarr writes a file there, then renames it: metadata, a chunk (`c/0/1`), a 0-d array's one chunk (`c`)
+ZARR_TEMPORARY = re.compile(r"^(zarr|c|\d+)\.[0-9a-f]{32}\.partial$")
 
 
 def put(path: Path, data: bytes) -> None:
@@ -107,7 +108,7 @@ def _reader(path: str | Path):
     return lambda rel: (Path(path) / rel).read_bytes()
 
 
-def _listing(path: str | Path) -> list[str]:
+def listing(path: str | Path) -> list[str]:
     """Every file under `path`, relative, '/'-separated; a symlink anywhere inside is refused."""
     if is_remote(path):
         fs, root = filesystem(path)
@@ -156,7 +157,7 @@ def check_ours(path: str | Path, field: str = "output.store") -> None:
         raise SpecError(
             f"{field}: {path} is not a landscape_ray store (no {MARKER} in its zarr.json); refusing to delete it"
         )
-    stray = _stray(path, _listing(path))
+    stray = _stray(path, listing(path))
     if stray is not None:
         raise SpecError(f"{field}: {path} holds {stray}, which no landscape_ray store has; refusing to delete it")
 
@@ -164,7 +165,7 @@ def check_ours(path: str | Path, field: str = "output.store") -> None:
 def remove(path: str | Path) -> None:
     """Delete a store proven ours; the root zarr.json goes last, so an interrupted delete stays provable."""
     check_ours(path)
-    files = sorted(_listing(path), key=lambda rel: rel == "zarr.json")
+    files = sorted(listing(path), key=lambda rel: rel == "zarr.json")
     if is_remote(path):
         fs, root = filesystem(path)
         root = root.rstrip("/")
@@ -197,7 +198,7 @@ def clean_partials(path: Path) -> None:
     every one is dead). Never the previous store (`previous_path`)."""
     for partial in path.parent.glob(f".{path.name}.partial-*"):
         try:
-            files = _listing(partial) if partial.is_dir() and not partial.is_symlink() else None
+            files = listing(partial) if partial.is_dir() and not partial.is_symlink() else None
             if files is not None and all(ZARR_TEMPORARY.match(rel.rsplit("/", 1)[-1]) for rel in files):
                 for rel in files:  # died while writing its first file, or before, or after deleting its last one
                     os.remove(partial / rel)

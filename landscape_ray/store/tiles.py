@@ -194,7 +194,7 @@ class Store:
         {tile: what is wrong}. Damage is found per chunk; every tile of a damaged chunk is listed."""
         for name in [*self.variables, "done"]:
             self.read(name)
-        done, keys = self.done(), set(ownership._listing(self.path))
+        done, keys = self.done(), set(ownership.listing(self.path))
         bad = {self.grid.chunk_of(tile) for tile in self._damaged}
         for chunk in self.grid.chunk_indices():
             if chunk in bad or not done[self.grid.chunk_slices(chunk)].any():
