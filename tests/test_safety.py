@@ -719,10 +719,10 @@ path, how = sys.argv[1], sys.argv[2]
 layout.COMPOSED_BYTES = 0 if how == "built" else 1 << 30  # built by zarr in place, or composed in memory
 writes = 0
 
-def kill_at_a_file_write(frame, event, arg):  # SIGKILL just before the kill_at-th write into a file or link
+def kill_at_a_file_write(frame, event, arg):  # SIGKILL just before the kill_at-th file write, link or delete
     global writes
-    name, to_file = getattr(arg, "__name__", ""), isinstance(getattr(arg, "__self__", None), io.BufferedWriter)
-    if event == "c_call" and (name == "write" and to_file or name == "link"):
+    to_file = getattr(arg, "__name__", "") == "write" and isinstance(getattr(arg, "__self__", None), io.BufferedWriter)
+    if event == "c_call" and (to_file or arg is os.link or arg is os.remove):
         writes += 1
         if writes == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -764,9 +764,9 @@ for line in sys.stdin:  # "SEED KILL_AT": one build in a forked child (the impor
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["composed", "built", "amended"])
 def test_a_kill_at_every_file_write_of_a_store_leaves_the_old_one_and_what_the_next_run_deletes(tmp_path, how):
-    """The deterministic twin of the test above: a kill just before each file write (or hard link) of a small
-    store's build, or of a change to a whole store (`amend`). The CI once caught the random one killing inside a
-    `zarr.json` written in place, which proved nothing."""
+    """The deterministic twin of the test above: a kill just before each file write, hard link or delete of a
+    small store's build, or of a change to a whole store (`amend`), the old store's removal included. The CI once
+    caught the random one killing inside a `zarr.json` written in place, which proved nothing."""
     path = tmp_path / "s.zarr"
 
     builder = subprocess.Popen(
@@ -787,26 +787,42 @@ def test_a_kill_at_every_file_write_of_a_store_leaves_the_old_one_and_what_the_n
     from landscape_ray.store.lock import claim
     from landscape_ray.store.ownership import clean_partials
 
-    for kill_at in range(1, 200):
+    def the_new_one() -> bool:
+        """Whether the store at `path` is the second build's, whole (directions, and the group `amend` wrote)."""
+        store = Store(path, mode="r")
+        seed = store.spec.directions.seed
+        if seed != (1 if how == "amended" else 2) or not all(
+            np.all(v == seed) for d in store.directions() for v in d.values()
+        ):
+            return False
+        if how != "amended":
+            return True
+        hessian = store.root["hessian"]
+        values = [
+            hessian["eigenvalues"][...],
+            hessian["trace"][...],
+            *(hessian[f"eigenvectors/{k}/w"][...] for k in range(2)),
+        ]
+        return all(np.all(v == [2, -2] if i == 0 else v == 2) for i, v in enumerate(values))
+
+    for kill_at in range(1, 300):
         end = build(2, kill_at)
         if end == "exit 0":
             break  # past the last write: the new store is in
         assert end == "killed", end
-        assert tree_hash(path) == before, kill_at
-        assert list(tmp_path.glob(".s.zarr.partial-*")), kill_at  # the kill fell inside the build
+        old = tree_hash(path) == before
+        assert old or the_new_one(), kill_at  # the kill fell before the swap, or while the old store was deleted
+        assert list(tmp_path.glob(".s.zarr.partial-*")), kill_at  # the new store being built, or the old one
         with claim(path, "test"):
             clean_partials(path)
         assert not list(tmp_path.glob(".s.zarr.partial-*")), kill_at
+        if not old:  # the old store back, for the next kill
+            assert build(1, 0) == "exit 0"
+            before = tree_hash(path)
     builder.stdin.close()
     assert builder.wait() == 0
     assert kill_at > 10  # every metadata file and chunk of the store was a point of death
-    store = Store(path, mode="r")
-    assert store.spec.directions.seed == (1 if how == "amended" else 2)
-    assert all(np.all(v == store.spec.directions.seed) for d in store.directions() for v in d.values())
-    if how == "amended":
-        hessian = store.root["hessian"]
-        assert list(hessian["eigenvalues"][...]) == [2, -2] and hessian["trace"][...] == 2
-        assert all(np.all(hessian[f"eigenvectors/{k}/w"][...] == 2) for k in range(2))
+    assert the_new_one()
 
 
 # --- Stores of older formats --------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def _compose(path: Path, spec: Spec, grid: Grid, variables: list[str], direction
     root = "zarr.json"
     path.mkdir()
     ownership.put(path / root, files.first[root].to_bytes())
-    for key in sorted(files, key=_parents_first)[1:]:
+    for key in sorted(files, key=ownership.written_order)[1:]:
         (path / key).parent.mkdir(parents=True, exist_ok=True)
         ownership.put(path / key, files[key].to_bytes())
     ownership.put(path / root, files[root].to_bytes())
@@ -298,7 +298,7 @@ def amend(path: str | Path, fill) -> Store:
     partial = ownership.partial_path(path)
     try:
         partial.mkdir()
-        for rel in sorted(ownership.listing(path), key=_parents_first):
+        for rel in sorted(ownership.listing(path), key=ownership.written_order):
             (partial / rel).parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(path / rel, partial / rel)
@@ -312,12 +312,6 @@ def amend(path: str | Path, fill) -> Store:
             ownership.remove(partial)
         raise
     return install(partial, path, keep_previous=False)
-
-
-def _parents_first(key: str) -> tuple[bool, int]:
-    """The order a store's files are written in: the root's metadata (the ownership marker) first, then each group
-    before what it holds, so that a kill at any file leaves a folder `ownership` proves ours."""
-    return key != "zarr.json", key.count("/")
 
 
 def kept_previous(path: str | Path) -> bool:

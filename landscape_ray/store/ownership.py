@@ -37,6 +37,12 @@ MARKER = "landscape_ray_format"
 ZARR_TEMPORARY = re.compile(r"^(zarr|c|\d+)\.[0-9a-f]{32}\.partial$")
 
 
+def written_order(rel: str) -> tuple[int, bool]:
+    """The order a store's files are written in (sort key): a folder's metadata before anything else in it or under
+    it, so the root's (the ownership marker) first. A kill at any file then leaves what `check_ours` proves ours."""
+    return rel.count("/"), rel.rsplit("/", 1)[-1] != "zarr.json"
+
+
 def put(path: Path, data: bytes) -> None:
     """Write a file of a store as zarr does, under a temporary name `ZARR_TEMPORARY` knows, then renamed: a kill
     mid-write leaves a file provably ours, never a truncated `zarr.json` that proves nothing."""
@@ -163,9 +169,10 @@ def check_ours(path: str | Path, field: str = "output.store") -> None:
 
 
 def remove(path: str | Path) -> None:
-    """Delete a store proven ours; the root zarr.json goes last, so an interrupted delete stays provable."""
+    """Delete a store proven ours, in the reverse of `written_order` (the root zarr.json last), so an interrupted
+    delete stays provable."""
     check_ours(path)
-    files = sorted(listing(path), key=lambda rel: rel == "zarr.json")
+    files = sorted(listing(path), key=written_order, reverse=True)
     if is_remote(path):
         fs, root = filesystem(path)
         root = root.rstrip("/")
