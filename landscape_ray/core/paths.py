@@ -6,6 +6,7 @@
     natural_glob("runs/x/model_*.pt")   # model_10.pt after model_9.pt
     epoch_checkpoints("runs/x")         # {0: model_0.pt, 1: model_1.pt, ...}
     cache_dir("inductor")               # ~/.cache/landscape_ray/inductor, or under $LANDSCAPE_RAY_CACHE
+    replace_file("fig.png", lambda tmp: fig.savefig(tmp, format="png"))   # the old file or the new one, never half
 
 Credentials come from the environment, as fsspec reads them.
 """
@@ -63,6 +64,21 @@ def sibling(path: str | Path, name: str) -> str | Path:
         return f"{parent}/.{base}.{name}"
     path = Path(path)
     return path.with_name(f".{path.name}.{name}")
+
+
+def replace_file(path: str | Path, write) -> Path:
+    """`write(temporary)` into a hidden sibling of `path`, then renamed to it: a figure, page or cache file killed
+    mid-write leaves the old file or the new one, never a truncated one (at worst the temporary)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = sibling(path, f"{os.getpid()}.partial")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def natural(name: str) -> list:

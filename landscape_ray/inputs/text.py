@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from landscape_ray.core.errors import SpecError
-from landscape_ray.core.paths import cache_dir
+from landscape_ray.core.paths import cache_dir, replace_file
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 CACHE_VERSION = "1"  # bump when the windows of the same inputs change
@@ -138,11 +136,13 @@ def _cached(key: str, seq_len: int, compute) -> np.ndarray:
     except (OSError, ValueError, EOFError):  # absent, or a damaged file: compute it again
         pass
     windows = compute()
+
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as f:  # a file object: np.save would add ".npy" to a name
+            np.save(f, windows, allow_pickle=False)
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-            np.save(f, windows)
-        os.replace(f.name, path)
+        replace_file(path, save)
     except OSError:  # a read-only or full cache only costs the next run the tokenizing
         pass
     return windows

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from landscape_ray.core.errors import SpecError
+from landscape_ray.core.paths import replace_file
 from landscape_ray.paper.plan import (
     SIZES,
     Plan,
@@ -221,9 +222,8 @@ def write_index(out: Path, entries: list, size: str) -> Path:
             f"<details><summary>specs ({len(specs)})</summary><pre>{html.escape(dumped)}</pre></details></section>"
         )
     heading = f"Li et al., Visualizing the Loss Landscape of Neural Nets — every figure ({size} scale)"
-    path = out / "index.html"
-    path.write_text(page(f"Visualizing the loss landscape ({size})", heading, parts, STYLE), encoding="utf-8")
-    return path
+    text = page(f"Visualizing the loss landscape ({size})", heading, parts, STYLE)
+    return replace_file(out / "index.html", lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def paper(out, size: str = "quick", log=print) -> Path:

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from landscape_ray.core.errors import SpecError
+from landscape_ray.core.paths import replace_file
 from landscape_ray.spec.schema import RENDER_KINDS
 from landscape_ray.store.tiles import split_sizes
 
@@ -46,9 +47,7 @@ def new_figure(figsize, **kwargs) -> Figure:
 def save(fig: Figure, path) -> Path:
     """Write `fig` (.png, .pdf, … by the suffix) and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return replace_file(path, lambda temporary: fig.savefig(temporary, dpi=DPI, format=path.suffix[1:] or None))
 
 
 def is_2d(ds: xr.Dataset) -> bool:

@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from landscape_ray.core.errors import SpecError
+from landscape_ray.core.paths import replace_file
 from landscape_ray.pictures.draw import axis_label, is_2d, plotted, scale, title, values
 from landscape_ray.store.reader import dataset
 
@@ -77,10 +78,7 @@ def html(store, out, var: str = "train_loss", log: bool = False, vmin=None, vmax
     `include_plotlyjs=True` embeds plotly.js (about 4 MB) so the page works offline; "cdn" links it instead.
     """
     fig = surface_figure(store, var, log, vmin, vmax)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(out, include_plotlyjs=include_plotlyjs)
-    return out
+    return replace_file(out, lambda temporary: fig.write_html(temporary, include_plotlyjs=include_plotlyjs))
 
 
 def mesh(store, var: str = "train_loss", log: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
@@ -129,7 +127,4 @@ NumberOfPolys="{len(quads)}">
 </PolyData>
 </VTKFile>
 """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(xml)
-    return out
+    return replace_file(out, lambda temporary: temporary.write_text(xml))

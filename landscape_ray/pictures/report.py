@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from landscape_ray.core.errors import SpecError
+from landscape_ray.core.paths import replace_file
 from landscape_ray.pictures.draw import is_2d, title, values
 from landscape_ray.pictures.export import surface_figure
 from landscape_ray.pictures.render import figure
@@ -130,9 +131,8 @@ def report(stores, out, heading: str = "Loss landscapes") -> Path:
         body.append(part)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "report.html"
-    path.write_text(page(heading, heading, body), encoding="utf-8")
-    return path
+    text = page(heading, heading, body)
+    return replace_file(out / "report.html", lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def page(title: str, heading: str, body: list[str], style: str = STYLE) -> str:
