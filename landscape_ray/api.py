@@ -55,7 +55,7 @@ from landscape_ray.compute.evaluator import classification
 from landscape_ray.compute.language import causal_lm
 from landscape_ray.compute.speedups import auto_batch_size
 from landscape_ray.core.errors import Interrupted, SpecError
-from landscape_ray.core.paths import exists
+from landscape_ray.core.paths import exists, replace_file
 from landscape_ray.inputs.data import COLLATE_BATCH, BatchSplit, as_array, tree_map
 from landscape_ray.inputs.handed import handing
 from landscape_ray.spec.schema import Spec
@@ -85,9 +85,8 @@ def interpolate(model_a, model_b, data, *, x=(-0.5, 1.5, 41), store=None, **opti
     name = f"target-{state_hash(target_state)[7:19]}.pt"
     target = Path("runs/api/targets", name) if store is None else Path(store).with_name(f"{Path(store).stem}.{name}")
     target = target.resolve()
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(target_state, target)
+    if not target.exists():  # written beside and renamed: a kill never leaves a truncated file under the hash name
+        replace_file(target, lambda temporary: torch.save(target_state, temporary))
     return landscape(model_a, data, {"kind": "interpolate", "target": str(target)}, x, None, store=store, **options)
 
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from landscape_ray.core.errors import SpecError
+from landscape_ray.core.paths import replace_file
 from landscape_ray.inputs.checkpoints import fit_state, read_checkpoint
 from landscape_ray.inputs.data import as_array
 from landscape_ray.inputs.hf import load_hf, tied_names
@@ -322,20 +323,26 @@ def write_directions(
     code's layout: the entries in `model`'s order)."""
     path = Path(path)
     flat = {f"{a}/{k}": np.ascontiguousarray(v) for a, vec in zip("xy", vectors) for k, v in vec.items()}
-    if path.suffix == ".npz":
-        np.savez(path, **flat)
-    elif path.suffix == ".safetensors":  # what Hugging Face users load anywhere (safetensors.numpy, torch, JAX)
+
+    def npz(temporary: Path) -> None:
+        with open(temporary, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(f, **flat)
+
+    def safetensors(temporary: Path) -> None:  # what Hugging Face users load anywhere (safetensors.numpy, torch, JAX)
         from safetensors.numpy import save_file
 
-        save_file(flat, path)
-    elif path.suffix in (".h5", ".hdf5"):
-        with _h5py().File(path, "w") as f:
+        save_file(flat, temporary)
+
+    def h5(temporary: Path) -> None:
+        with _h5py().File(temporary, "w") as f:
             for group, vec in zip(("xdirection", "ydirection"), vectors):
                 g = f.create_group(group)
                 for i, (name, theta) in enumerate(_paper_order(model, dir_type)):
                     g.create_dataset(
                         str(i), data=vec[name] if name in vec else np.zeros(tuple(theta.shape), np.float32)
                     )
-    else:
+
+    writers = {".npz": npz, ".safetensors": safetensors, ".h5": h5, ".hdf5": h5}
+    if path.suffix not in writers:
         raise SpecError(f"--out: {path}: expected a .npz, .safetensors or .h5 file")
-    return path
+    return replace_file(path, writers[path.suffix])  # beside, then renamed: a kill leaves the old file or the new
