@@ -131,9 +131,9 @@ def _build(path, spec: Spec, grid: Grid, variables: list[str], directions, input
     # which runs outside the GIL.
     vectors = getattr(directions, "vectors", directions)
     # "directions" first: zarr writes a new node's metadata and its missing parents' at once, and a kill between
-    # them would leave a group without its parent, which ownership cannot prove ours.
-    directions_group = root.require_group("directions")
-    groups = [directions_group.require_group(axis) for axis, _ in zip("xy", vectors)]
+    # them would leave a group without its parent, which ownership cannot prove ours. None for `regenerate`.
+    parent = root.require_group("directions") if vectors else None
+    groups = [parent.require_group(axis) for axis, _ in zip("xy", vectors)]
     arrays = [(group, name, array) for group, vector in zip(groups, vectors) for name, array in vector.items()]
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="store") as pool:
         list(pool.map(lambda a: a[0].create_array(a[1], data=np.asarray(a[2]), **CODECS), arrays))
