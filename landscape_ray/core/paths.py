@@ -66,12 +66,13 @@ def sibling(path: str | Path, name: str) -> str | Path:
     return path.with_name(f".{path.name}.{name}")
 
 
-def replace_file(path: str | Path, write) -> Path:
-    """`write(temporary)` into a hidden sibling of `path`, then renamed to it: a figure, page or cache file killed
-    mid-write leaves the old file or the new one, never a truncated one (at worst the temporary)."""
+def replace_file(path: str | Path, write, temporary: Path | None = None) -> Path:
+    """`write(temporary)` into a hidden sibling of `path` (or the `temporary` given: a store's files take the name zarr
+    gives its own), then renamed to it: a figure, page or store file killed mid-write leaves the old file or the new
+    one, never a truncated one (at worst the temporary)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = sibling(path, f"{os.getpid()}.partial")
+    temporary = temporary or sibling(path, f"{os.getpid()}.partial")
     try:
         write(temporary)
         os.replace(temporary, path)

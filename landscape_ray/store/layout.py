@@ -181,9 +181,9 @@ def _compose(path: Path, spec: Spec, grid: Grid, variables: list[str], direction
     root = "zarr.json"
     path.mkdir()
     ownership.put(path / root, files.first[root].to_bytes())
-    for key in sorted(files, key=ownership.written_order)[1:]:
-        (path / key).parent.mkdir(parents=True, exist_ok=True)
-        ownership.put(path / key, files[key].to_bytes())
+    for key in sorted(files, key=ownership.written_order):
+        if key != root:
+            ownership.put(path / key, files[key].to_bytes())
     ownership.put(path / root, files[root].to_bytes())
 
 
@@ -218,19 +218,28 @@ def create(
             with naming(path):
                 _build(path, spec, grid, variables, directions, inputs or {})
                 if fill:
-                    fill(zarr.open_group(zarr_store(path, "w"), mode="r+"))
-                    consolidate(path)
+                    _fill(path, fill)
         except BaseException:
             if exists(path):
                 ownership.remove(path)
             raise
         return Store(path)
     partial = build_beside(path, spec, grid, variables, directions, inputs)
+    return _fill_and_install(partial, path, fill, keep_previous)
+
+
+def _fill(target, fill) -> None:
+    """`fill(root)` on the store at `target` (a path), then its metadata consolidated again."""
+    fill(zarr.open_group(zarr_store(target, "w"), mode="r+"))
+    consolidate(target)
+
+
+def _fill_and_install(partial: Path, path: str | Path, fill, keep_previous: bool) -> Store:
+    """`fill` the store built beside at `partial` (if given), then `install` it at `path`; removed if `fill` fails."""
     if fill:
         try:
             with naming(path):  # the store the user named, not its hidden sibling
-                fill(zarr.open_group(str(partial), mode="r+"))
-                consolidate(partial)
+                _fill(partial, fill)
         except BaseException:
             ownership.remove(partial)
             raise
@@ -290,28 +299,23 @@ def amend(path: str | Path, fill) -> Store:
     holds `lock.claim(path)` and has checked the store is ours. Object stores have no rename: changed in place."""
     if is_remote(path):
         with naming(path):
-            fill(zarr.open_group(zarr_store(path, "w"), mode="r+"))
-            consolidate(path)
+            _fill(path, fill)
         return Store(path)
     path = Path(path)
     ownership.clean_partials(path)
     partial = ownership.partial_path(path)
+    partial.mkdir()
     try:
-        partial.mkdir()
         for rel in sorted(ownership.listing(path), key=ownership.written_order):
             (partial / rel).parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(path / rel, partial / rel)
             except OSError:  # a file system without hard links
                 ownership.put(partial / rel, (path / rel).read_bytes())
-        with naming(path):
-            fill(zarr.open_group(str(partial), mode="r+"))
-            consolidate(partial)
     except BaseException:
-        if partial.exists():
-            ownership.remove(partial)
+        ownership.clean_partials(path)  # the copy so far, even none of it (we hold the claim: every partial is dead)
         raise
-    return install(partial, path, keep_previous=False)
+    return _fill_and_install(partial, path, fill, keep_previous=False)
 
 
 def kept_previous(path: str | Path) -> bool:

@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 from landscape_ray.core.errors import SpecError
-from landscape_ray.core.paths import filesystem, is_remote, sibling
+from landscape_ray.core.paths import filesystem, is_remote, replace_file, sibling
 
 MARKER = "landscape_ray_format"
 
@@ -47,8 +47,7 @@ def put(path: Path, data: bytes) -> None:
     """Write a file of a store as zarr does, under a temporary name `ZARR_TEMPORARY` knows, then renamed: a kill
     mid-write leaves a file provably ours, never a truncated `zarr.json` that proves nothing."""
     temporary = path.with_suffix(f".{uuid.uuid4().hex}.partial")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    replace_file(path, lambda t: t.write_bytes(data), temporary)
 
 
 def _stray(path: str | Path, files: list[str]) -> str | None:
